@@ -1,0 +1,129 @@
+"""AlexNet-BN and VGG16-BN as used in the DeepCluster paper (section 4, "Architectures")."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.backbone import Backbone
+
+# (out_channels, kernel, stride, padding) per conv; "M" is a 3x3/2 max-pool. Paper: AlexNet with 96-256-384-384-256
+# filters, local response normalisation replaced by batch normalisation.
+ALEXNET_CFG = [
+    (96, 11, 4, 2),
+    "M",
+    (256, 5, 1, 2),
+    "M",
+    (384, 3, 1, 1),
+    (384, 3, 1, 1),
+    (256, 3, 1, 1),
+    "M",
+]
+VGG16_CFG = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
+
+
+def _init_weights(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def _fc_stack(in_features: int) -> nn.Sequential:
+    """fc6 -> ReLU -> fc7; the features are fc7 before its ReLU, the ReLU is the head's activation."""
+    return nn.Sequential(
+        nn.Dropout(0.5),
+        nn.Linear(in_features, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(4096, 4096),
+    )
+
+
+class AlexNet(Backbone):
+    """AlexNet-BN. Taps Feature1..Feature5: conv1..conv5 after BN+ReLU."""
+
+    def __init__(self, sobel: bool = False) -> None:
+        super().__init__(sobel)
+        self.convs = nn.ModuleList()
+        self.pools = nn.ModuleList()
+        in_ch = self.in_channels
+        for item in ALEXNET_CFG:
+            if item == "M":
+                self.pools[-1] = nn.MaxPool2d(3, 2)
+                continue
+            out_ch, kernel, stride, pad = item
+            self.convs.append(
+                nn.Sequential(
+                    nn.Conv2d(in_ch, out_ch, kernel, stride, pad),
+                    nn.BatchNorm2d(out_ch),
+                    nn.ReLU(True),
+                )
+            )
+            self.pools.append(nn.Identity())
+            in_ch = out_ch
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))  # makes the fc stack independent of the input size
+        self.classifier = _fc_stack(256 * 6 * 6)
+        self.feature_dim = 4096
+        self.head_activation = nn.ReLU(inplace=True)
+        _init_weights(self)
+
+    def forward_taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self._run(x)[0]
+
+    def _run(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = self._front(x)
+        taps = []
+        for conv, pool in zip(self.convs, self.pools, strict=True):
+            x = conv(x)
+            taps.append(x)
+            x = pool(x)
+        return taps, x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._run(x)[1]
+        return self.classifier(torch.flatten(self.avgpool(x), 1))
+
+
+class VGG16(Backbone):
+    """VGG16-BN. Taps Feature1..Feature5: the output of each of the five blocks, after its max-pool."""
+
+    def __init__(self, sobel: bool = False) -> None:
+        super().__init__(sobel)
+        self.blocks = nn.ModuleList()
+        in_ch = self.in_channels
+        for widths in VGG16_CFG:
+            layers: list[nn.Module] = []
+            for out_ch in widths:
+                layers += [
+                    nn.Conv2d(in_ch, out_ch, 3, padding=1),
+                    nn.BatchNorm2d(out_ch),
+                    nn.ReLU(True),
+                ]
+                in_ch = out_ch
+            layers.append(nn.MaxPool2d(2, 2))
+            self.blocks.append(nn.Sequential(*layers))
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = _fc_stack(512 * 7 * 7)
+        self.feature_dim = 4096
+        self.head_activation = nn.ReLU(inplace=True)
+        _init_weights(self)
+
+    def forward_taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self._front(x)
+        taps = []
+        for block in self.blocks:
+            x = block(x)
+            taps.append(x)
+        return taps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_taps(x)[-1]
+        return self.classifier(torch.flatten(self.avgpool(x), 1))

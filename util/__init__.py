@@ -1,0 +1,1 @@
+"""Shared building blocks of the entry scripts, one module per concern."""

@@ -1,0 +1,112 @@
+"""Argument groups shared by the entry scripts (defined once; each script exposes get_args_parser())."""
+
+from __future__ import annotations
+
+import argparse
+
+from models import ARCHS
+from util.data import default_cache_dir
+from util.tracking import WANDB_MODES
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def add_model_args(parser: argparse.ArgumentParser, default_arch: str = "resnet18") -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--arch",
+        default=default_arch,
+        choices=sorted(ARCHS),
+        help="architecture (default: %(default)s)",
+    )
+    group.add_argument(
+        "--sobel",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="fixed Sobel front end (grayscale + Sobel x/y, 2 input channels), as the paper's AlexNet/VGG16",
+    )
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--data",
+        default="cifar10",
+        help="ImageFolder root (one sub-folder per class), or `cifar10` for the bundled CIFAR-10 (default)",
+    )
+    group.add_argument(
+        "--subset",
+        type=positive_int,
+        default=None,
+        help="use N images: the first N of a fixed random permutation",
+    )
+    group.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=None,
+        help="crop size in px (default: 32 for cifar10, else 224)",
+    )
+    group.add_argument(
+        "--in-memory",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode the images once and keep them as uint8 (batched augmentation on the device); "
+        "default: on for cifar10, off for folders",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        help="data loading workers / decoding threads (default: %(default)s)",
+    )
+    group.add_argument(
+        "--data-cache",
+        default=str(default_cache_dir()),
+        help="where cifar10 is unpacked once (default: %(default)s; env DEEPCLUSTER_CACHE)",
+    )
+
+
+def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("runtime")
+    group.add_argument(
+        "--output-dir",
+        required=True,
+        help="run folder: checkpoint.pth, log.jsonl, wandb/ (resumed if it has a checkpoint)",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every random draw of the run (default: %(default)s)",
+    )
+    group.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda or cuda:N (default: cuda when available, else cpu)",
+    )
+    group.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="deterministic kernels (bit-exact resume on CPU; slower on GPU)",
+    )
+
+
+def add_wandb_args(parser: argparse.ArgumentParser, default_project: str = "deepcluster") -> None:
+    group = parser.add_argument_group("weights & biases")
+    group.add_argument(
+        "--wandb-mode",
+        choices=WANDB_MODES,
+        default=None,
+        help="default: online when W&B credentials exist, else offline (sync later with `wandb sync`)",
+    )
+    group.add_argument("--wandb-project", default=default_project, help="default: %(default)s")
+    group.add_argument("--wandb-entity", default=None)
+    group.add_argument("--wandb-group", default=None, help="group runs of one sweep or recipe")
+    group.add_argument("--wandb-name", default=None, help="run name (default: W&B picks one)")
+    group.add_argument("--wandb-tags", nargs="*", default=[], help="tags of the run")

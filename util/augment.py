@@ -1,0 +1,217 @@
+"""Training augmentations and the deterministic extraction view, per sample (PIL) and batched (tensors).
+
+Both paths implement one `AugmentSpec`. The batched path augments a whole uint8 batch at once on its device
+(CPU or GPU) with one affine `grid_sample` per batch: it is what in-memory datasets use, so that small
+datasets pay neither JPEG decoding nor per-image Python. Its departures from torchvision's per-image
+transforms: bilinear resampling without antialiasing, and the colour jitter applied in a fixed order
+(brightness, contrast, saturation, hue) rather than a random one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision import transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    size: int  # output crop size (px)
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    rotation: float = 0.0  # degrees, uniform in [-rotation, rotation]
+    jitter: tuple[float, float, float, float] = (
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+    )  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.0
+    grayscale_p: float = 0.0
+
+
+def augment_preset(name: str, size: int) -> AugmentSpec:
+    """The recipes of DESIGN section 4: `paper` (crop + flip), `mmselfsup` (seed page), `cifar` (32 px)."""
+    if name == "paper":
+        return AugmentSpec(size)
+    if name == "mmselfsup":
+        return AugmentSpec(
+            size,
+            rotation=2.0,
+            jitter=(0.4, 0.4, 1.0, 0.5),
+            jitter_p=1.0,
+            grayscale_p=0.2,
+        )
+    if name == "cifar":
+        return AugmentSpec(
+            size,
+            scale=(0.2, 1.0),
+            jitter=(0.4, 0.4, 0.4, 0.1),
+            jitter_p=0.8,
+            grayscale_p=0.2,
+        )
+    raise ValueError(f"unknown augmentation preset {name!r}")
+
+
+AUGMENT_PRESETS = ("paper", "mmselfsup", "cifar")
+
+
+# ------------------------------------------------------------------------------------ per-sample (PIL)
+def train_transform(spec: AugmentSpec) -> T.Compose:
+    ops: list = [T.RandomResizedCrop(spec.size, scale=spec.scale, ratio=spec.ratio)]
+    if spec.flip:
+        ops.append(T.RandomHorizontalFlip())
+    if spec.rotation:
+        ops.append(T.RandomRotation(spec.rotation))
+    if spec.jitter_p > 0:
+        ops.append(T.RandomApply([T.ColorJitter(*spec.jitter)], p=spec.jitter_p))
+    if spec.grayscale_p > 0:
+        ops.append(T.RandomGrayscale(spec.grayscale_p))
+    ops += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return T.Compose(ops)
+
+
+def resize_size(crop: int) -> int:
+    """The resize before the center crop: 256 for 224 (the ImageNet convention), identity at 32 px."""
+    return crop if crop <= 64 else round(crop * 256 / 224)
+
+
+def eval_transform(crop: int, square: bool = False) -> T.Compose:
+    """Deterministic view: resize then center crop (or a plain square resize, for VOC07 SVMs)."""
+    resize = T.Resize((crop, crop)) if square else T.Resize(resize_size(crop))
+    return T.Compose(
+        [
+            resize,
+            T.CenterCrop(crop),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------- batched
+def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) uint8 -> float normalised with the ImageNet statistics."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, device=images.device)[:, None, None]
+    return (images.float() / 255.0 - mean) / std
+
+
+def center_crop_batch(images: torch.Tensor, crop: int) -> torch.Tensor:
+    """(B, 3, S, S) uint8 stored at resize_size(crop) -> normalised (B, 3, crop, crop)."""
+    top = (images.shape[-2] - crop) // 2
+    left = (images.shape[-1] - crop) // 2
+    return normalize_uint8(images[..., top : top + crop, left : left + crop])
+
+
+class BatchAugment:
+    """Batched `AugmentSpec` for (B, 3, H, W) uint8 tensors; randomness from the given generator."""
+
+    def __init__(self, spec: AugmentSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        batch, device = images.shape[0], images.device
+        x = images.float() / 255.0
+        theta = self._affine(batch, gen).to(device)
+        grid = F.affine_grid(theta, [batch, 3, self.spec.size, self.spec.size], align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        if self.spec.jitter_p > 0:
+            x = self._jitter(x, gen)
+        if self.spec.grayscale_p > 0:
+            gray = _uniform(batch, gen, 0, 1).to(device) < self.spec.grayscale_p
+            x = torch.where(gray[:, None, None, None], _gray(x).expand_as(x), x)
+        mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
+        std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
+        return (x - mean) / std
+
+    def _affine(self, batch: int, gen: torch.Generator) -> torch.Tensor:
+        """Per-image (2, 3) maps from output to input coordinates: crop box, flip and rotation."""
+        spec = self.spec
+        attempts = 10
+        area = _uniform((batch, attempts), gen, *spec.scale)
+        log_ratio = _uniform((batch, attempts), gen, math.log(spec.ratio[0]), math.log(spec.ratio[1]))
+        width, height = (area * log_ratio.exp()).sqrt(), (area / log_ratio.exp()).sqrt()
+        valid = (width <= 1) & (height <= 1)
+        first = torch.where(valid.any(1), valid.float().argmax(1), torch.zeros(batch, dtype=torch.long))
+        rows = torch.arange(batch)
+        width = torch.where(valid.any(1), width[rows, first], torch.ones(batch))  # fallback: whole image
+        height = torch.where(valid.any(1), height[rows, first], torch.ones(batch))
+        center_x = (1 - width) * (2 * _uniform(batch, gen, 0, 1) - 1)  # crop fully inside [-1, 1]
+        center_y = (1 - height) * (2 * _uniform(batch, gen, 0, 1) - 1)
+        sign_x = torch.where(_uniform(batch, gen, 0, 1) < 0.5, -1.0, 1.0) if spec.flip else torch.ones(batch)
+        angle = _uniform(batch, gen, -spec.rotation, spec.rotation) * math.pi / 180
+        cos, sin = angle.cos(), angle.sin()
+        theta = torch.zeros(batch, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 1], theta[:, 0, 2] = (
+            cos * width * sign_x,
+            -sin * height,
+            center_x,
+        )
+        theta[:, 1, 0], theta[:, 1, 1], theta[:, 1, 2] = (
+            sin * width * sign_x,
+            cos * height,
+            center_y,
+        )
+        return theta
+
+    def _jitter(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        batch, device = x.shape[0], x.device
+        brightness, contrast, saturation, hue = self.spec.jitter
+        apply = (_uniform(batch, gen, 0, 1) < self.spec.jitter_p).to(device)[:, None, None, None]
+
+        def factor(strength: float) -> torch.Tensor:
+            return _uniform(batch, gen, max(0.0, 1 - strength), 1 + strength).to(device)[:, None, None, None]
+
+        y = x
+        if brightness:
+            y = (y * factor(brightness)).clamp(0, 1)
+        if contrast:
+            mean = _gray(y).mean((1, 2, 3), keepdim=True)
+            y = ((y - mean) * factor(contrast) + mean).clamp(0, 1)
+        if saturation:
+            gray = _gray(y)
+            y = ((y - gray) * factor(saturation) + gray).clamp(0, 1)
+        if hue:
+            y = _shift_hue(y, _uniform(batch, gen, -hue, hue).to(device))
+        return torch.where(apply, y, x)
+
+
+def _uniform(shape: int | tuple[int, ...], gen: torch.Generator, low: float, high: float) -> torch.Tensor:
+    shape = (shape,) if isinstance(shape, int) else shape
+    return torch.rand(shape, generator=gen) * (high - low) + low
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601-2 luma, as torchvision's rgb_to_grayscale. (B, 3, H, W) -> (B, 1, H, W)."""
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).clamp(0, 1)
+
+
+def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of (B, 3, H, W) RGB in [0, 1] by shift (B,) turns, through HSV."""
+    max_c, argmax_c = x.max(1)
+    min_c = x.min(1).values
+    delta = max_c - min_c
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    hue = torch.where(
+        argmax_c == 0,
+        ((g - b) / safe) % 6,
+        torch.where(argmax_c == 1, (b - r) / safe + 2, (r - g) / safe + 4),
+    )
+    hue = torch.where(delta > 0, hue / 6, torch.zeros_like(hue))
+    hue = (hue + shift[:, None, None]) % 1.0
+    sat = torch.where(max_c > 0, delta / max_c.clamp_min(1e-12), torch.zeros_like(max_c))
+    # HSV -> RGB: channel n gets v - v s max(0, min(k, 4 - k, 1)), k = (n + 6 h) mod 6, n = 5, 3, 1.
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = (n + hue * 6) % 6
+        out.append(max_c - max_c * sat * torch.clamp(torch.minimum(k, 4 - k), 0, 1))
+    return torch.stack(out, 1)

@@ -1,0 +1,307 @@
+"""Feature preprocessing and clustering: PCA-whitening, k-means (faiss or torch), Power Iteration Clustering.
+
+Paper, section 3.3 / 4: features are PCA-reduced to 256 dimensions, whitened and L2-normalised, then clustered
+with k-means (or PIC); the resulting assignments become the pseudo-labels of the next epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from util.errors import UserError
+
+logger = logging.getLogger("deepcluster")
+
+
+# ----------------------------------------------------------------------------------------------- PCA
+class PCAWhitening:
+    """PCA to `dim` dimensions with whitening (eigenvalue power -0.5), as faiss.PCAMatrix(d, dim, -0.5)."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.mean: torch.Tensor | None = None  # (D,)
+        self.projection: torch.Tensor | None = None  # (D, dim)
+
+    def fit(self, x: torch.Tensor) -> PCAWhitening:
+        """x: (M, D) features; statistics in float64 for stability."""
+        num, in_dim = x.shape
+        if num <= self.dim:
+            raise UserError(
+                f"{num} images are too few for --pca-dim {self.dim}: use more images or a smaller --pca-dim"
+            )
+        if not torch.isfinite(x).all():
+            raise UserError(
+                "features contain NaN or inf: the network diverged; lower --lr or restart from an earlier checkpoint"
+            )
+        out_dim = min(self.dim, in_dim)
+        if out_dim < self.dim:
+            logger.warning(
+                "feature dimension %d < --pca-dim %d: whitening to %d dims",
+                in_dim,
+                self.dim,
+                in_dim,
+            )
+        x64 = x.double()
+        self.mean = x64.mean(0)
+        centered = x64 - self.mean
+        cov = centered.T @ centered / (num - 1)  # (D, D)
+        eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
+        eigvals, eigvecs = eigvals.flip(0)[:out_dim], eigvecs.flip(1)[:, :out_dim]
+        # Guard against (near-)zero variance directions of degenerate features; whitening divides by sqrt.
+        eigvals = eigvals.clamp_min(eigvals[0].clamp_min(1e-30) * 1e-10)
+        self.projection = eigvecs / eigvals.sqrt()
+        return self
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, D) -> (B, dim) whitened, float32."""
+        if self.mean is None or self.projection is None:
+            raise RuntimeError("PCAWhitening.apply called before fit")
+        mean, proj = self.mean.to(x.device), self.projection.to(x.device)
+        return ((x.double() - mean) @ proj).float()
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Rows to unit L2 norm. x: (N, d)."""
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def preprocess_features(x: torch.Tensor, pca_dim: int) -> torch.Tensor:
+    """x: (N, D) raw features -> (N, pca_dim) PCA-whitened and L2-normalised (paper, section 4)."""
+    return l2_normalize(PCAWhitening(pca_dim).fit(x).apply(x))
+
+
+# ------------------------------------------------------------------------------------------- results
+@dataclass
+class ClusteringResult:
+    assignments: np.ndarray  # (N,) int64 cluster index in [0, num_clusters)
+    num_clusters: int  # clusters asked for (k-means) or found (PIC)
+    empty_clusters: int  # clusters with no member after the final assignment
+    reseeded_clusters: int | None  # empty clusters re-seeded during the iterations (None: faiss does not say)
+    objective: float  # k-means: mean squared distance to the centroid; PIC: nan
+
+
+def pseudo_labels(assignments: np.ndarray) -> tuple[np.ndarray, int]:
+    """Assignments -> labels 0..K'-1 over the non-empty clusters only (DESIGN step 4)."""
+    _, labels = np.unique(assignments, return_inverse=True)
+    return labels.astype(np.int64), int(labels.max()) + 1
+
+
+def cluster_sizes(assignments: np.ndarray, num_clusters: int) -> np.ndarray:
+    return np.bincount(assignments, minlength=num_clusters)
+
+
+# ------------------------------------------------------------------------------------------- k-means
+def check_k(num_points: int, k: int) -> None:
+    if k < 2:
+        raise UserError(f"--k {k} is too small: k-means needs at least 2 clusters")
+    if k > num_points:
+        raise UserError(f"--k {k} is larger than the {num_points} images: use --k <= {num_points} (or more images)")
+
+
+def faiss_kmeans(x: torch.Tensor, k: int, niter: int, seed: int, use_gpu: bool = False) -> ClusteringResult:
+    """faiss k-means on all points (no subsampling), k-means as in the paper. x: (N, d) float32 on the host."""
+    import faiss
+
+    x_np = np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
+    num, dim = x_np.shape
+    check_k(num, k)
+    clus = faiss.Clustering(dim, k)
+    clus.niter = niter
+    clus.seed = int(seed) % (2**31)
+    clus.max_points_per_centroid = num + 1  # never subsample (faiss default: 256 points per centroid)
+    clus.min_points_per_centroid = 1  # silence the "too few points" warning for small k-means
+    if use_gpu and faiss.get_num_gpus() > 0:
+        res = faiss.StandardGpuResources()
+        cfg = faiss.GpuIndexFlatConfig()
+        cfg.device = torch.cuda.current_device()
+        index = faiss.GpuIndexFlatL2(res, dim, cfg)
+    else:
+        index = faiss.IndexFlatL2(dim)
+    clus.train(x_np, index)
+    dists, labels = index.search(x_np, 1)
+    assignments = labels.ravel().astype(np.int64)
+    sizes = cluster_sizes(assignments, k)
+    return ClusteringResult(assignments, k, int((sizes == 0).sum()), None, float(dists.mean()))
+
+
+def _assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of every row. Returns (assignments (N,), squared distances (N,))."""
+    half_sq_norms = 0.5 * (centroids * centroids).sum(1)  # (k,)
+    assignments, sq_dists = [], []
+    for start in range(0, x.shape[0], chunk):
+        block = x[start : start + chunk]
+        # argmax of <x, c> - |c|^2 / 2 == argmin of |x - c|^2; max(1) is much faster than argmin on CPU.
+        scores = torch.addmm(-half_sq_norms, block, centroids.T)  # (B, k)
+        best, idx = scores.max(1)
+        assignments.append(idx)
+        sq_dists.append(((block * block).sum(1) - 2 * best).clamp_min(0))
+    return torch.cat(assignments), torch.cat(sq_dists)
+
+
+def _all_reduce(tensor: torch.Tensor, distributed: bool) -> torch.Tensor:
+    if distributed:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def torch_kmeans(
+    x: torch.Tensor,
+    k: int,
+    niter: int,
+    seed: int,
+    distributed: bool = False,
+    chunk_elements: int = 2**26,
+) -> ClusteringResult:
+    """Lloyd k-means in torch on x's device. x: (n, d) float32, the local shard when `distributed`.
+
+    Distributed: centroids are identical on every rank, per-cluster sums and counts are all-reduced, so ranks
+    cluster their shards in place. Empty clusters are re-seeded by splitting the largest cluster (as faiss does).
+    Returns the assignments of the local rows.
+    """
+    num_local, dim = x.shape
+    num_total = int(_all_reduce(torch.tensor([num_local], device=x.device), distributed).item())
+    check_k(num_total, k)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    centroids = _init_centroids(x, k, gen, distributed)
+    chunk = max(1, chunk_elements // k)
+    reseeded = 0
+    for _ in range(niter):
+        assignments, _ = _assign(x, centroids, chunk)
+        sums = torch.zeros(k, dim, device=x.device, dtype=torch.float64).index_add_(0, assignments, x.double())
+        counts = torch.bincount(assignments, minlength=k).double()
+        _all_reduce(sums, distributed)
+        _all_reduce(counts, distributed)
+        nonempty = counts > 0
+        centroids = torch.where(nonempty[:, None], sums / counts.clamp_min(1)[:, None], centroids.double()).float()
+        reseeded += _split_largest(centroids, counts, gen)
+    assignments, sq_dists = _assign(x, centroids, chunk)
+    counts = _all_reduce(torch.bincount(assignments, minlength=k), distributed)
+    total_sq = _all_reduce(sq_dists.double().sum().reshape(1), distributed)
+    return ClusteringResult(
+        assignments.cpu().numpy().astype(np.int64),
+        k,
+        int((counts == 0).sum().item()),
+        reseeded,
+        float(total_sq.item() / num_total),
+    )
+
+
+def _init_centroids(x: torch.Tensor, k: int, gen: torch.Generator, distributed: bool) -> torch.Tensor:
+    """k distinct points drawn at random (from every rank's shard when distributed)."""
+    if not distributed:
+        return x[torch.randperm(x.shape[0], generator=gen)[:k].to(x.device)].clone()
+    world = dist.get_world_size()
+    per_rank = -(-k // world)
+    local = x[torch.randperm(x.shape[0], generator=gen)[:per_rank].to(x.device)]
+    if local.shape[0] < per_rank:  # a tiny shard: repeat rows to keep shapes equal for all_gather
+        local = local[torch.arange(per_rank, device=x.device) % max(1, local.shape[0])]
+    gathered = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(gathered, local.contiguous())
+    return torch.cat(gathered)[:k].clone()
+
+
+def _split_largest(centroids: torch.Tensor, counts: torch.Tensor, gen: torch.Generator) -> int:
+    """Re-seed each empty cluster next to the currently largest one (in place). Returns how many."""
+    empty = torch.nonzero(counts == 0).flatten().tolist()
+    for empty_idx in empty:
+        largest = int(counts.argmax())
+        noise = 1e-4 * torch.randn(centroids.shape[1], generator=gen).to(centroids.device)
+        centroids[empty_idx] = centroids[largest] + noise
+        centroids[largest] = centroids[largest] - noise
+        counts[empty_idx] = counts[largest] / 2
+        counts[largest] = counts[largest] / 2
+    return len(empty)
+
+
+# ---------------------------------------------------------------------------- power iteration clustering
+def knn_graph(x: torch.Tensor, num_neighbors: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest neighbours (excluding self) of L2-normalised rows. Returns (indices, sq_dists), each (N, nnn)."""
+    indices, sq_dists = [], []
+    for start in range(0, x.shape[0], chunk):
+        sims = x[start : start + chunk] @ x.T  # (B, N) cosine similarities
+        rows = torch.arange(start, start + sims.shape[0], device=x.device)
+        sims[torch.arange(sims.shape[0]), rows] = -float("inf")
+        best, idx = sims.topk(num_neighbors, dim=1)
+        indices.append(idx)
+        sq_dists.append((2 - 2 * best).clamp_min(0))  # |a - b|^2 = 2 - 2 <a, b> for unit vectors
+    return torch.cat(indices), torch.cat(sq_dists)
+
+
+def power_iteration_clustering(
+    x: torch.Tensor,
+    num_neighbors: int = 5,
+    sigma: float = 0.2,
+    alpha: float = 0.001,
+    niter: int = 200,
+) -> ClusteringResult:
+    """PIC as described in the paper (section 4, "Power Iteration Clustering").
+
+    x: (N, d) L2-normalised features. A symmetric nearest-neighbour graph with Gaussian weights
+    w_ij = exp(-|x_i - x_j|^2 / sigma^2) is diffused by power iteration with a uniform restart term,
+    v <- alpha * W^T v + (1 - alpha) / N, normalised each step; each point then links to the neighbour
+    (or itself) of highest v, and every chain of links ends in a local maximum of v: one cluster each.
+    The number of clusters is found, not chosen.
+    """
+    num = x.shape[0]
+    if num <= num_neighbors:
+        raise UserError(f"PIC needs more than --pic-neighbors {num_neighbors} images, got {num}")
+    nbr, sq = knn_graph(x, num_neighbors)
+    rows = torch.arange(num, device=x.device).repeat_interleave(num_neighbors)
+    cols, weights = nbr.flatten(), torch.exp(-sq.flatten() / sigma**2)
+    # Symmetric W = A + A^T as a sparse matrix (duplicate entries are summed by coalesce()).
+    w_sparse = torch.sparse_coo_tensor(
+        torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]),
+        torch.cat([weights, weights]),
+        (num, num),
+    ).coalesce()
+    v = torch.full((num,), 1.0 / num, device=x.device)
+    w_transposed = w_sparse.t().coalesce()
+    for _ in range(niter):
+        v = alpha * torch.sparse.mm(w_transposed, v[:, None]).squeeze(1) + (1 - alpha) / num
+        v = v / v.sum()
+    src, dst = w_sparse.indices()
+    parent = _resolve_parents(v, src, dst)
+    assignments = torch.unique(parent, return_inverse=True)[1].cpu().numpy().astype(np.int64)
+    return ClusteringResult(assignments, int(assignments.max()) + 1, 0, 0, float("nan"))
+
+
+def _resolve_parents(v: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """parent[i] = argmax of v over i and its neighbours, then follow links to their roots."""
+    num = v.shape[0]
+    neighbour_max = torch.full((num,), -1.0, device=v.device).index_reduce_(0, src, v[dst], "amax", include_self=True)
+    is_best = v[dst] == neighbour_max[src]
+    parent = torch.arange(num, device=v.device)
+    improves = is_best & (v[dst] > v[src])
+    parent[src[improves]] = dst[improves]
+    for _ in range(num):  # pointer jumping; depth halves every step, so this ends in O(log N) steps
+        grand = parent[parent]
+        if torch.equal(grand, parent):
+            break
+        parent = grand
+    return parent
+
+
+# ------------------------------------------------------------------------------------------- dispatch
+def run_clustering(
+    features: torch.Tensor,
+    method: str,
+    k: int,
+    seed: int,
+    backend: str = "faiss",
+    niter: int = 20,
+    pic_neighbors: int = 5,
+    pic_sigma: float = 0.2,
+    pic_alpha: float = 0.001,
+    pic_iters: int = 200,
+) -> ClusteringResult:
+    """Cluster (N, d) preprocessed features with k-means (faiss or torch backend) or PIC."""
+    if method == "pic":
+        return power_iteration_clustering(features, pic_neighbors, pic_sigma, pic_alpha, pic_iters)
+    if backend == "faiss":
+        return faiss_kmeans(features, k, niter, seed, use_gpu=features.is_cuda)
+    return torch_kmeans(features, k, niter, seed)

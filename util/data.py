@@ -1,0 +1,286 @@
+"""Datasets: any ImageFolder tree, the bundled CIFAR-10, and in-memory uint8 copies of small datasets."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from util.augment import (
+    AugmentSpec,
+    BatchAugment,
+    center_crop_batch,
+    eval_transform,
+    resize_size,
+    train_transform,
+)
+from util.errors import UserError
+
+logger = logging.getLogger("deepcluster")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CIFAR10_ARCHIVE = REPO_ROOT / "data" / "cifar10-jpg.tar.gz"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DEEPCLUSTER_CACHE", Path.home() / ".cache" / "deepcluster"))
+
+
+# ------------------------------------------------------------------------------------------ discovery
+def unpack_cifar10(cache_dir: Path) -> Path:
+    """Unpack the bundled archive once into cache_dir/cifar10-jpg (atomically: extract, then rename)."""
+    target = cache_dir / "cifar10-jpg"
+    if (target / "train").is_dir() and (target / "test").is_dir():
+        return target
+    if not CIFAR10_ARCHIVE.is_file():
+        raise UserError(f"bundled archive {CIFAR10_ARCHIVE} is missing: restore it with `git checkout data/`")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("unpacking %s into %s (once)", CIFAR10_ARCHIVE.name, target)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        with tarfile.open(CIFAR10_ARCHIVE) as tar:
+            tar.extractall(tmp, filter="data")
+        roots = [p for p in Path(tmp).rglob("train") if p.is_dir()]
+        if not roots:
+            raise UserError(f"{CIFAR10_ARCHIVE} holds no train/ folder: the archive is damaged")
+        try:
+            os.replace(roots[0].parent, target)
+        except OSError:
+            if not (target / "train").is_dir():  # another process won the race: fine
+                raise
+    return target
+
+
+def resolve_split(data: str, split: str, cache_dir: Path) -> Path:
+    """`cifar10` -> the unpacked split; else data itself (or data/split when it exists and split is given)."""
+    if data == "cifar10":
+        return unpack_cifar10(cache_dir) / split
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise UserError(f"data folder {root} does not exist: pass an ImageFolder path with --data, or --data cifar10")
+    if not root.is_dir():
+        raise UserError(f"--data {root} is not a folder: pass an ImageFolder root (one sub-folder per class)")
+    return root / split if split and (root / split).is_dir() else root
+
+
+@dataclass
+class ImageList:
+    """Paths and labels of an ImageFolder tree, in its (sorted) order."""
+
+    root: Path
+    paths: list[str]
+    targets: np.ndarray  # (N,) int64 class index
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: np.ndarray) -> ImageList:
+        return ImageList(
+            self.root,
+            [self.paths[i] for i in indices],
+            self.targets[indices],
+            self.classes,
+        )
+
+
+def list_images(root: Path) -> ImageList:
+    """List an ImageFolder tree; an empty or flat folder is a user error."""
+    try:
+        classes, class_to_idx = find_classes(str(root))
+        samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    except FileNotFoundError as err:
+        raise UserError(
+            f"data folder {root} has no class sub-folders: lay it out as {root}/<class>/<image>.jpg"
+        ) from err
+    if not samples:
+        raise UserError(f"data folder {root} holds no images ({', '.join(IMG_EXTENSIONS[:4])}, ...): check --data")
+    return ImageList(
+        root,
+        [p for p, _ in samples],
+        np.array([t for _, t in samples], dtype=np.int64),
+        classes,
+    )
+
+
+def subset_indices(num_images: int, subset: int | None) -> np.ndarray:
+    """The first `subset` of a fixed random permutation (seed 0, whatever --seed), in dataset order."""
+    if not subset or subset >= num_images:
+        return np.arange(num_images)
+    if subset < 1:
+        raise UserError(f"--subset {subset} must be positive")
+    return np.sort(np.random.default_rng(0).permutation(num_images)[:subset])
+
+
+def load_image(path: str) -> Image.Image:
+    """Open an RGB image; a file that does not decode is reported with its path."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as err:
+        raise UserError(f"cannot decode image {path} ({type(err).__name__}): remove or replace the file") from err
+
+
+# -------------------------------------------------------------------------------------------- in memory
+def decode_to_uint8(images: ImageList, store_size: int, workers: int = 4) -> torch.Tensor:
+    """Decode every image once, resized (shorter side) and center-cropped to store_size: (N, 3, S, S) uint8."""
+    resize = eval_transform(store_size).transforms[:2]  # Resize + CenterCrop, no normalisation
+
+    def decode(path: str) -> np.ndarray:
+        img = load_image(path)
+        for op in resize:
+            img = op(img)
+        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        arrays = list(pool.map(decode, images.paths, chunksize=256))
+    return torch.from_numpy(np.stack(arrays))
+
+
+def cached_uint8(images: ImageList, store_size: int, cache_file: Path | None, workers: int) -> torch.Tensor:
+    """decode_to_uint8, memoised in an .npy file (used for the bundled CIFAR-10, whose files never change)."""
+    if cache_file is not None and cache_file.is_file():
+        array = np.load(cache_file, mmap_mode="r")
+        if array.shape[0] == len(images):
+            return torch.from_numpy(np.ascontiguousarray(array))
+    tensor = decode_to_uint8(images, store_size, workers)
+    if cache_file is not None:
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npy")
+        np.save(tmp, tensor.numpy())
+        os.replace(tmp, cache_file)
+    return tensor
+
+
+# ------------------------------------------------------------------------------------------ datasets
+class ImageDataset(torch.utils.data.Dataset):
+    """Per-image decoding with a torchvision transform; returns (image, index)."""
+
+    def __init__(self, images: ImageList, transform) -> None:
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(load_image(self.images.paths[index])), index
+
+
+@dataclass
+class ImageSource:
+    """A training set with two ways to read it: a deterministic view (extraction) and augmented batches.
+
+    `memory` holds the (N, 3, S, S) uint8 images when the set is kept in memory; else images are decoded per
+    item by DataLoader workers.
+    """
+
+    images: ImageList
+    crop: int
+    augment: AugmentSpec
+    memory: torch.Tensor | None
+    workers: int
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.images.targets
+
+    def eval_batches(
+        self, indices: np.ndarray, batch_size: int, device: torch.device
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(normalised images on device, dataset indices) over `indices`, deterministic view."""
+        if self.memory is not None:
+            for start in range(0, len(indices), batch_size):
+                idx = torch.from_numpy(indices[start : start + batch_size])
+                yield (
+                    center_crop_batch(self.memory[idx].to(device, non_blocking=True), self.crop),
+                    idx,
+                )
+            return
+        dataset = torch.utils.data.Subset(ImageDataset(self.images, eval_transform(self.crop)), indices.tolist())
+        yield from self._loader(dataset, batch_size, device)
+
+    def train_batches(
+        self,
+        indices: np.ndarray,
+        batch_size: int,
+        device: torch.device,
+        gen: torch.Generator,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(augmented images on device, dataset indices) in the order of `indices`; drops the last partial batch."""
+        num_batches = len(indices) // batch_size
+        if self.memory is not None:
+            augment = BatchAugment(self.augment)
+            for b in range(num_batches):
+                idx = torch.from_numpy(indices[b * batch_size : (b + 1) * batch_size])
+                yield augment(self.memory[idx].to(device, non_blocking=True), gen), idx
+            return
+        torch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        dataset = torch.utils.data.Subset(ImageDataset(self.images, train_transform(self.augment)), indices.tolist())
+        yield from self._loader(dataset, batch_size, device, drop_last=True, seed=torch_seed)
+
+    def _loader(
+        self,
+        dataset,
+        batch_size: int,
+        device: torch.device,
+        drop_last: bool = False,
+        seed: int = 0,
+    ):
+        loader_gen = torch.Generator().manual_seed(seed)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=self.workers,
+            pin_memory=device.type == "cuda",
+            drop_last=drop_last,
+            persistent_workers=False,
+            generator=loader_gen,
+        )
+        for images, idx in loader:
+            yield images.to(device, non_blocking=True), idx
+
+
+def build_source(
+    data: str,
+    split: str,
+    crop: int,
+    augment: AugmentSpec,
+    subset: int | None,
+    in_memory: bool,
+    workers: int,
+    cache_dir: Path,
+) -> ImageSource:
+    """The training set of a run: `--data` resolved, subset taken, optionally decoded once into memory."""
+    images = list_images(resolve_split(data, split, cache_dir))
+    images = images.subset(subset_indices(len(images), subset))
+    memory = None
+    if in_memory:
+        store = resize_size(crop)
+        cache_file = None
+        if data == "cifar10":
+            cache_file = cache_dir / f"cifar10-{split}-{store}px-{len(images)}-{_digest(images.paths)}.npy"
+        memory = cached_uint8(images, store, cache_file, max(1, workers))
+        logger.info(
+            "kept %d images in memory as uint8 (%.0f MB)",
+            len(images),
+            memory.numel() / 2**20,
+        )
+    return ImageSource(images, crop, augment, memory, workers)
+
+
+def _digest(paths: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha1("\n".join(os.path.relpath(p, Path(p).parents[2]) for p in paths).encode()).hexdigest()[:10]

@@ -1,0 +1,144 @@
+"""Process-group set-up: torchrun environment, else SLURM environment, else a single process."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from util.errors import UserError
+
+logger = logging.getLogger("deepcluster")
+
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _check_complete(names: tuple[str, ...], source: str) -> None:
+    missing = [n for n in names if n not in os.environ]
+    if missing:
+        raise UserError(
+            f"partial {source} environment: {', '.join(missing)} not set; set all of {', '.join(names)} or none"
+        )
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of SLURM_JOB_NODELIST (scontrol expands ranges such as node[01-04])."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.split()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        head = nodelist.split(",")[0]
+        if "[" in head:  # node[01-04,07] -> node01
+            prefix, rest = head.split("[", 1)
+            return prefix + rest.split("-")[0].split(",")[0].rstrip("]")
+        return head
+
+
+def env_info() -> tuple[DistInfo, str | None, str | None]:
+    """Read rank/world/local rank and the rendezvous address from the environment."""
+    if any(n in os.environ for n in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        _check_complete(TORCHRUN_VARS, "torchrun")
+        info = DistInfo(
+            int(os.environ["RANK"]),
+            int(os.environ["WORLD_SIZE"]),
+            int(os.environ["LOCAL_RANK"]),
+        )
+        return info, os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
+    if "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        _check_complete(SLURM_VARS, "SLURM")
+        info = DistInfo(
+            int(os.environ["SLURM_PROCID"]),
+            int(os.environ["SLURM_NTASKS"]),
+            int(os.environ["SLURM_LOCALID"]),
+        )
+        addr = os.environ.get("MASTER_ADDR") or first_slurm_host(os.environ["SLURM_JOB_NODELIST"])
+        # A port derived from the job id: two jobs sharing a node do not collide.
+        port = os.environ.get("MASTER_PORT") or str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000)
+        return info, addr, port
+    return DistInfo(), None, None
+
+
+def init_distributed(device: str) -> DistInfo:
+    """Initialise torch.distributed when the environment asks for several processes (NCCL on GPU, else gloo)."""
+    info, addr, port = env_info()
+    if not info.distributed:
+        return info
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, port
+    use_cuda = device.startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(info.local_rank)
+    dist.init_process_group(
+        backend="nccl" if use_cuda else "gloo",
+        init_method=f"tcp://{addr}:{port}",
+        rank=info.rank,
+        world_size=info.world_size,
+        timeout=datetime.timedelta(minutes=30),
+    )
+    logger.info(
+        "distributed: rank %d / %d (local %d) via %s:%s",
+        info.rank,
+        info.world_size,
+        info.local_rank,
+        addr,
+        port,
+    )
+    return info
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Broadcast a picklable object from src to every rank (identity when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate (n_r, ...) tensors of every rank (n_r may differ) in rank order."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
+    max_rows = int(max(s.item() for s in sizes))
+    padded = torch.zeros((max_rows, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.shape[0]] = tensor
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes, strict=True)])

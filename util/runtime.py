@@ -1,0 +1,63 @@
+"""Start-up of every entry script: device, seeds, determinism, the output folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from util.dist import DistInfo
+from util.errors import UserError
+
+logger = logging.getLogger("deepcluster")
+
+
+def resolve_device(requested: str | None, info: DistInfo) -> torch.device:
+    """--device, else cuda when available; distributed CUDA runs use cuda:LOCAL_RANK."""
+    name = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name} asked for, but CUDA is not available here: use --device cpu")
+        if info.distributed or name == "cuda":
+            return torch.device(
+                "cuda",
+                info.local_rank if info.distributed else torch.cuda.current_device(),
+            )
+    elif name != "cpu":
+        raise UserError(f"--device {name} is not understood: use cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def prepare_output_dir(path: str, is_main: bool) -> Path:
+    """Create the output folder and prove it is writable before any work is done."""
+    out = Path(path).expanduser()
+    if not is_main:
+        return out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output-dir {out} is a file, not a folder: choose another path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(
+            f"--output-dir {out} is not writable ({err.strerror}): choose a folder you can write to"
+        ) from err
+    return out
