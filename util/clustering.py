@@ -49,9 +49,13 @@ class PCAWhitening:
         x64 = x.double()
         self.mean = x64.mean(0)
         centered = x64 - self.mean
-        cov = centered.T @ centered / (num - 1)  # (D, D)
-        eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
-        eigvals, eigvecs = eigvals.flip(0)[:out_dim], eigvecs.flip(1)[:, :out_dim]
+        if num >= in_dim:  # covariance (D, D)
+            eigvals, eigvecs = torch.linalg.eigh(centered.T @ centered / (num - 1))  # ascending
+            eigvals, eigvecs = eigvals.flip(0)[:out_dim], eigvecs.flip(1)[:, :out_dim]
+        else:  # fewer samples than dimensions: eigen-decompose the (M, M) Gram matrix instead, far cheaper
+            gram_vals, gram_vecs = torch.linalg.eigh(centered @ centered.T / (num - 1))
+            eigvals, gram_vecs = gram_vals.flip(0)[:out_dim], gram_vecs.flip(1)[:, :out_dim]
+            eigvecs = centered.T @ gram_vecs / (eigvals.clamp_min(1e-30) * (num - 1)).sqrt()
         # Guard against (near-)zero variance directions of degenerate features; whitening divides by sqrt.
         eigvals = eigvals.clamp_min(eigvals[0].clamp_min(1e-30) * 1e-10)
         self.projection = eigvecs / eigvals.sqrt()
@@ -273,7 +277,7 @@ def power_iteration_clustering(
 def _resolve_parents(v: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     """parent[i] = argmax of v over i and its neighbours, then follow links to their roots."""
     num = v.shape[0]
-    neighbour_max = torch.full((num,), -1.0, device=v.device).index_reduce_(0, src, v[dst], "amax", include_self=True)
+    neighbour_max = torch.full((num,), -1.0, device=v.device).scatter_reduce_(0, src, v[dst], "amax")
     is_best = v[dst] == neighbour_max[src]
     parent = torch.arange(num, device=v.device)
     improves = is_best & (v[dst] > v[src])

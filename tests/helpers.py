@@ -1,0 +1,100 @@
+"""Shared test helpers: tiny generated ImageFolder trees, running the scripts, reading W&B runs back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def make_image_folder(
+    root: Path, num_classes: int = 3, per_class: int = 30, size: int = 32, seed: int = 0, noise: float = 30.0
+) -> Path:
+    """JPEG images, one folder per class; each class is a distinct colour and stripe orientation plus noise,
+    so the classes are easy to separate but not identical within a class."""
+    rng = np.random.default_rng(seed)
+    palette = rng.uniform(40, 215, size=(num_classes, 3))
+    yy, xx = np.mgrid[0:size, 0:size]
+    for c in range(num_classes):
+        folder = root / f"class_{c:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        stripes = np.sin((xx if c % 2 else yy) * (0.4 + 0.3 * c))[..., None] * 40
+        for i in range(per_class):
+            img = palette[c] + stripes + rng.normal(0, noise, size=(size, size, 3))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+def script_env(tmp: Path) -> dict:
+    """An environment that keeps W&B offline and its files, and the data cache, inside tmp."""
+    env = dict(os.environ)
+    env.update(
+        WANDB_MODE="offline",
+        WANDB_DIR=str(tmp / "wandb-home"),
+        WANDB_CACHE_DIR=str(tmp / "wandb-home" / "cache"),
+        WANDB_DATA_DIR=str(tmp / "wandb-home" / "data"),
+        WANDB_CONFIG_DIR=str(tmp / "wandb-home" / "config"),
+        WANDB_SILENT="true",
+        PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"),
+    )
+    env.pop("WANDB_API_KEY", None)
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS"):
+        env.pop(var, None)
+    return env
+
+
+def run_script(script: str, args: list[str], tmp: Path, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, str(REPO / script), *args],
+        cwd=REPO,
+        env=kwargs.pop("env", None) or script_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wandb_run_dir(output_dir: Path) -> Path:
+    runs = sorted((output_dir / "wandb").glob("offline-run-*"))
+    assert runs, f"no offline W&B run under {output_dir / 'wandb'}"
+    return runs[-1]
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """Every record of an offline run, decoded by wandb's own reader (`wandb leet inspect --json`)."""
+    wandb_cli = Path(PYTHON).parent / "wandb"
+    out = subprocess.run(
+        [str(wandb_cli), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip().startswith("{")]
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    return [r["history"]["item"] for r in wandb_records(run_dir) if r.get("type") == "history"]
+
+
+def wandb_summary(run_dir: Path) -> dict:
+    wandb_cli = Path(PYTHON).parent / "wandb"
+    out = subprocess.run(
+        [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)

@@ -1,0 +1,132 @@
+"""Every user mistake of DESIGN section 10: one clear line, exit code 2, nothing overwritten."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import pytest
+
+from tests.helpers import make_image_folder, read_jsonl, run_script
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--arch", "resnet18", "--k", "6", "--pca-dim", "16", "--batch-size", "16", "--workers", "0", "--epochs", "1"]
+
+
+def pretrain(tmp_path, *args):
+    return run_script("main_deepcluster.py", [*TINY, *args], tmp_path)
+
+
+def assert_user_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_data_folder(tmp_path):
+    assert_user_error(
+        pretrain(tmp_path, "--data", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "o")), "does not exist"
+    )
+
+
+def test_empty_data_folder(tmp_path):
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    assert_user_error(
+        pretrain(tmp_path, "--data", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "o")), "holds no images"
+    )
+
+
+@pytest.mark.parametrize("memory", ["--in-memory", "--no-in-memory"])
+def test_unreadable_image_is_named(tmp_path, memory):
+    data = make_image_folder(tmp_path / "data", num_classes=3, per_class=30)
+    bad = data / "class_01" / "0003.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    proc = pretrain(tmp_path, "--data", str(data), "--output-dir", str(tmp_path / "o"), memory)
+    assert_user_error(proc, "cannot decode image", str(bad))
+
+
+def test_k_larger_than_images(tiny_folder, tmp_path):
+    proc = pretrain(tmp_path, "--data", str(tiny_folder), "--output-dir", str(tmp_path / "o"), "--k", "500")
+    assert_user_error(proc, "--k 500 is larger than the 90 images")
+
+
+def test_fewer_images_than_pca_dims(tiny_folder, tmp_path):
+    proc = pretrain(tmp_path, "--data", str(tiny_folder), "--output-dir", str(tmp_path / "o"), "--pca-dim", "256")
+    assert_user_error(proc, "too few for --pca-dim 256")
+
+
+def test_unknown_architecture(tiny_folder, tmp_path):
+    proc = pretrain(tmp_path, "--data", str(tiny_folder), "--output-dir", str(tmp_path / "o"), "--arch", "resnet1000")
+    assert proc.returncode == 2 and "invalid choice: 'resnet1000'" in proc.stderr
+
+
+def test_checkpoint_of_another_arch_is_refused_and_kept(tiny_folder, tmp_path):
+    out = tmp_path / "o"
+    assert pretrain(tmp_path, "--data", str(tiny_folder), "--output-dir", str(out)).returncode == 0
+    before = hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest()
+    log_before = (out / "log.jsonl").read_text()
+    proc = pretrain(
+        tmp_path, "--data", str(tiny_folder), "--output-dir", str(out), "--arch", "resnet50", "--epochs", "2"
+    )
+    assert_user_error(proc, "--arch resnet18 (now resnet50)", "new --output-dir")
+    assert hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest() == before
+    assert (out / "log.jsonl").read_text() == log_before
+    # --resume with a checkpoint of another arch, into a fresh folder
+    proc = pretrain(
+        tmp_path, "--data", str(tiny_folder), "--output-dir", str(tmp_path / "o2"), "--arch", "resnet50",
+        "--resume", str(out / "checkpoint.pth"),
+    )  # fmt: skip
+    assert_user_error(proc, "--arch resnet18 (now resnet50)")
+
+
+def test_resume_path_must_exist(tiny_folder, tmp_path):
+    proc = pretrain(
+        tmp_path, "--data", str(tiny_folder), "--output-dir", str(tmp_path / "o"), "--resume", str(tmp_path / "x.pth")
+    )
+    assert_user_error(proc, "does not exist")
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_folder, tmp_path):
+    out = tmp_path / "o"
+    assert pretrain(tmp_path, "--data", str(tiny_folder), "--output-dir", str(out)).returncode == 0
+    before = (out / "checkpoint.pth").read_bytes()
+    proc = pretrain(tmp_path, "--data", str(tiny_folder), "--output-dir", str(out), "--epochs", "3", "--lr", "1e30")
+    assert_user_error(proc, "lower --lr")
+    assert (out / "checkpoint.pth").read_bytes() == before
+    assert [r["epoch"] for r in read_jsonl(out / "log.jsonl")] == [0]
+
+
+def test_output_dir_not_writable(tiny_folder, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    proc = pretrain(tmp_path, "--data", str(tiny_folder), "--output-dir", str(blocker / "run"))
+    assert_user_error(proc, "not writable")
+    proc = pretrain(tmp_path, "--data", str(tiny_folder), "--output-dir", str(blocker))
+    assert_user_error(proc, "is a file")
+
+
+def test_partial_distributed_environment(tiny_folder, tmp_path):
+    from tests.helpers import script_env
+
+    env = script_env(tmp_path)
+    env.update(RANK="0", WORLD_SIZE="2")
+    proc = run_script(
+        "main_deepcluster.py",
+        [*TINY, "--data", str(tiny_folder), "--output-dir", str(tmp_path / "o")],
+        tmp_path,
+        env=env,
+    )
+    assert_user_error(proc, "LOCAL_RANK", "MASTER_ADDR")
+
+
+def test_wandb_online_without_credentials_falls_back_to_offline(tiny_folder, tmp_path):
+    out = tmp_path / "o"
+    proc = pretrain(tmp_path, "--data", str(tiny_folder), "--output-dir", str(out), "--wandb-mode", "online")
+    assert proc.returncode == 0, proc.stderr
+    assert "logging offline instead" in proc.stderr
+    assert list((out / "wandb").glob("offline-run-*"))
+    shutil.rmtree(out)

@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import torch
+
+from util.clustering import (
+    PCAWhitening,
+    faiss_kmeans,
+    l2_normalize,
+    power_iteration_clustering,
+    preprocess_features,
+    pseudo_labels,
+    run_clustering,
+    torch_kmeans,
+)
+from util.errors import UserError
+from util.metrics import nmi
+
+
+def planted(num_clusters=8, per_cluster=60, dim=32, spread=0.05, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    centers = l2_normalize(torch.randn(num_clusters, dim, generator=gen))
+    labels = torch.arange(num_clusters).repeat_interleave(per_cluster)
+    x = centers[labels] + spread * torch.randn(len(labels), dim, generator=gen)
+    return l2_normalize(x), labels.numpy()
+
+
+def test_pca_whitening_gives_identity_covariance():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 64, generator=gen) @ torch.randn(64, 64, generator=gen) + 3.0
+    y = PCAWhitening(16).fit(x).apply(x).double()
+    cov = torch.cov(y.T)
+    assert y.shape == (3000, 16)
+    assert torch.allclose(cov, torch.eye(16, dtype=torch.float64), atol=1e-3)
+    assert y.mean(0).abs().max() < 1e-4
+
+
+def test_preprocess_is_l2_normalised_and_rejects_too_few_images():
+    x = torch.randn(300, 40)
+    y = preprocess_features(x, 8)
+    assert torch.allclose(y.norm(dim=1), torch.ones(300), atol=1e-5)
+    with pytest.raises(UserError, match="too few"):
+        preprocess_features(torch.randn(10, 40), 16)
+    with pytest.raises(UserError, match="NaN"):
+        preprocess_features(torch.full((50, 4), float("nan")), 2)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_kmeans_recovers_planted_clusters(backend):
+    # Over-clustering (k = 2x the planted clusters), as DeepCluster does: no cluster may straddle two planted
+    # ones, and every planted cluster is found (a random init can split one in two, never merge two).
+    x, labels = planted()
+    result = run_clustering(x, "kmeans", 16, seed=3, backend=backend)
+    table = np.zeros((16, 8), dtype=int)
+    np.add.at(table, (result.assignments, labels), 1)
+    assert ((table > 0).sum(1) <= 1).all()
+    assert (table.sum(0) > 0).all() and result.empty_clusters == 0
+    assert nmi(result.assignments, labels) > 0.8
+
+
+def test_backends_agree_on_easy_data():
+    # Two well-separated clusters: Lloyd's algorithm converges to them from any initialisation.
+    for seed in range(5):
+        x, labels = planted(num_clusters=2, per_cluster=150, seed=seed)
+        a = faiss_kmeans(x, 2, 20, seed=seed).assignments
+        b = torch_kmeans(x, 2, 20, seed=seed).assignments
+        assert nmi(a, b) == pytest.approx(1.0) and nmi(a, labels) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_same_seed_same_assignments(backend):
+    x, _ = planted(num_clusters=20, spread=0.5, seed=7)  # overlapping clusters: the seed matters
+    first = run_clustering(x, "kmeans", 20, seed=11, backend=backend).assignments
+    again = run_clustering(x, "kmeans", 20, seed=11, backend=backend).assignments
+    other = run_clustering(x, "kmeans", 20, seed=12, backend=backend).assignments
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_torch_kmeans_handles_empty_clusters():
+    # 3 distinct points repeated: k=6 leaves clusters empty whatever the re-seeding does.
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]).repeat(20, 1)
+    result = torch_kmeans(x, 6, 10, seed=0)
+    assert result.empty_clusters == 3
+    assert result.reseeded_clusters > 0
+    labels, num = pseudo_labels(result.assignments)
+    assert num == 3 and set(labels) == {0, 1, 2}
+
+
+def test_faiss_counts_empty_clusters():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat(30, 1)
+    result = faiss_kmeans(x, 4, 10, seed=0)
+    assert result.empty_clusters == 2
+    assert pseudo_labels(result.assignments)[1] == 2
+
+
+def test_k_larger_than_images_is_a_user_error():
+    with pytest.raises(UserError, match="larger than the 10 images"):
+        run_clustering(torch.randn(10, 4), "kmeans", 11, seed=0, backend="torch")
+
+
+def test_pic_finds_planted_clusters():
+    x, labels = planted(num_clusters=5, per_cluster=80, spread=0.03)
+    result = power_iteration_clustering(x, num_neighbors=5, sigma=0.2, alpha=0.001, niter=200)
+    # PIC finds its own number of clusters; every found cluster must be pure (no merge across planted ones).
+    table = np.zeros((result.num_clusters, 5), dtype=int)
+    np.add.at(table, (result.assignments, labels), 1)
+    assert (table > 0).sum(1).max() == 1
+    assert result.num_clusters < len(labels) // 4  # it does group points
+
+
+def test_pca_whitening_with_fewer_samples_than_dimensions():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(200, 20, generator=gen) @ torch.randn(20, 500, generator=gen)  # rank 20 in 500 dims
+    y = PCAWhitening(16).fit(x).apply(x).double()
+    assert torch.allclose(torch.cov(y.T), torch.eye(16, dtype=torch.float64), atol=1e-6)

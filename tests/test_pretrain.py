@@ -1,0 +1,161 @@
+"""main_deepcluster.py end to end on tiny generated ImageFolders (real JPEGs, real faiss, real W&B offline)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import PYTHON, REPO, read_jsonl, run_script, script_env, wandb_history, wandb_run_dir
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "--arch",
+    "resnet18",
+    "--k",
+    "6",
+    "--pca-dim",
+    "16",
+    "--batch-size",
+    "16",
+    "--image-size",
+    "32",
+    "--workers",
+    "0",
+]
+LOG_KEYS = {
+    "epoch",
+    "loss",
+    "nmi_prev",
+    "nmi_labels",
+    "empty_clusters",
+    "time_extract",
+    "time_cluster",
+    "time_train",
+    "images_per_s",
+}
+
+
+def pretrain(tmp_path, data, out, *extra, **kwargs):
+    return run_script(
+        "main_deepcluster.py", ["--data", str(data), "--output-dir", str(out), *TINY, *extra], tmp_path, **kwargs
+    )
+
+
+@pytest.mark.parametrize("memory", ["--in-memory", "--no-in-memory"])
+def test_end_to_end_writes_checkpoint_log_assignments_and_wandb(tmp_path, tiny_folder, memory):
+    out = tmp_path / "run"
+    proc = pretrain(tmp_path, tiny_folder, out, "--epochs", "2", memory)
+    assert proc.returncode == 0, proc.stderr
+    records = read_jsonl(out / "log.jsonl")
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert LOG_KEYS <= set(records[0])
+    assert records[0]["nmi_prev"] is None and 0 <= records[1]["nmi_prev"] <= 1
+    assert all(0 <= r["nmi_labels"] <= 1 and np.isfinite(r["loss"]) for r in records)
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["arch"] == "resnet18" and len(ckpt["assignments"]) == 90
+    saved = np.load(out / "assignments" / "epoch_0001.npy")
+    assert saved.dtype == np.int16 and saved.shape == (90,)
+    np.testing.assert_array_equal(saved, ckpt["assignments"])
+    # The offline W&B run, read back from disk, holds the same NMI and loss with the epoch as x-axis.
+    history = wandb_history(wandb_run_dir(out))
+    assert [h["epoch"] for h in history] == [0, 1]
+    for h, r in zip(history, records, strict=True):
+        assert h["train/loss"] == pytest.approx(r["loss"])
+        assert h["cluster/nmi_labels"] == pytest.approx(r["nmi_labels"])
+    assert "epoch 1/2" in proc.stderr and "nmi_labels" in proc.stderr
+
+
+def test_resume_with_more_epochs_continues_the_same_run(tmp_path, tiny_folder):
+    out = tmp_path / "run"
+    assert pretrain(tmp_path, tiny_folder, out, "--epochs", "1").returncode == 0
+    run_id = torch.load(out / "checkpoint.pth", weights_only=False)["wandb_run_id"]
+    proc = pretrain(tmp_path, tiny_folder, out, "--epochs", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed from" in proc.stderr
+    assert [r["epoch"] for r in read_jsonl(out / "log.jsonl")] == [0, 1]
+    assert torch.load(out / "checkpoint.pth", weights_only=False)["wandb_run_id"] == run_id
+    again = pretrain(tmp_path, tiny_folder, out, "--epochs", "2")
+    assert again.returncode == 0 and "already holds 2 epochs" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--clustering", "pic"], ["--kmeans-backend", "torch"], ["--arch", "alexnet", "--sobel", "--image-size", "64"]],
+)
+def test_other_clusterings_and_archs_run(tmp_path, tiny_folder, extra):
+    out = tmp_path / "run"
+    proc = pretrain(tmp_path, tiny_folder, out, "--epochs", "1", *extra)
+    assert proc.returncode == 0, proc.stderr
+    record = read_jsonl(out / "log.jsonl")[0]
+    assert record["num_clusters"] >= 2
+
+
+def test_bundled_cifar10_subset(tmp_path):
+    env = script_env(tmp_path)
+    env["DEEPCLUSTER_CACHE"] = str(tmp_path / "cache")
+    out = tmp_path / "run"
+    args = [
+        "--data",
+        "cifar10",
+        "--subset",
+        "300",
+        "--epochs",
+        "1",
+        "--k",
+        "10",
+        "--pca-dim",
+        "32",
+        "--output-dir",
+        str(out),
+    ]
+    proc = run_script("main_deepcluster.py", args, tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "cache" / "cifar10-jpg" / "test" / "airplane").is_dir()
+    assert read_jsonl(out / "log.jsonl")[0]["nmi_labels"] > 0
+
+
+def test_sigkill_mid_epoch_then_restart_gives_the_same_weights(tmp_path, tiny_folder):
+    """A run killed at any moment and restarted ends bit-for-bit where an uninterrupted run ends (CPU)."""
+    args = ["--epochs", "4", "--deterministic", "--in-memory"]
+    reference = tmp_path / "reference"
+    assert pretrain(tmp_path, tiny_folder, reference, *args).returncode == 0
+
+    killed = tmp_path / "killed"
+    cmd = [
+        PYTHON,
+        str(REPO / "main_deepcluster.py"),
+        "--data",
+        str(tiny_folder),
+        "--output-dir",
+        str(killed),
+        *TINY,
+        *args,
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=script_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not (killed / "log.jsonl").exists():
+        time.sleep(0.02)
+    time.sleep(0.3)  # into epoch 1 or 2: extraction, clustering or training
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    epochs_done = len(read_jsonl(killed / "log.jsonl"))
+    assert 1 <= epochs_done < 4, "the kill must land before the run ends"
+
+    assert pretrain(tmp_path, tiny_folder, killed, *args).returncode == 0
+    final_ref = torch.load(reference / "checkpoint.pth", weights_only=False)
+    final_killed = torch.load(killed / "checkpoint.pth", weights_only=False)
+    for key, value in final_ref["backbone"].items():
+        assert torch.equal(value, final_killed["backbone"][key]), key
+    np.testing.assert_array_equal(final_ref["assignments"], final_killed["assignments"])
+    assert [r["loss"] for r in read_jsonl(reference / "log.jsonl")] == [
+        r["loss"] for r in read_jsonl(killed / "log.jsonl")
+    ]
