@@ -58,6 +58,17 @@ from util.tracking import Tracker, init_tracker
 
 logger = logging.getLogger("deepcluster")
 
+DEPARTURES = """departures from the paper (Caron et al. 2018), each named so results can be read right:
+  --pca-fit-samples  PCA is fit on a fixed random sample of 100k features (all of them when N <= 100k, as in
+                     the paper) and later batches are reduced on the fly; the paper fits on all N.
+  --in-memory        small datasets are decoded once to uint8 and augmented in batches on the device: bilinear
+                     crops without antialiasing, colour jitter in a fixed order (torchvision: random order).
+  --arch / --aug     defaults are ResNet-18 and, on cifar10, the `cifar` augmentation preset (32 px crops, flip,
+                     jitter, grayscale); the paper is `--arch alexnet --sobel --aug paper` at 224 px.
+  k-means            empty clusters are re-seeded by splitting a large cluster (faiss and torch backends), as the
+                     original; clusters still empty at the end are dropped from the pseudo-labels and counted.
+  PIC                the number of clusters is found by PIC, not set by --k."""
+
 # Arguments that define a run: resuming an output folder with other values would mix two experiments.
 RUN_DEFINING_ARGS = (
     "arch",
@@ -551,5 +562,10 @@ def _fmt(value: float | None) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser("DeepCluster pretraining", parents=[get_args_parser()])
+    parser = argparse.ArgumentParser(
+        "DeepCluster pretraining",
+        parents=[get_args_parser()],
+        epilog=DEPARTURES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run_main(lambda: main(parser.parse_args()))

@@ -1,0 +1,320 @@
+"""Linear probes on frozen features: multi-head Feature1..Feature5, AvgPool, and weighted kNN.
+
+Every evaluation also runs a random-init network of the same architecture (the floor a pretrained network must
+beat; disable with --baseline none). Results go to OUTPUT_DIR/results.json, the console and W&B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from util import dist as dist_util
+from util.args import add_data_args, add_model_args, add_runtime_args, add_wandb_args, positive_int
+from util.augment import augment_preset
+from util.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from util.data import ImageSource, build_source
+from util.errors import UserError, run_main
+from util.feature_streams import CachedFeatures, LiveFeatures
+from util.logging import interactive, provenance, setup_logging
+from util.metrics import topk_accuracy
+from util.pretrained import RANDOM, load_backbone, resolve_arch
+from util.probes import TAP_NAMES, AvgPoolHead, MultiHead, build_tap_pooling, knn_predict, l2n
+from util.runtime import prepare_output_dir, resolve_device, seed_everything
+from util.tracking import Tracker, init_tracker
+
+logger = logging.getLogger("deepcluster")
+
+STATE_NAME = "linear_state.pth"
+DEPARTURES = """protocol notes (mmselfsup / Goyal et al. 2019), and where this script departs from them:
+  multihead  taps Feature1..5, AvgPool2d (10,10,4) (16,8,0) (13,5,0) (8,3,0) (6,1,0) for ResNet-50 at 224 px;
+             other archs / sizes: adaptive pooling to about 9216 dims per tap (capped at the map size).
+             BatchNorm without affine + Linear per tap; SGD nesterov 0.9, lr 0.01, wd 1e-4, 90 epochs, lr x0.1 at
+             1/3 and 2/3 of the epochs (30/60); the LAST epoch is reported.
+  avgpool    global average pool of Feature5 -> Linear; SGD 0.9, lr 30, wd 0, 100 epochs, x0.1 at 60% and 80%;
+             the BEST epoch is reported.
+  knn        weighted kNN on L2-normalised AvgPool features, k=20, T=0.07, cosine similarity (no training).
+  training views: RandomResizedCrop + flip; evaluation: resize + center crop.
+  --cached-features  DEPARTS from the protocol: features of the evaluation view are extracted once and the heads
+             train on them without augmentation (much faster; numbers usually a little different)."""
+
+PROTOCOL_DEFAULTS = {
+    "multihead": {"epochs": 90, "lr": 0.01, "wd": 1e-4, "milestones": (1 / 3, 2 / 3), "nesterov": True},
+    "avgpool": {"epochs": 100, "lr": 30.0, "wd": 0.0, "milestones": (0.6, 0.8), "nesterov": False},
+}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("DeepCluster linear evaluation", add_help=False)
+    parser.add_argument(
+        "--pretrained", required=True, help="main_deepcluster.py checkpoint, torchvision-format state dict, or `random`"
+    )
+    add_model_args(parser, default_arch=None)
+    add_data_args(parser)
+    group = parser.add_argument_group("protocol")
+    group.add_argument("--protocol", choices=("multihead", "avgpool", "knn", "all"), default="all")
+    group.add_argument(
+        "--epochs", type=positive_int, default=None, help="override the protocol's epochs (multihead 90, avgpool 100)"
+    )
+    group.add_argument("--batch-size", type=positive_int, default=256, help="(protocol: 256)")
+    group.add_argument("--lr", type=float, default=None, help="override the protocol's lr (multihead 0.01, avgpool 30)")
+    group.add_argument(
+        "--wd", type=float, default=None, help="override the protocol's weight decay (multihead 1e-4, avgpool 0)"
+    )
+    group.add_argument("--momentum", type=float, default=0.9)
+    group.add_argument("--knn-k", type=positive_int, default=20)
+    group.add_argument("--knn-temperature", type=float, default=0.07)
+    group.add_argument(
+        "--cached-features",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="extract frozen features once, no augmentation (fast; departs from the protocol)",
+    )
+    group.add_argument(
+        "--baseline", choices=("random", "none"), default="random",
+        help="also evaluate a random-init network of the same arch (default: random)",
+    )  # fmt: skip
+    add_runtime_args(parser)
+    add_wandb_args(parser, default_project="deepcluster-eval")
+    parser.set_defaults(sobel=None)
+    return parser
+
+
+@dataclass
+class Task:
+    """One (network, protocol) evaluation; its results land under `prefix + key`."""
+
+    model: str  # "pretrained" or "random_init"
+    weights: str
+    protocol: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/{self.protocol}"
+
+    @property
+    def prefix(self) -> str:
+        return "" if self.model == "pretrained" else "random_init_"
+
+
+def plan_tasks(args: argparse.Namespace) -> list[Task]:
+    protocols = ("multihead", "avgpool", "knn") if args.protocol == "all" else (args.protocol,)
+    models = [("pretrained", args.pretrained)] + ([("random_init", RANDOM)] if args.baseline == "random" else [])
+    if args.pretrained == RANDOM:
+        models = [("random_init", RANDOM)]
+    return [Task(model, weights, protocol) for model, weights in models for protocol in protocols]
+
+
+def main(args: argparse.Namespace) -> None:
+    # ---- set-up
+    info = dist_util.init_distributed(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    setup_logging(info.rank)
+    device = resolve_device(args.device, info)
+    seed_everything(args.seed, args.deterministic)
+    output_dir = prepare_output_dir(args.output_dir, info.is_main)
+    args.arch, args.sobel, _ = resolve_arch(args.pretrained, args.arch, args.sobel)
+    cifar = args.data == "cifar10"
+    args.image_size = args.image_size or (32 if cifar else 224)
+    args.in_memory = cifar if args.in_memory is None else args.in_memory
+
+    # ---- data: train split for the heads, val (or test) split for the numbers
+    train, val = eval_sources(args)
+    num_classes = len(train.images.classes)
+    if val.images.classes != train.images.classes:
+        raise UserError(
+            f"train and val class folders differ ({len(train.images.classes)} vs {len(val.images.classes)}): fix --data"
+        )
+    logger.info("%d train / %d val images, %d classes, %s", len(train), len(val), num_classes,
+                "cached features (fast mode)" if args.cached_features else "live features (protocol)")  # fmt: skip
+
+    # ---- resume, W&B, then one task after the other
+    state_path = output_dir / STATE_NAME
+    state = load_checkpoint(state_path) if state_path.is_file() else {"results": {}, "done": [], "current": None}
+    config = {**vars(args), **provenance()}
+    tracker = init_tracker(
+        args, output_dir, "eval_linear", config, info.is_main, state.get("wandb_run_id"), ("probe/*",)
+    )
+    state["wandb_run_id"] = tracker.run_id
+    streams: dict[str, object] = {}
+    for task in plan_tasks(args):
+        if task.name in state["done"]:
+            continue
+        if task.model not in streams:
+            streams.clear()  # one network's features at a time
+            streams[task.model] = make_stream(args, task.weights, train, val, device)
+        results = run_task(args, task, streams[task.model], num_classes, device, state, state_path, tracker)
+        state["results"].update({task.prefix + k: v for k, v in results.items()})
+        state["done"].append(task.name)
+        state["current"] = None
+        if info.is_main:
+            save_checkpoint(state, state_path)
+    if info.is_main:
+        report(args, state["results"], output_dir, tracker)
+    tracker.finish()
+    dist_util.cleanup()
+
+
+def eval_sources(args: argparse.Namespace) -> tuple[ImageSource, ImageSource]:
+    spec = augment_preset("paper", args.image_size)
+    cache = Path(args.data_cache)
+    train = build_source(args.data, "train", args.image_size, spec, args.subset, args.in_memory, args.workers, cache)
+    val_split = "test" if args.data == "cifar10" else _val_split(Path(args.data))
+    val = build_source(args.data, val_split, args.image_size, spec, None, args.in_memory, args.workers, cache)
+    return train, val
+
+
+def _val_split(root: Path) -> str:
+    for split in ("val", "test"):
+        if (root / split).is_dir():
+            return split
+    raise UserError(f"{root} needs train/ and val/ (or test/) sub-folders for evaluation")
+
+
+def make_stream(args: argparse.Namespace, weights: str, train: ImageSource, val: ImageSource, device: torch.device):
+    torch.manual_seed(args.seed)  # the random-init baseline is reproducible
+    backbone = load_backbone(weights, args.arch, args.sobel, device)
+    pooling = build_tap_pooling(backbone, args.arch, args.image_size, device)
+    kind = CachedFeatures if args.cached_features else LiveFeatures
+    return kind(backbone, pooling, train, val, args.batch_size, device, args.seed, interactive())
+
+
+def run_task(
+    args, task: Task, stream, num_classes: int, device, state: dict, state_path: Path, tracker: Tracker
+) -> dict:
+    logger.info("== %s", task.name)
+    if task.protocol == "knn":
+        return knn_eval(stream, num_classes, args.knn_k, args.knn_temperature, device)
+    hp = dict(PROTOCOL_DEFAULTS[task.protocol])
+    hp.update({k: getattr(args, k) for k in ("epochs", "lr", "wd") if getattr(args, k) is not None})
+    return train_probe(task, hp, args, stream, num_classes, device, state, state_path, tracker)
+
+
+def build_probe(task: Task, stream, num_classes: int, device: torch.device) -> torch.nn.Module:
+    pooled, avg, _ = next(iter(stream.val_batches()))
+    if task.protocol == "multihead":
+        return MultiHead([p.shape[1] for p in pooled], [p[0].numel() for p in pooled], num_classes).to(device)
+    return AvgPoolHead(avg.shape[1], num_classes).to(device)
+
+
+def train_probe(task, hp, args, stream, num_classes, device, state, state_path, tracker) -> dict:
+    """SGD with step decay; evaluates every epoch; resumable from the state file after any epoch."""
+    probe = build_probe(task, stream, num_classes, device)
+    optimizer = torch.optim.SGD(probe.parameters(), lr=hp["lr"], momentum=args.momentum, weight_decay=hp["wd"],
+                                nesterov=hp["nesterov"])  # fmt: skip
+    milestones = [max(1, round(f * hp["epochs"])) for f in hp["milestones"]]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+    history: list[dict] = []
+    start = 0
+    current = state.get("current")
+    if current and current["task"] == task.name:  # resume an interrupted probe
+        probe.load_state_dict(current["probe"])
+        optimizer.load_state_dict(current["optimizer"])
+        scheduler.load_state_dict(current["scheduler"])
+        history, start = current["history"], current["epoch"]
+        logger.info("resumed %s at epoch %d", task.name, start)
+    for epoch in range(start, hp["epochs"]):
+        loss = probe_epoch(task, probe, optimizer, stream.train_epoch(epoch))
+        scheduler.step()
+        metrics = {"epoch": epoch, "loss": loss, **probe_accuracy(task, probe, stream)}
+        history.append(metrics)
+        logger.info("%s epoch %d/%d loss %.4f %s", task.name, epoch, hp["epochs"], loss,
+                    " ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("top1")))  # fmt: skip
+        tracker.log({"probe/epoch": epoch, **{f"probe/{task.name}/{k}": v for k, v in metrics.items() if k != "epoch"}})
+        state["current"] = {"task": task.name, "epoch": epoch + 1, "probe": probe.state_dict(), "history": history,
+                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}  # fmt: skip
+        save_checkpoint(state, state_path)
+    if task.protocol == "multihead":  # protocol: the last epoch
+        return {k: v for k, v in history[-1].items() if k.startswith("feature")}
+    best = max(history, key=lambda h: h["avgpool_top1"])  # protocol: the best epoch
+    return {
+        "avgpool_top1": best["avgpool_top1"],
+        "avgpool_top5": best["avgpool_top5"],
+        "avgpool_best_epoch": best["epoch"],
+    }
+
+
+def probe_epoch(task: Task, probe: torch.nn.Module, optimizer: torch.optim.Optimizer, batches) -> float:
+    probe.train()
+    total, count = 0.0, 0
+    for pooled, avg, labels in batches:
+        outputs = probe(pooled) if task.protocol == "multihead" else [probe(avg)]
+        loss = sum(F.cross_entropy(out, labels) for out in outputs)
+        if not torch.isfinite(loss):
+            raise UserError(f"probe loss is {loss.item()} in {task.name}: lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(labels)
+        count += len(labels)
+    if count == 0:
+        raise UserError("no training batch: --batch-size is larger than the training set")
+    return total / count
+
+
+@torch.no_grad()
+def probe_accuracy(task: Task, probe: torch.nn.Module, stream) -> dict:
+    probe.eval()
+    names = list(TAP_NAMES) if task.protocol == "multihead" else ["avgpool"]
+    logits: list[list[torch.Tensor]] = [[] for _ in names]
+    targets = []
+    for pooled, avg, labels in stream.val_batches():
+        outputs = probe(pooled) if task.protocol == "multihead" else [probe(avg)]
+        for store, out in zip(logits, outputs, strict=True):
+            store.append(out.cpu())
+        targets.append(labels.cpu())
+    target = torch.cat(targets)
+    metrics = {}
+    for name, store in zip(names, logits, strict=True):
+        top1, top5 = topk_accuracy(torch.cat(store), target, (1, 5))
+        metrics[f"{name}_top1"], metrics[f"{name}_top5"] = top1, top5
+    return metrics
+
+
+def knn_eval(stream, num_classes: int, k: int, temperature: float, device: torch.device) -> dict:
+    train_feats, train_labels = stream.avgpool_features("train")
+    val_feats, val_labels = stream.avgpool_features("val")
+    scores = knn_predict(l2n(train_feats).to(device), train_labels.to(device), l2n(val_feats).to(device),
+                         num_classes, k, temperature)  # fmt: skip
+    top1, top5 = topk_accuracy(scores.cpu(), val_labels, (1, 5))
+    logger.info("knn (k=%d, T=%.2f): top1 %.2f top5 %.2f", k, temperature, top1, top5)
+    return {"knn_top1": top1, "knn_top5": top5}
+
+
+def report(args: argparse.Namespace, results: dict, output_dir: Path, tracker: Tracker) -> None:
+    """results.json, a console table and a W&B table shaped like the reference page's."""
+    payload = {**results, "arch": args.arch, "sobel": args.sobel, "pretrained": args.pretrained,
+               "cached_features": args.cached_features, "data": args.data}  # fmt: skip
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    atomic_write(output_dir / "results.json", lambda handle: handle.write(text.encode()))
+    columns = ["Model", "Config", "Feature1", "Feature2", "Feature3", "Feature4", "Feature5", "AvgPool", "kNN"]
+    rows = []
+    for label, prefix in (("pretrained", ""), ("random init", "random_init_")):
+        keys = [f"{t}_top1" for t in TAP_NAMES] + ["avgpool_top1", "knn_top1"]
+        values = [results.get(prefix + key) for key in keys]
+        if any(v is not None for v in values):
+            config = f"{args.arch}{'+sobel' if args.sobel else ''}{' (cached)' if args.cached_features else ''}"
+            rows.append([label if prefix else f"pretrained ({Path(args.pretrained).name})", config, *values])
+    cells = [columns] + [
+        [f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v)) for v in r] for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    logger.info("top-1 (%%) on %s:\n%s", args.data, "\n".join(lines))
+    tracker.table("linear_eval", columns, rows)
+    tracker.summary({k: v for k, v in results.items() if isinstance(v, (int, float))})
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        "DeepCluster linear evaluation",
+        parents=[get_args_parser()],
+        epilog=DEPARTURES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run_main(lambda: main(parser.parse_args()))

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh clone: install, lint, start what the tests need, run pytest.
+# Usage: bash tests/run.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt 2>&1 | grep -v "is ignored: it is neither" || true
+.venv/bin/python -c "import torch, torchvision, faiss, wandb, submitit, tqdm, sklearn" # fail fast on a broken install
+
+echo "== ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+
+echo "== pytest"
+exec .venv/bin/python -m pytest -q "$@"

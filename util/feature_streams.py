@@ -1,0 +1,133 @@
+"""Where probes get their inputs: frozen-backbone features computed live (the protocol) or cached once (fast mode)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models import Backbone
+from util.data import ImageSource
+from util.probes import TapPooling
+
+# One batch of probe inputs: the five pooled taps (B, C_i, s_i, s_i), the global average of the last tap (B, C5),
+# and the class labels (B,).
+ProbeBatch = tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]
+
+
+def probe_inputs(
+    backbone: Backbone, pooling: TapPooling, images: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Frozen forward: pooled taps and the globally averaged last tap (never tracked by autograd)."""
+    with torch.no_grad():
+        taps = backbone.forward_taps(images)
+        return pooling(taps), taps[-1].float().mean((2, 3))
+
+
+class LiveFeatures:
+    """The protocol: every epoch sees new training augmentations through the frozen backbone."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        pooling: TapPooling,
+        train: ImageSource,
+        val: ImageSource,
+        batch_size: int,
+        device: torch.device,
+        seed: int,
+        progress: bool = False,
+    ) -> None:
+        self.backbone, self.pooling, self.train, self.val = backbone, pooling, train, val
+        self.batch_size, self.device, self.seed, self.progress = batch_size, device, seed, progress
+        self.train_labels = torch.from_numpy(train.targets)
+        self.val_labels = torch.from_numpy(val.targets)
+
+    def train_epoch(self, epoch: int) -> Iterator[ProbeBatch]:
+        gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        order = torch.randperm(len(self.train), generator=gen).numpy()
+        batches = self.train.train_batches(order, self.batch_size, self.device, gen)
+        for images, idx in tqdm(batches, desc=f"probe epoch {epoch}", disable=not self.progress, leave=False):
+            pooled, avg = probe_inputs(self.backbone, self.pooling, images)
+            yield pooled, avg, self.train_labels[idx].to(self.device)
+
+    def val_batches(self) -> Iterator[ProbeBatch]:
+        for images, idx in self.val.eval_batches(np.arange(len(self.val)), 2 * self.batch_size, self.device):
+            pooled, avg = probe_inputs(self.backbone, self.pooling, images)
+            yield pooled, avg, self.val_labels[idx].to(self.device)
+
+    def avgpool_features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C5) globally averaged last-tap features of the deterministic view, with labels, for kNN."""
+        source = self.train if split == "train" else self.val
+        chunks = []
+        for images, idx in source.eval_batches(np.arange(len(source)), 2 * self.batch_size, self.device):
+            chunks.append((idx, probe_inputs(self.backbone, self.pooling, images)[1].cpu()))
+        feats = torch.empty(len(source), chunks[0][1].shape[1])
+        for idx, value in chunks:
+            feats[idx] = value
+        return feats, torch.from_numpy(source.targets)
+
+
+class CachedFeatures:
+    """Fast mode: the frozen features of the deterministic view are extracted once, kept as float16 on the host,
+    and the heads train on them (no training augmentation: a departure from the protocol, said in --help)."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        pooling: TapPooling,
+        train: ImageSource,
+        val: ImageSource,
+        batch_size: int,
+        device: torch.device,
+        seed: int,
+        progress: bool = False,
+    ) -> None:
+        self.batch_size, self.device, self.seed = batch_size, device, seed
+        self.train_pooled, self.train_avg = self._extract(backbone, pooling, train, progress, "cache train")
+        self.val_pooled, self.val_avg = self._extract(backbone, pooling, val, progress, "cache val")
+        self.train_labels = torch.from_numpy(train.targets)
+        self.val_labels = torch.from_numpy(val.targets)
+
+    def _extract(
+        self, backbone: Backbone, pooling: TapPooling, source: ImageSource, progress: bool, desc: str
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        pooled_all: list[torch.Tensor] | None = None
+        avg_all = None
+        batches = source.eval_batches(np.arange(len(source)), 2 * self.batch_size, self.device)
+        for images, idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+            pooled, avg = probe_inputs(backbone, pooling, images)
+            if pooled_all is None:
+                pooled_all = [torch.empty((len(source), *p.shape[1:]), dtype=torch.float16) for p in pooled]
+                avg_all = torch.empty((len(source), avg.shape[1]), dtype=torch.float32)
+            for store, value in zip(pooled_all, pooled, strict=True):
+                store[idx] = value.half().cpu()
+            avg_all[idx] = avg.cpu()
+        return pooled_all, avg_all
+
+    def _batches(self, pooled, avg, labels, order: torch.Tensor, drop_last: bool) -> Iterator[ProbeBatch]:
+        size = self.batch_size
+        stop = len(order) - (len(order) % size if drop_last and len(order) >= size else 0)
+        for start in range(0, stop, size):
+            idx = order[start : start + size]
+            yield (
+                [p[idx].to(self.device).float() for p in pooled],
+                avg[idx].to(self.device),
+                labels[idx].to(self.device),
+            )
+
+    def train_epoch(self, epoch: int) -> Iterator[ProbeBatch]:
+        gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        order = torch.randperm(len(self.train_labels), generator=gen)
+        yield from self._batches(self.train_pooled, self.train_avg, self.train_labels, order, drop_last=True)
+
+    def val_batches(self) -> Iterator[ProbeBatch]:
+        order = torch.arange(len(self.val_labels))
+        yield from self._batches(self.val_pooled, self.val_avg, self.val_labels, order, drop_last=False)
+
+    def avgpool_features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if split == "train":
+            return self.train_avg, self.train_labels
+        return self.val_avg, self.val_labels
