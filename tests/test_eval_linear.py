@@ -1,0 +1,159 @@
+"""eval_linear.py: probes on tiny generated data, strict loads, frozen backbone, resume, W&B table."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from tests.helpers import PYTHON, REPO, run_script, script_env, wandb_records, wandb_run_dir
+from util.augment import augment_preset
+from util.data import build_source
+from util.feature_streams import LiveFeatures
+from util.pretrained import load_backbone
+from util.probes import build_tap_pooling
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--batch-size", "32", "--workers", "0", "--image-size", "32", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_folder):
+    """A real main_deepcluster.py checkpoint (1 epoch on the tiny folder)."""
+    tmp = tmp_path_factory.mktemp("pre")
+    args = ["--data", str(tiny_folder), "--output-dir", str(tmp / "run"), "--arch", "resnet18", "--k", "6",
+            "--pca-dim", "16", "--batch-size", "16", "--epochs", "1", "--workers", "0"]  # fmt: skip
+    proc = run_script("main_deepcluster.py", args, tmp)
+    assert proc.returncode == 0, proc.stderr
+    return tmp / "run" / "checkpoint.pth"
+
+
+def evaluate(tmp_path, *args, **kwargs):
+    return run_script("eval_linear.py", [*FAST, *args], tmp_path, **kwargs)
+
+
+def test_all_protocols_cached_with_random_baseline(tmp_path, tiny_split_folder, checkpoint):
+    out = tmp_path / "eval"
+    proc = evaluate(tmp_path, "--pretrained", str(checkpoint), "--data", str(tiny_split_folder), "--epochs", "3",
+                    "--cached-features", "--output-dir", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    for prefix in ("", "random_init_"):
+        for key in [f"feature{i}_top1" for i in range(1, 6)] + ["avgpool_top1", "knn_top1", "knn_top5"]:
+            assert 0 <= results[prefix + key] <= 100, prefix + key
+    assert results["arch"] == "resnet18" and results["cached_features"] is True
+    assert "Feature1" in proc.stderr and "random init" in proc.stderr  # the console table
+    tables = [r for r in wandb_records(wandb_run_dir(out)) if "linear_eval" in json.dumps(r)]
+    assert tables, "the W&B run holds the linear_eval table"
+
+
+def test_probe_learns_on_separable_images(tmp_path, tiny_split_folder):
+    """Live protocol path (augmented crops through the frozen net): far above the 25 % chance level."""
+    out = tmp_path / "eval"
+    proc = evaluate(tmp_path, "--pretrained", "random", "--arch", "resnet18", "--data", str(tiny_split_folder),
+                    "--protocol", "multihead", "--epochs", "6", "--lr", "0.05", "--output-dir", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert max(results[f"random_init_feature{i}_top1"] for i in range(1, 6)) >= 75.0
+
+
+def test_backbone_stays_frozen(tiny_split_folder, checkpoint):
+    device = torch.device("cpu")
+    backbone = load_backbone(str(checkpoint), None, None, device)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    spec = augment_preset("paper", 32)
+    train = build_source(str(tiny_split_folder), "train", 32, spec, None, True, 0, tiny_split_folder)
+    val = build_source(str(tiny_split_folder), "val", 32, spec, None, True, 0, tiny_split_folder)
+    stream = LiveFeatures(backbone, build_tap_pooling(backbone, "resnet18", 32, device), train, val, 32, device, 0)
+    from eval_linear import Task, build_probe, probe_epoch
+
+    task = Task("pretrained", str(checkpoint), "multihead")
+    probe = build_probe(task, stream, 4, device)
+    optimizer = torch.optim.SGD(probe.parameters(), lr=0.1)
+    probe_epoch(task, probe, optimizer, stream.train_epoch(0))
+    after = backbone.state_dict()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key  # weights and BN running statistics untouched
+    assert not backbone.training
+
+
+def test_interrupted_evaluation_resumes_to_the_same_numbers(tmp_path, tiny_split_folder, checkpoint):
+    common = ["--pretrained", str(checkpoint), "--data", str(tiny_split_folder), "--protocol", "multihead",
+              "--epochs", "8", "--cached-features", "--baseline", "none", "--deterministic"]  # fmt: skip
+    ref = tmp_path / "ref"
+    assert evaluate(tmp_path, *common, "--output-dir", str(ref)).returncode == 0
+    out = tmp_path / "killed"
+    cmd = [PYTHON, str(REPO / "eval_linear.py"), *FAST, *common, "--output-dir", str(out)]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=script_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        state_file = out / "linear_state.pth"
+        if state_file.exists():
+            try:
+                current = torch.load(state_file, weights_only=False)["current"]
+            except Exception:  # noqa: BLE001 - a concurrent rename; try again
+                current = None
+            if current and current["epoch"] >= 2:
+                break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists(), "the kill must land before the evaluation ends"
+    again = evaluate(tmp_path, *common, "--output-dir", str(out))
+    assert again.returncode == 0, again.stderr
+    assert "resumed pretrained/multihead at epoch" in again.stderr
+    ref_results = json.loads((ref / "results.json").read_text())
+    new_results = json.loads((out / "results.json").read_text())
+    for i in range(1, 6):
+        assert new_results[f"feature{i}_top1"] == pytest.approx(ref_results[f"feature{i}_top1"])
+
+
+def test_torchvision_state_dict_loads_and_drops_the_classifier(tmp_path, tiny_split_folder):
+    path = tmp_path / "tv.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    proc = evaluate(tmp_path, "--pretrained", str(path), "--arch", "resnet18", "--data", str(tiny_split_folder),
+                    "--protocol", "knn", "--baseline", "none", "--output-dir", str(tmp_path / "o"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "ignoring the classifier keys" in proc.stderr and "fc.weight" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("missing", "does not exist"),
+        ("other_arch", "is a resnet18 network, not --arch resnet50"),
+        ("plain_no_arch", "pass its --arch"),
+        ("bad_keys", "unexpected keys extra.weight"),
+        ("no_val", "needs train/ and val/"),
+    ],
+)
+def test_bad_inputs(tmp_path, tiny_split_folder, tiny_folder, checkpoint, case, fragment):
+    data, args = str(tiny_split_folder), []
+    if case == "missing":
+        args = ["--pretrained", str(tmp_path / "nope.pth")]
+    elif case == "other_arch":
+        args = ["--pretrained", str(checkpoint), "--arch", "resnet50"]
+    elif case == "plain_no_arch":
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "tv.pth")
+        args = ["--pretrained", str(tmp_path / "tv.pth")]
+    elif case == "bad_keys":
+        state = torchvision.models.resnet18(weights=None).state_dict()
+        state["extra.weight"] = torch.zeros(1)
+        torch.save(state, tmp_path / "tv.pth")
+        args = ["--pretrained", str(tmp_path / "tv.pth"), "--arch", "resnet18"]
+    else:
+        data, args = str(tiny_folder.parent), ["--pretrained", str(checkpoint)]
+    proc = evaluate(tmp_path, *args, "--data", data, "--output-dir", str(tmp_path / "o"))
+    assert proc.returncode == 2, proc.stderr
+    assert fragment in proc.stderr and "Traceback" not in proc.stderr
+    assert not np.any([p.name == "results.json" for p in (tmp_path / "o").glob("*")])
