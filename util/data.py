@@ -131,9 +131,10 @@ def load_image(path: str) -> Image.Image:
 
 
 # -------------------------------------------------------------------------------------------- in memory
-def decode_to_uint8(images: ImageList, store_size: int, workers: int = 4) -> torch.Tensor:
-    """Decode every image once, resized (shorter side) and center-cropped to store_size: (N, 3, S, S) uint8."""
-    resize = eval_transform(store_size).transforms[:2]  # Resize + CenterCrop, no normalisation
+def decode_to_uint8(images: ImageList, store_size: int, workers: int = 4, square: bool = False) -> torch.Tensor:
+    """Decode every image once, resized (shorter side, or both sides when square) and center-cropped to
+    store_size: (N, 3, S, S) uint8."""
+    resize = eval_transform(store_size, square=square).transforms[:2]  # Resize + CenterCrop, no normalisation
 
     def decode(path: str) -> np.ndarray:
         img = load_image(path)
@@ -146,13 +147,15 @@ def decode_to_uint8(images: ImageList, store_size: int, workers: int = 4) -> tor
     return torch.from_numpy(np.stack(arrays))
 
 
-def cached_uint8(images: ImageList, store_size: int, cache_file: Path | None, workers: int) -> torch.Tensor:
+def cached_uint8(
+    images: ImageList, store_size: int, cache_file: Path | None, workers: int, square: bool = False
+) -> torch.Tensor:
     """decode_to_uint8, memoised in an .npy file (used for the bundled CIFAR-10, whose files never change)."""
     if cache_file is not None and cache_file.is_file():
         array = np.load(cache_file, mmap_mode="r")
         if array.shape[0] == len(images):
             return torch.from_numpy(np.ascontiguousarray(array))
-    tensor = decode_to_uint8(images, store_size, workers)
+    tensor = decode_to_uint8(images, store_size, workers, square)
     if cache_file is not None:
         tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npy")
         np.save(tmp, tensor.numpy())
@@ -187,6 +190,7 @@ class ImageSource:
     augment: AugmentSpec
     memory: torch.Tensor | None
     workers: int
+    square: bool = False  # deterministic view = plain (crop x crop) resize instead of resize + center crop
 
     def __len__(self) -> int:
         return len(self.images)
@@ -207,7 +211,8 @@ class ImageSource:
                     idx,
                 )
             return
-        dataset = torch.utils.data.Subset(ImageDataset(self.images, eval_transform(self.crop)), indices.tolist())
+        transform = eval_transform(self.crop, square=self.square)
+        dataset = torch.utils.data.Subset(ImageDataset(self.images, transform), indices.tolist())
         yield from self._loader(dataset, batch_size, device)
 
     def train_batches(
@@ -261,23 +266,33 @@ def build_source(
     in_memory: bool,
     workers: int,
     cache_dir: Path,
+    square: bool = False,
 ) -> ImageSource:
-    """The training set of a run: `--data` resolved, subset taken, optionally decoded once into memory."""
+    """The images of a run: `--data` resolved, subset taken, optionally decoded once into memory."""
     images = list_images(resolve_split(data, split, cache_dir))
     images = images.subset(subset_indices(len(images), subset))
+    cache_file = None
+    if data == "cifar10":
+        tag = f"{'sq' if square else ''}{resize_size(crop) if not square else crop}px"
+        cache_file = cache_dir / f"cifar10-{split}-{tag}-{len(images)}-{_digest(images.paths)}.npy"
+    return make_source(images, crop, augment, in_memory, workers, cache_file, square)
+
+
+def make_source(
+    images: ImageList,
+    crop: int,
+    augment: AugmentSpec,
+    in_memory: bool,
+    workers: int,
+    cache_file: Path | None = None,
+    square: bool = False,
+) -> ImageSource:
     memory = None
     if in_memory:
-        store = resize_size(crop)
-        cache_file = None
-        if data == "cifar10":
-            cache_file = cache_dir / f"cifar10-{split}-{store}px-{len(images)}-{_digest(images.paths)}.npy"
-        memory = cached_uint8(images, store, cache_file, max(1, workers))
-        logger.info(
-            "kept %d images in memory as uint8 (%.0f MB)",
-            len(images),
-            memory.numel() / 2**20,
-        )
-    return ImageSource(images, crop, augment, memory, workers)
+        store = crop if square else resize_size(crop)
+        memory = cached_uint8(images, store, cache_file, max(1, workers), square)
+        logger.info("kept %d images in memory as uint8 (%.0f MB)", len(images), memory.numel() / 2**20)
+    return ImageSource(images, crop, augment, memory, workers, square)
 
 
 def _digest(paths: list[str]) -> str:

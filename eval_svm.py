@@ -1,0 +1,248 @@
+"""VOC07 linear SVM and low-shot SVM benchmark (Goyal et al. 2019, as used by mmselfsup) on frozen features.
+
+Features of Feature1..Feature5 (pooled as in the multi-head protocol, images resized to 224x224) are extracted once
+and cached in OUTPUT_DIR/features/, so SVM sweeps never re-extract. A random-init network of the same architecture
+is evaluated beside the pretrained one (disable with --baseline none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from util import dist as dist_util
+from util.args import add_data_args, add_model_args, add_runtime_args, add_wandb_args
+from util.augment import augment_preset
+from util.checkpoint import atomic_write
+from util.data import make_source
+from util.errors import UserError, run_main
+from util.feature_streams import probe_inputs
+from util.logging import provenance, setup_logging
+from util.pretrained import RANDOM, load_backbone, resolve_arch
+from util.probes import TAP_NAMES, build_tap_pooling
+from util.runtime import prepare_output_dir, resolve_device, seed_everything
+from util.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, l2_normalize_features, lowshot_protocol
+from util.tracking import Tracker, init_tracker
+from util.voc import LabelledSplit, svm_splits
+
+logger = logging.getLogger("deepcluster")
+
+DEPARTURES = """protocol (Goyal et al. 2019 / mmselfsup VOC07 SVM), with the choices that change numbers:
+  data       VOC2007 trainval to train, test to evaluate; per-class files: 1 present, -1 absent, 0 difficult.
+             Difficult images stay in training as negatives and are excluded only at test (published protocol).
+  features   taps Feature1..5 pooled as the multi-head protocol, images resized to 224x224 (no crop);
+             cast to float64 and divided by (L2 norm + 1e-5).
+  full       one SVM per class: squared hinge, L2, class weight {+1: 2, -1: 1}, regularised bias; costs
+             {1, 10, 100} and 2^-4 .. 2^-19; per class the cost of best 3-fold (stratified, unshuffled)
+             cross-validated AP; VOC all-point AP (precision envelope), not 11-point; mAP over classes.
+  low-shot   k in 1..96: 5 samples of k positives and (C-1)k negatives per class (difficult excluded from the
+             draws), no cross-validation, full test set; the cost is picked by the mean test mAP over the samples
+             (as the published numbers), mean and std reported. Run on the best layer of the full protocol.
+  --solver batched (default) solves all classes, costs and folds at once with Newton-CG in torch (the same
+             problem as liblinear, to its tolerance); --solver liblinear is scikit-learn's LinearSVC.
+  ImageFolder / cifar10: one-vs-rest on a single-label dataset (no difficult images)."""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("DeepCluster VOC07 SVM evaluation", add_help=False)
+    parser.add_argument(
+        "--pretrained", required=True, help="main_deepcluster.py checkpoint, torchvision-format state dict, or `random`"
+    )
+    add_model_args(parser, default_arch=None)
+    add_data_args(parser)
+    group = parser.add_argument_group("protocol")
+    group.add_argument("--layers", default=",".join(TAP_NAMES), help="comma-separated taps (default: all five)")
+    group.add_argument("--protocol", choices=("full", "lowshot", "all"), default="all")
+    group.add_argument("--solver", choices=("batched", "liblinear"), default="batched")
+    group.add_argument("--costs", default=None, help="comma-separated SVM costs (default: 1,10,100 and 2^-4..2^-19)")
+    group.add_argument("--lowshot-samples", type=int, default=5, help="independent samples per k (protocol: 5)")
+    group.add_argument(
+        "--lowshot-ks", default=",".join(map(str, LOWSHOT_KS)), help="comma-separated k (default: %(default)s)"
+    )
+    group.add_argument("--batch-size", type=int, default=128, help="images per forward at extraction")
+    group.add_argument(
+        "--baseline", choices=("random", "none"), default="random",
+        help="also evaluate a random-init network of the same arch (default: random)",
+    )  # fmt: skip
+    add_runtime_args(parser)
+    add_wandb_args(parser, default_project="deepcluster-eval")
+    parser.set_defaults(sobel=None)
+    return parser
+
+
+def parse_list(text: str, kind: type, name: str) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise UserError(f"{name} {text!r} is not a comma-separated list of {kind.__name__}s") from err
+    if not values:
+        raise UserError(f"{name} is empty")
+    return values
+
+
+def main(args: argparse.Namespace) -> None:
+    # ---- set-up
+    info = dist_util.init_distributed(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    setup_logging(info.rank)
+    device = resolve_device(args.device, info)
+    seed_everything(args.seed, args.deterministic)
+    output_dir = prepare_output_dir(args.output_dir, info.is_main)
+    args.arch, args.sobel, _ = resolve_arch(args.pretrained, args.arch, args.sobel)
+    layers = parse_list(args.layers, str, "--layers")
+    unknown = [layer for layer in layers if layer not in TAP_NAMES]
+    if unknown:
+        raise UserError(f"--layers {','.join(unknown)} unknown: choose from {','.join(TAP_NAMES)}")
+    costs = parse_list(args.costs, float, "--costs") if args.costs else list(DEFAULT_COSTS)
+    ks = parse_list(args.lowshot_ks, int, "--lowshot-ks")
+    args.image_size = args.image_size or (32 if args.data == "cifar10" else 224)
+    args.in_memory = (args.data == "cifar10") if args.in_memory is None else args.in_memory
+
+    # ---- data and W&B
+    train, test = svm_splits(args.data, args.subset, Path(args.data_cache))
+    logger.info("%d train / %d test images, %d classes; layers %s; solver %s",
+                len(train.images), len(test.images), len(train.classes), ",".join(layers), args.solver)  # fmt: skip
+    tracker = init_tracker(args, output_dir, "eval_svm", {**vars(args), **provenance()}, info.is_main)
+
+    # ---- per network: features (cached on disk), full SVM per layer, low-shot on the best layer
+    models = [("pretrained", args.pretrained)] + ([("random_init", RANDOM)] if args.baseline == "random" else [])
+    if args.pretrained == RANDOM:
+        models = [("random_init", RANDOM)]
+    results: dict = {}
+    solver = get_solver(args.solver, str(device))
+    for model, weights in models:
+        feats = cached_features(args, model, weights, train, test, layers, device, output_dir)
+        if not info.is_main:
+            continue
+        prefix = "" if model == "pretrained" else "random_init_"
+        results.update(
+            {prefix + k: v for k, v in evaluate(args, feats, train, test, layers, costs, ks, solver).items()}
+        )
+    if info.is_main:
+        report(args, results, output_dir, tracker, ks)
+    tracker.finish()
+    dist_util.cleanup()
+
+
+def cached_features(args, model: str, weights: str, train: LabelledSplit, test: LabelledSplit, layers, device,
+                    output_dir: Path) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
+    """{split: {layer: (N, D) float32}} from OUTPUT_DIR/features, extracted only when missing or stale."""
+    folder = output_dir / "features"
+    identity = {
+        "weights": weights if weights == RANDOM else str(Path(weights).resolve()),
+        "weights_mtime": None if weights == RANDOM else os.path.getmtime(weights),
+        "arch": args.arch, "sobel": args.sobel, "image_size": args.image_size, "seed": args.seed,
+        "train": len(train.images), "test": len(test.images), "train_first": train.images.paths[0],
+    }  # fmt: skip
+    meta_path = folder / f"{model}.json"
+    wanted = [folder / f"{model}-{split}-{layer}.npy" for split in ("train", "test") for layer in layers]
+    if meta_path.is_file() and json.loads(meta_path.read_text()) == identity and all(p.is_file() for p in wanted):
+        logger.info("using cached %s features in %s", model, folder)
+    else:
+        extract_to_disk(args, model, weights, {"train": train, "test": test}, layers, device, folder)
+        text = json.dumps(identity, indent=2)
+        atomic_write(meta_path, lambda handle: handle.write(text.encode()))
+    return {
+        split: {layer: np.load(folder / f"{model}-{split}-{layer}.npy") for layer in layers}
+        for split in ("train", "test")
+    }
+
+
+@torch.inference_mode()
+def extract_to_disk(args, model: str, weights: str, splits: dict, layers, device, folder: Path) -> None:
+    torch.manual_seed(args.seed)
+    backbone = load_backbone(weights, args.arch, args.sobel, device)
+    pooling = build_tap_pooling(backbone, args.arch, args.image_size, device)
+    taps = [TAP_NAMES.index(layer) for layer in layers]
+    spec = augment_preset("paper", args.image_size)
+    for split, labelled in splits.items():
+        start = time.perf_counter()
+        source = make_source(labelled.images, args.image_size, spec, args.in_memory, args.workers, square=True)
+        arrays = [np.empty((len(source), pooling.dims[t]), dtype=np.float32) for t in taps]
+        for images, idx in source.eval_batches(np.arange(len(source)), args.batch_size, device):
+            pooled = probe_inputs(backbone, pooling, images)[0]
+            for array, t in zip(arrays, taps, strict=True):
+                array[idx.numpy()] = torch.flatten(pooled[t], 1).float().cpu().numpy()
+        for array, layer in zip(arrays, layers, strict=True):
+            path = folder / f"{model}-{split}-{layer}.npy"
+            atomic_write(path, lambda handle, array=array: np.save(handle, array))
+        logger.info(
+            "extracted %s %s features (%d images) in %.1fs", model, split, len(source), time.perf_counter() - start
+        )
+
+
+def evaluate(args, feats, train: LabelledSplit, test: LabelledSplit, layers, costs, ks, solver) -> dict:
+    out: dict = {}
+    normalised = {layer: (l2_normalize_features(feats["train"][layer]), l2_normalize_features(feats["test"][layer]))
+                  for layer in layers}  # fmt: skip
+    if args.protocol in ("full", "all"):
+        for layer in layers:
+            start = time.perf_counter()
+            full = full_protocol(*_xy(normalised[layer], train, test), costs, solver)
+            out[f"{layer}_map"] = full["map"]
+            out[f"{layer}_ap_per_class"] = dict(zip(train.classes, full["ap"], strict=True))
+            logger.info("full SVM %s: mAP %.2f (%.1fs)", layer, full["map"], time.perf_counter() - start)
+        out["best_layer"] = max(layers, key=lambda layer: out[f"{layer}_map"])
+        out["best_map"] = out[f"{out['best_layer']}_map"]
+    if args.protocol in ("lowshot", "all"):
+        lowshot_layers = [out["best_layer"]] if "best_layer" in out else layers
+        for layer in lowshot_layers:
+            start = time.perf_counter()
+            low = lowshot_protocol(
+                *_xy(normalised[layer], train, test), costs, solver, ks, args.lowshot_samples, args.seed
+            )
+            for k, value in low.items():
+                out[f"{layer}_lowshot_k{k}_map"], out[f"{layer}_lowshot_k{k}_std"] = value["map"], value["std"]
+            logger.info("low-shot SVM %s: %s (%.1fs)", layer, " ".join(f"k={k} {v['map']:.2f}" for k, v in low.items()),
+                        time.perf_counter() - start)  # fmt: skip
+        if "best_layer" not in out:
+            out["best_layer"] = max(layers, key=lambda layer: np.mean([out[f"{layer}_lowshot_k{k}_map"] for k in ks]))
+        for k in ks:
+            out[f"lowshot_k{k}_map"] = out[f"{out['best_layer']}_lowshot_k{k}_map"]
+            out[f"lowshot_k{k}_std"] = out[f"{out['best_layer']}_lowshot_k{k}_std"]
+    return out
+
+
+def _xy(normalised, train: LabelledSplit, test: LabelledSplit):
+    train_x, test_x = normalised
+    return train_x, train.labels, test_x, test.labels
+
+
+def report(args, results: dict, output_dir: Path, tracker: Tracker, ks) -> None:
+    """results.json, a console table and a W&B table shaped like the reference page's."""
+    payload = {**results, "arch": args.arch, "sobel": args.sobel, "pretrained": args.pretrained, "data": args.data,
+               "solver": args.solver}  # fmt: skip
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    atomic_write(output_dir / "results.json", lambda handle: handle.write(text.encode()))
+    columns = ["Model", "Config", "Best Layer", "SVM", *[f"k={k}" for k in ks]]
+    rows = []
+    for label, prefix in (("pretrained", ""), ("random init", "random_init_")):
+        if prefix + "best_layer" not in results:
+            continue
+        config = f"{args.arch}{'+sobel' if args.sobel else ''}"
+        row = [label, config, results[prefix + "best_layer"], results.get(prefix + "best_map")]
+        rows.append(row + [results.get(f"{prefix}lowshot_k{k}_map") for k in ks])
+    cells = [columns] + [
+        [f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v)) for v in r] for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    logger.info("VOC07-style SVM mAP (%%) on %s:\n%s", args.data, "\n".join(lines))
+    tracker.table("svm_eval", columns, rows)
+    tracker.summary({k: v for k, v in results.items() if isinstance(v, (int, float))})
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        "DeepCluster VOC07 SVM evaluation",
+        parents=[get_args_parser()],
+        epilog=DEPARTURES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run_main(lambda: main(parser.parse_args()))

@@ -1,0 +1,291 @@
+"""Linear SVMs of the VOC07 benchmark (Goyal et al. 2019): AP, two solvers, the full and low-shot protocols.
+
+Every SVM is the L2-regularised squared-hinge problem of liblinear with a regularised bias (intercept scaling 1):
+    min_w  1/2 |w|^2 + C sum_i s_i max(0, 1 - y_i (w . x_i + b))^2,   s_i = 2 for positives, 1 for negatives.
+`liblinear` solves one problem at a time with scikit-learn's LinearSVC (the reference); `batched` solves every
+(class, cost, fold) problem at once in torch with Newton-CG, on the CPU or a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("deepcluster")
+
+DEFAULT_COSTS = tuple(sorted([1.0, 10.0, 100.0] + [2.0**-i for i in range(4, 20)]))
+LOWSHOT_KS = (1, 2, 4, 8, 16, 32, 64, 96)
+POSITIVE_WEIGHT = 2.0  # class_weight {+1: 2, -1: 1} of the protocol
+
+# solver(X (N, D) float64, Y (N, P) +-1, mask (N, P) bool rows used by each problem, costs (P,)) -> (W (D, P), b (P,))
+Solver = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+# --------------------------------------------------------------------------------------------------- AP
+def voc_ap(scores: np.ndarray, labels: np.ndarray) -> float:
+    """VOC all-point average precision (VOC2010+ devkit): area under the precision envelope.
+
+    labels: 1 positive, -1 negative, 0 difficult (ignored). NaN when there is no positive.
+    """
+    keep = labels != 0
+    scores, positive = np.asarray(scores, dtype=np.float64)[keep], labels[keep] > 0
+    num_pos = int(positive.sum())
+    if num_pos == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(positive[order])
+    fp = np.cumsum(~positive[order])
+    recall = np.concatenate([[0.0], tp / num_pos, [1.0]])
+    precision = np.concatenate([[0.0], tp / np.maximum(tp + fp, 1), [0.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]  # the envelope: max precision at recall >= r
+    steps = np.flatnonzero(recall[1:] != recall[:-1])
+    return float(((recall[steps + 1] - recall[steps]) * precision[steps + 1]).sum())
+
+
+def l2_normalize_features(x: np.ndarray) -> np.ndarray:
+    """Protocol: float64, rows divided by (L2 norm + 1e-5)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- solvers
+def liblinear_solver(
+    X: np.ndarray, Y: np.ndarray, mask: np.ndarray, costs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn LinearSVC with the protocol's settings, one problem at a time (the reference)."""
+    from sklearn.svm import LinearSVC
+
+    W = np.zeros((X.shape[1], Y.shape[1]))
+    b = np.zeros(Y.shape[1])
+    for p in range(Y.shape[1]):
+        rows = mask[:, p]
+        y = Y[rows, p]
+        if (y > 0).all() or (y < 0).all():  # one class only: a constant classifier
+            b[p] = y[0]
+            continue
+        clf = LinearSVC(
+            C=float(costs[p]),
+            class_weight={1: POSITIVE_WEIGHT, -1: 1.0},
+            loss="squared_hinge",
+            penalty="l2",
+            dual=True,
+            intercept_scaling=1.0,
+            tol=1e-4,
+            max_iter=2000,
+        )
+        clf.fit(X[rows], y)
+        W[:, p], b[p] = clf.coef_[0], clf.intercept_[0]
+    return W, b
+
+
+def make_batched_solver(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> Solver:
+    def solve(X: np.ndarray, Y: np.ndarray, mask: np.ndarray, costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return batched_solver(X, Y, mask, costs, torch.device(device), dtype)
+
+    return solve
+
+
+def batched_solver(
+    X: np.ndarray,
+    Y: np.ndarray,
+    mask: np.ndarray,
+    costs: np.ndarray,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float64,
+    tol: float = 1e-7,
+    max_newton: int = 300,
+) -> tuple[np.ndarray, np.ndarray]:
+    """All problems at once. When N < D + 1, solves in the row space of X (exact: by the representer theorem every
+    optimum lies in the span of its training rows), which makes each matrix product N x N instead of N x D."""
+    device = device or torch.device("cpu")
+    x = torch.as_tensor(X, dtype=dtype, device=device)
+    x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=dtype, device=device)], 1)  # bias as a regularised feature
+    # Principal coordinates: z = x @ basis has orthogonal columns, so a diagonal preconditioner fits the Hessian
+    # well. When N < D + 1 this also shrinks the problem to the row space of x (exact: by the representer theorem
+    # every optimum lies in the span of its training rows).
+    if x.shape[1] > x.shape[0]:
+        eigvals, eigvecs = torch.linalg.eigh(x @ x.T)  # (N, N) Gram matrix
+        keep = eigvals > eigvals.max() * 1e-12
+        sqrt_vals = eigvals[keep].sqrt()
+        z = eigvecs[:, keep] * sqrt_vals  # (N, r)
+        basis = x.T @ eigvecs[:, keep] / sqrt_vals  # (D + 1, r), orthonormal columns
+    else:
+        basis = torch.linalg.eigh(x.T @ x)[1]  # (D + 1, D + 1) rotation
+        z = x @ basis
+    y = torch.as_tensor(Y, dtype=dtype, device=device)
+    s = torch.as_tensor(mask, dtype=dtype, device=device) * torch.where(y > 0, POSITIVE_WEIGHT, 1.0)
+    c = torch.as_tensor(costs, dtype=dtype, device=device)
+    w = (basis @ _newton_cg(z, y, s, c, tol, max_newton)).cpu().numpy()
+    return w[:-1], w[-1]
+
+
+def _newton_cg(z: torch.Tensor, y: torch.Tensor, s: torch.Tensor, c: torch.Tensor, tol: float, max_newton: int):
+    """Truncated Newton (as liblinear's TRON) with Jacobi-preconditioned CG and an exact line search.
+
+    z: (N, d) features, y: (N, P) labels, s: (N, P) example weights (0 = not in this problem), c: (P,) costs.
+    Objective per column: 1/2 |w|^2 + c sum s max(0, 1 - y z.w)^2. Returns w: (d, P). Columns are independent
+    problems; each iteration works only on the columns not yet converged.
+    """
+    w = torch.zeros(z.shape[1], y.shape[1], dtype=z.dtype, device=z.device)
+    margins = torch.zeros_like(y)  # z @ w
+    z_sq = z * z
+    grad_norm0 = None
+    for _ in range(max_newton):
+        hinge = (1 - y * margins).clamp_min(0)
+        grad = w - 2 * c * (z.T @ (s * y * hinge))
+        grad_norm = grad.norm(dim=0)
+        grad_norm0 = grad_norm if grad_norm0 is None else grad_norm0
+        todo = torch.nonzero(grad_norm > tol * grad_norm0).flatten()
+        if todo.numel() == 0:
+            break
+        ys, ss, cs, ms = y[:, todo], s[:, todo], c[todo], margins[:, todo]
+        active = ss * (hinge[:, todo] > 0)
+        two_c = 2 * cs
+
+        def hessian_vector(v: torch.Tensor, active: torch.Tensor = active, two_c: torch.Tensor = two_c) -> torch.Tensor:
+            return v + two_c * (z.T @ (active * (z @ v)))
+
+        diagonal = 1 + two_c * (z_sq.T @ active)  # (d, P') Jacobi preconditioner
+        direction = _batched_cg(hessian_vector, -grad[:, todo], diagonal, max_iter=100, rel_tol=0.1)
+        z_dir = z @ direction
+        step = _line_search(w[:, todo], direction, ms, z_dir, ys, ss, cs)
+        w[:, todo] += step * direction
+        margins[:, todo] = ms + step * z_dir
+    return w
+
+
+def _batched_cg(matvec, rhs: torch.Tensor, diagonal: torch.Tensor, max_iter: int, rel_tol: float) -> torch.Tensor:
+    """Preconditioned conjugate gradients for every column at once, each stopping at |r| <= rel_tol |rhs|."""
+    x = torch.zeros_like(rhs)
+    r = rhs.clone()
+    z = r / diagonal
+    p = z.clone()
+    rz = (r * z).sum(0)
+    target = (rel_tol**2) * (r * r).sum(0)
+    for _ in range(max_iter):
+        running = (r * r).sum(0) > target
+        if not bool(running.any()):
+            break
+        ap = matvec(p)
+        alpha = torch.where(running, rz / (p * ap).sum(0).clamp_min(1e-300), torch.zeros_like(rz))
+        x = x + alpha * p
+        r = r - alpha * ap
+        z = r / diagonal
+        rz_new = (r * z).sum(0)
+        beta = torch.where(running, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz))
+        p = z + beta * p
+        rz = rz_new
+    return x
+
+
+def _line_search(w, d, margins, z_dir, y, s, c, iters: int = 8) -> torch.Tensor:
+    """Minimise the piecewise-quadratic objective along d exactly (a few 1-D Newton steps from t = 1). (P,)"""
+    w_d, d_d = (w * d).sum(0), (d * d).sum(0)
+    t = torch.ones_like(c)
+    for _ in range(iters):
+        hinge = (1 - y * (margins + t * z_dir)).clamp_min(0)
+        slope = w_d + t * d_d - 2 * c * (s * y * z_dir * hinge).sum(0)
+        curvature = d_d + 2 * c * (s * z_dir * z_dir * (hinge > 0)).sum(0)
+        t = (t - slope / curvature.clamp_min(1e-300)).clamp_min(0)
+    return t
+
+
+def get_solver(name: str, device: str = "cpu") -> Solver:
+    return liblinear_solver if name == "liblinear" else make_batched_solver(device)
+
+
+# -------------------------------------------------------------------------------------------- protocols
+def stratified_folds(positive: np.ndarray, num_folds: int = 3) -> np.ndarray:
+    """Fold index of every row, stratified by class and in order (scikit-learn's StratifiedKFold, no shuffle)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = np.zeros(len(positive), dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=num_folds)
+    for f, (_, held_out) in enumerate(splitter.split(np.zeros(len(positive)), positive)):
+        folds[held_out] = f
+    return folds
+
+
+def full_protocol(
+    train_x: np.ndarray,
+    train_labels: np.ndarray,
+    test_x: np.ndarray,
+    test_labels: np.ndarray,
+    costs: Sequence[float],
+    solver: Solver,
+    num_folds: int = 3,
+) -> dict:
+    """Per class: the cost of best 3-fold cross-validated AP, then train on all of train and test.
+
+    Difficult (0) training images count as negatives; at test they are excluded. Returns mAP (%) and per-class data.
+    """
+    num_classes, costs = train_labels.shape[1], np.asarray(costs, dtype=np.float64)
+    y_train = np.where(train_labels == 1, 1.0, -1.0)
+    folds = [stratified_folds(y_train[:, c] > 0, num_folds) for c in range(num_classes)]
+    # problems (fold, class, cost) in one call
+    grid = [(f, c, j) for f in range(num_folds) for c in range(num_classes) for j in range(len(costs))]
+    Y = np.stack([y_train[:, c] for _, c, _ in grid], 1)
+    mask = np.stack([folds[c] != f for f, c, _ in grid], 1)
+    W, b = solver(train_x, Y, mask, costs[[j for _, _, j in grid]])
+    scores = train_x @ W + b
+    cv_ap = np.zeros((num_folds, num_classes, len(costs)))
+    for p, (f, c, j) in enumerate(grid):
+        held = folds[c] == f
+        cv_ap[f, c, j] = voc_ap(scores[held, p], y_train[held, c])
+    best = np.nanmean(cv_ap, 0).argmax(1)  # (C,) index of the best cost per class (first on ties)
+    W, b = solver(train_x, y_train, np.ones_like(y_train, dtype=bool), costs[best])
+    test_scores = test_x @ W + b
+    test_ap = np.array([voc_ap(test_scores[:, c], test_labels[:, c]) for c in range(num_classes)])
+    return {"map": 100 * float(np.nanmean(test_ap)), "ap": (100 * test_ap).tolist(), "cost": costs[best].tolist()}
+
+
+def lowshot_sample(labels: np.ndarray, cls: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k positives and (C - 1) k negatives of class `cls` (difficult images excluded); fewer when not available."""
+    positives, negatives = np.flatnonzero(labels[:, cls] == 1), np.flatnonzero(labels[:, cls] == -1)
+    num_neg = (labels.shape[1] - 1) * k
+    chosen_pos = rng.choice(positives, min(k, len(positives)), replace=False)
+    chosen_neg = rng.choice(negatives, min(num_neg, len(negatives)), replace=False)
+    return np.concatenate([chosen_pos, chosen_neg])
+
+
+def lowshot_protocol(
+    train_x: np.ndarray,
+    train_labels: np.ndarray,
+    test_x: np.ndarray,
+    test_labels: np.ndarray,
+    costs: Sequence[float],
+    solver: Solver,
+    ks: Sequence[int] = LOWSHOT_KS,
+    num_samples: int = 5,
+    seed: int = 0,
+) -> dict:
+    """For every k: `num_samples` independent samples per class, no cross-validation, test on the full test set;
+    the cost is the one of best mean test mAP over the samples (as the published numbers), reported mean and std."""
+    num_classes, costs = train_labels.shape[1], np.asarray(costs, dtype=np.float64)
+    y_train = np.where(train_labels == 1, 1.0, -1.0)
+    out = {}
+    for k in ks:
+        grid = [(s, c, j) for s in range(num_samples) for c in range(num_classes) for j in range(len(costs))]
+        samples = {
+            (s, c): lowshot_sample(train_labels, c, k, np.random.default_rng([seed, k, s, c]))
+            for s in range(num_samples)
+            for c in range(num_classes)
+        }
+        rows = np.unique(np.concatenate(list(samples.values())))  # solve on the union of sampled rows only
+        position = {row: i for i, row in enumerate(rows)}
+        mask = np.zeros((len(rows), len(grid)), dtype=bool)
+        for p, (s, c, _) in enumerate(grid):
+            mask[[position[r] for r in samples[(s, c)]], p] = True
+        Y = np.stack([y_train[rows, c] for _, c, _ in grid], 1)
+        W, b = solver(train_x[rows], Y, mask, costs[[j for _, _, j in grid]])
+        test_scores = test_x @ W + b
+        ap = np.zeros((num_samples, num_classes, len(costs)))
+        for p, (s, c, j) in enumerate(grid):
+            ap[s, c, j] = voc_ap(test_scores[:, p], test_labels[:, c])
+        maps = 100 * np.nanmean(ap, 1)  # (samples, costs)
+        best = int(maps.mean(0).argmax())
+        out[k] = {"map": float(maps[:, best].mean()), "std": float(maps[:, best].std()), "cost": float(costs[best])}
+    return out
