@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np

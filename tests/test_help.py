@@ -4,7 +4,7 @@ import pytest
 
 from tests.helpers import run_script
 
-SCRIPTS = ["main_deepcluster.py", "eval_linear.py"]
+SCRIPTS = ["main_deepcluster.py", "eval_linear.py", "eval_svm.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

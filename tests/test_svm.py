@@ -1,0 +1,194 @@
+"""SVM benchmark pieces: AP, solvers, low-shot sampling, VOC parsing, and eval_svm.py end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import average_precision_score
+
+from tests.helpers import run_script
+from util.errors import UserError
+from util.svm import (
+    DEFAULT_COSTS,
+    full_protocol,
+    get_solver,
+    l2_normalize_features,
+    lowshot_protocol,
+    lowshot_sample,
+    voc_ap,
+)
+from util.voc import VOC_CLASSES, voc_split
+
+
+def test_voc_ap_hand_computed():
+    # ranking: + - + - (two positives): precision at the hits 1/1 and 2/3, recall steps 0.5 each.
+    scores = np.array([0.9, 0.8, 0.7, 0.1])
+    labels = np.array([1, -1, 1, -1])
+    assert voc_ap(scores, labels) == pytest.approx(0.5 * 1.0 + 0.5 * 2 / 3)
+    # the envelope: + - - + + ranks precision 1, 2/4, 3/5 -> envelope 1, 3/5, 3/5
+    scores = np.array([5, 4, 3, 2, 1.0])
+    labels = np.array([1, -1, -1, 1, 1])
+    assert voc_ap(scores, labels) == pytest.approx((1 + 0.6 + 0.6) / 3)
+
+
+def test_voc_ap_ignores_difficult_and_agrees_with_sklearn_when_precision_is_monotone():
+    scores = np.array([0.9, 0.85, 0.8, 0.3, 0.2])
+    labels = np.array([1, 0, 1, -1, -1])  # the difficult image ranked 2nd is ignored
+    assert voc_ap(scores, labels) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=200)
+    labels = np.where(scores > 0.5, 1, -1)  # perfectly separable: both are 1
+    assert voc_ap(scores, labels) == pytest.approx(average_precision_score(labels > 0, scores))
+    labels = np.where(rng.random(200) < 0.3, 1, -1)
+    assert voc_ap(scores, labels) >= average_precision_score(labels > 0, scores) - 1e-12  # envelope >= steps
+    assert np.isnan(voc_ap(scores, -np.ones(200)))
+
+
+def blobs(num=300, dim=600, classes=4, seed=0, spread=1.0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(classes, dim))
+    y = rng.integers(0, classes, num)
+    x = l2_normalize_features(centers[y] * 0.2 + spread * rng.normal(size=(num, dim)))
+    labels = -np.ones((num, classes), dtype=np.int8)
+    labels[np.arange(num), y] = 1
+    return x, labels
+
+
+@pytest.mark.parametrize("dim", [100, 600])  # N > D and N < D (row-space reduction)
+def test_batched_solver_matches_liblinear_objective(dim):
+    x, labels = blobs(dim=dim)
+    y = np.where(labels == 1, 1.0, -1.0)
+    costs = np.array([0.01, 1.0, 10.0, 100.0]).repeat(y.shape[1])
+    y_all = np.tile(y, (1, 4))
+    mask = np.ones_like(y_all, dtype=bool)
+    mask[:50, :] = False  # problems may use a subset of the rows
+    objectives = {}
+    for name in ("liblinear", "batched"):
+        W, b = get_solver(name)(x, y_all, mask, costs)
+        hinge = np.maximum(0, 1 - y_all * (x @ W + b)) * mask
+        objectives[name] = 0.5 * (W**2).sum(0) + 0.5 * b**2 + costs * (np.where(y_all > 0, 2, 1) * hinge**2).sum(0)
+    np.testing.assert_allclose(objectives["batched"], objectives["liblinear"], rtol=1e-3)
+
+
+def test_full_protocol_both_solvers_agree():
+    features, labels = blobs(num=440, spread=2.0)
+    train = (features[:240], labels[:240])
+    test = (features[240:], labels[240:])
+    costs = [0.1, 1.0, 10.0]
+    maps = [full_protocol(*train, *test, costs, get_solver(n))["map"] for n in ("liblinear", "batched")]
+    assert abs(maps[0] - maps[1]) <= 0.3
+    assert maps[0] > 50  # the blobs are learnable
+
+
+def test_lowshot_sampling_counts_and_reproducibility():
+    labels = -np.ones((400, 5), dtype=np.int8)
+    labels[np.arange(400), np.arange(400) % 5] = 1
+    labels[0, 0] = 0  # a difficult image is never drawn
+    for k in (1, 4, 16):
+        rows = lowshot_sample(labels, 2, k, np.random.default_rng([0, k]))
+        assert (labels[rows, 2] == 1).sum() == k and (labels[rows, 2] == -1).sum() == 4 * k
+        again = lowshot_sample(labels, 2, k, np.random.default_rng([0, k]))
+        np.testing.assert_array_equal(rows, again)
+        assert 0 not in lowshot_sample(labels, 0, k, np.random.default_rng(1))
+
+
+def test_lowshot_protocol_reports_mean_and_std():
+    x, labels = blobs(num=300, spread=1.5)
+    result = lowshot_protocol(
+        x[:200], labels[:200], x[200:], labels[200:], [0.1, 1.0], get_solver("batched"), (1, 4), 3
+    )
+    assert set(result) == {1, 4}
+    assert result[4]["map"] >= result[1]["map"] - 5 and result[1]["std"] >= 0
+
+
+def make_voc(root, per_class_files=True, num_train=12, num_test=10):
+    """A tiny VOCdevkit/VOC2007 layout with real JPEGs, annotations and difficult flags."""
+    main = root / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "Annotations").mkdir()
+    rng = np.random.default_rng(0)
+    splits = {
+        "trainval": [f"{i:06d}" for i in range(num_train)],
+        "test": [f"{i:06d}" for i in range(100, 100 + num_test)],
+    }
+    truth = {}
+    for ids in splits.values():
+        for n, image_id in enumerate(ids):
+            cls = n % 3  # classes 0..2 only: aeroplane, bicycle, bird
+            difficult = n % 5 == 4
+            colour = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]][cls]) + rng.normal(0, 10, (40, 40, 3))
+            Image.fromarray(np.clip(colour, 0, 255).astype(np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
+            xml = (f"<annotation><object><name>{VOC_CLASSES[cls]}</name><difficult>{int(difficult)}</difficult>"
+                   "</object></annotation>")  # fmt: skip
+            (root / "Annotations" / f"{image_id}.xml").write_text(xml)
+            truth[image_id] = (cls, difficult)
+    for split, ids in splits.items():
+        (main / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        if per_class_files:
+            for c, name in enumerate(VOC_CLASSES):
+                lines = [
+                    f"{i} {0 if truth[i][1] and truth[i][0] == c else (1 if truth[i][0] == c else -1)}" for i in ids
+                ]
+                (main / f"{name}_{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("per_class_files", [True, False])
+def test_voc_parsing_with_difficult_flags(tmp_path, per_class_files):
+    root = make_voc(tmp_path / "VOC2007", per_class_files)
+    split = voc_split(root, "trainval")
+    assert split.labels.shape == (12, 20)
+    assert split.labels[0, 0] == 1 and split.labels[0, 1] == -1
+    assert split.labels[4, 1] == 0  # image 4: class 1, difficult
+    assert (split.labels[:, 3:] == -1).all()
+
+
+def test_voc_bad_inputs(tmp_path):
+    root = make_voc(tmp_path / "VOC2007")
+    (root / "ImageSets" / "Main" / "aeroplane_test.txt").rename(root / "ImageSets" / "Main" / "plane_test.txt")
+    with pytest.raises(UserError, match="missing: aeroplane; unknown: plane"):
+        voc_split(root, "test")
+    (root / "ImageSets" / "Main" / "test.txt").unlink()
+    with pytest.raises(UserError, match="test.txt is missing"):
+        voc_split(root, "test")
+
+
+@pytest.mark.slow
+def test_eval_svm_on_a_voc_layout_end_to_end(tmp_path):
+    root = make_voc(tmp_path / "VOC2007", num_train=30, num_test=15)
+    out = tmp_path / "svm"
+    args = ["--pretrained", "random", "--arch", "resnet18", "--data", str(root), "--image-size", "64", "--workers", "0",
+            "--costs", "0.1,1", "--lowshot-ks", "1,2", "--lowshot-samples", "2", "--output-dir", str(out)]  # fmt: skip
+    proc = run_script("eval_svm.py", args, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["random_init_best_layer"] in [f"feature{i}" for i in range(1, 6)]
+    for key in ["feature1_map", "feature5_map", "best_map", "lowshot_k1_map", "lowshot_k2_map"]:
+        assert 0 <= results["random_init_" + key] <= 100
+    assert len(list((out / "features").glob("random_init-*.npy"))) == 10  # cached: 5 layers x 2 splits
+    again = run_script("eval_svm.py", [*args, "--solver", "liblinear", "--protocol", "full"], tmp_path)
+    assert again.returncode == 0 and "using cached random_init features" in again.stderr
+    assert "Best Layer" in again.stderr
+
+
+@pytest.mark.slow
+def test_eval_svm_cifar_style_folder_and_errors(tmp_path, tiny_split_folder):
+    out = tmp_path / "svm"
+    args = ["--pretrained", "random", "--arch", "resnet18", "--data", str(tiny_split_folder), "--workers", "0",
+            "--image-size", "32", "--layers", "feature4,feature5", "--costs", "1", "--protocol", "full"]  # fmt: skip
+    proc = run_script("eval_svm.py", [*args, "--output-dir", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["random_init_feature5_map"] > 50  # separable generated classes, one-vs-rest
+    bad = run_script("eval_svm.py", [*args, "--layers", "feature9", "--output-dir", str(out)], tmp_path)
+    assert bad.returncode == 2 and "--layers feature9 unknown" in bad.stderr
+    missing = run_script("eval_svm.py", [*args, "--data", str(tmp_path / "nope"), "--output-dir", str(out)], tmp_path)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_default_costs_are_the_protocol_grid():
+    assert DEFAULT_COSTS[-3:] == (1.0, 10.0, 100.0) and min(DEFAULT_COSTS) == 2.0**-19 and len(DEFAULT_COSTS) == 19
