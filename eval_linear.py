@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from util import dist as dist_util
 from util.args import add_data_args, add_model_args, add_runtime_args, add_wandb_args, positive_int
@@ -196,7 +197,7 @@ def run_task(
 
 
 def build_probe(task: Task, stream, num_classes: int, device: torch.device) -> torch.nn.Module:
-    pooled, avg, _ = next(iter(stream.val_batches()))
+    pooled, avg, _, _ = next(iter(stream.val_batches()))
     if task.protocol == "multihead":
         return MultiHead([p.shape[1] for p in pooled], [p[0].numel() for p in pooled], num_classes).to(device)
     return AvgPoolHead(avg.shape[1], num_classes).to(device)
@@ -205,6 +206,9 @@ def build_probe(task: Task, stream, num_classes: int, device: torch.device) -> t
 def train_probe(task, hp, args, stream, num_classes, device, state, state_path, tracker) -> dict:
     """SGD with step decay; evaluates every epoch; resumable from the state file after any epoch."""
     probe = build_probe(task, stream, num_classes, device)
+    trained = probe
+    if dist_util.rank_and_world()[1] > 1:
+        trained = DistributedDataParallel(probe, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(probe.parameters(), lr=hp["lr"], momentum=args.momentum, weight_decay=hp["wd"],
                                 nesterov=hp["nesterov"])  # fmt: skip
     milestones = [max(1, round(f * hp["epochs"])) for f in hp["milestones"]]
@@ -219,13 +223,15 @@ def train_probe(task, hp, args, stream, num_classes, device, state, state_path, 
         history, start = current["history"], current["epoch"]
         logger.info("resumed %s at epoch %d", task.name, start)
     for epoch in range(start, hp["epochs"]):
-        loss = probe_epoch(task, probe, optimizer, stream.train_epoch(epoch))
+        loss = probe_epoch(task, trained, optimizer, stream.train_epoch(epoch))
         scheduler.step()
         metrics = {"epoch": epoch, "loss": loss, **probe_accuracy(task, probe, stream)}
         history.append(metrics)
         logger.info("%s epoch %d/%d loss %.4f %s", task.name, epoch, hp["epochs"], loss,
                     " ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("top1")))  # fmt: skip
         tracker.log({"probe/epoch": epoch, **{f"probe/{task.name}/{k}": v for k, v in metrics.items() if k != "epoch"}})
+        if not dist_util.rank_and_world()[0] == 0:
+            continue
         state["current"] = {"task": task.name, "epoch": epoch + 1, "probe": probe.state_dict(), "history": history,
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}  # fmt: skip
         save_checkpoint(state, state_path)
@@ -242,7 +248,7 @@ def train_probe(task, hp, args, stream, num_classes, device, state, state_path, 
 def probe_epoch(task: Task, probe: torch.nn.Module, optimizer: torch.optim.Optimizer, batches) -> float:
     probe.train()
     total, count = 0.0, 0
-    for pooled, avg, labels in batches:
+    for pooled, avg, labels, _ in batches:
         outputs = probe(pooled) if task.protocol == "multihead" else [probe(avg)]
         loss = sum(F.cross_entropy(out, labels) for out in outputs)
         if not torch.isfinite(loss):
@@ -262,13 +268,17 @@ def probe_accuracy(task: Task, probe: torch.nn.Module, stream) -> dict:
     probe.eval()
     names = list(TAP_NAMES) if task.protocol == "multihead" else ["avgpool"]
     logits: list[list[torch.Tensor]] = [[] for _ in names]
-    targets = []
-    for pooled, avg, labels in stream.val_batches():
+    targets, indices = [], []
+    for pooled, avg, labels, idx in stream.val_batches():
         outputs = probe(pooled) if task.protocol == "multihead" else [probe(avg)]
         for store, out in zip(logits, outputs, strict=True):
-            store.append(out.cpu())
+            store.append(out.float().cpu())
         targets.append(labels.cpu())
-    target = torch.cat(targets)
+        indices.append(idx)
+    idx = torch.cat(indices)
+    num = len(stream.val_labels)
+    target = dist_util.gather_rows_by_index(idx, torch.cat(targets), num)
+    logits = [[dist_util.gather_rows_by_index(idx, torch.cat(store), num)] for store in logits]
     metrics = {}
     for name, store in zip(names, logits, strict=True):
         top1, top5 = topk_accuracy(torch.cat(store), target, (1, 5))

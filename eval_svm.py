@@ -146,8 +146,12 @@ def cached_features(args, model: str, weights: str, train: LabelledSplit, test: 
         logger.info("using cached %s features in %s", model, folder)
     else:
         extract_to_disk(args, model, weights, {"train": train, "test": test}, layers, device, folder)
-        text = json.dumps(identity, indent=2)
-        atomic_write(meta_path, lambda handle: handle.write(text.encode()))
+        if dist_util.rank_and_world()[0] == 0:
+            text = json.dumps(identity, indent=2)
+            atomic_write(meta_path, lambda handle: handle.write(text.encode()))
+    dist_util.barrier()
+    if dist_util.rank_and_world()[0] != 0:
+        return {}  # the SVMs run on rank 0
     return {
         split: {layer: np.load(folder / f"{model}-{split}-{layer}.npy") for layer in layers}
         for split in ("train", "test")
@@ -164,14 +168,17 @@ def extract_to_disk(args, model: str, weights: str, splits: dict, layers, device
     for split, labelled in splits.items():
         start = time.perf_counter()
         source = make_source(labelled.images, args.image_size, spec, args.in_memory, args.workers, square=True)
-        arrays = [np.empty((len(source), pooling.dims[t]), dtype=np.float32) for t in taps]
-        for images, idx in source.eval_batches(np.arange(len(source)), args.batch_size, device):
+        indices, parts = [], []
+        for images, idx in source.eval_batches(dist_util.shard(np.arange(len(source))), args.batch_size, device):
             pooled = probe_inputs(backbone, pooling, images)[0]
-            for array, t in zip(arrays, taps, strict=True):
-                array[idx.numpy()] = torch.flatten(pooled[t], 1).float().cpu().numpy()
-        for array, layer in zip(arrays, layers, strict=True):
-            path = folder / f"{model}-{split}-{layer}.npy"
-            atomic_write(path, lambda handle, array=array: np.save(handle, array))
+            indices.append(idx)
+            parts.append([torch.flatten(pooled[t], 1).float().cpu() for t in taps])
+        idx = torch.cat(indices)
+        for i, layer in enumerate(layers):
+            array = dist_util.gather_rows_by_index(idx, torch.cat([p[i] for p in parts]), len(source)).numpy()
+            if dist_util.rank_and_world()[0] == 0:
+                path = folder / f"{model}-{split}-{layer}.npy"
+                atomic_write(path, lambda handle, array=array: np.save(handle, array))
         logger.info(
             "extracted %s %s features (%d images) in %.1fs", model, split, len(source), time.perf_counter() - start
         )

@@ -254,6 +254,8 @@ def main(args: argparse.Namespace) -> None:
 
     # ---- model, optimizer, resume
     backbone = build_model(args.arch, args.sobel).to(device)
+    if args.sync_bn and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation): drop --sync-bn")
     if args.sync_bn and info.distributed:
         backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
     optimizer = torch.optim.SGD(backbone.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
@@ -327,7 +329,9 @@ def run_epoch(
     head = new_head(backbone.feature_dim, num_pseudo, device)
     head_optimizer = torch.optim.SGD(head.parameters(), lr=args.head_lr, momentum=0.0, weight_decay=args.wd)
     gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
-    batches = source.train_batches(np.asarray(sampler.indices), args.batch_size, device, gen)
+    batches = source.train_batches(
+        np.asarray(sampler.indices), args.batch_size, device, gen, info.rank, info.world_size
+    )
     stats = train_one_epoch(
         backbone,
         head,
@@ -552,7 +556,8 @@ def restore(
     state.cluster_rng.bit_generator.state = ckpt["cluster_rng"]
     state.wandb_run_id = ckpt.get("wandb_run_id")
     set_rng_states(ckpt["rng"])
-    JsonLog(output_dir / "log.jsonl").truncate_after(state.epoch - 1)
+    if dist_util.env_info()[0].is_main:
+        JsonLog(output_dir / "log.jsonl").truncate_after(state.epoch - 1)
     logger.info("resumed from %s at epoch %d", path, state.epoch)
     return state
 

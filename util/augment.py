@@ -117,16 +117,21 @@ class BatchAugment:
     def __init__(self, spec: AugmentSpec) -> None:
         self.spec = spec
 
-    def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, gen: torch.Generator, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+        """images: (B, 3, H, W) uint8. Distributed: every rank draws the parameters of the whole global batch
+        (B x world_size) from the same generator and keeps rows rank::world_size, so a run on N processes augments
+        each image exactly as a single process with an N-times larger batch would."""
         batch, device = images.shape[0], images.device
+        total = batch * world_size
+        mine = slice(rank, None, world_size)
         x = images.float() / 255.0
-        theta = self._affine(batch, gen).to(device)
+        theta = self._affine(total, gen)[mine].to(device)
         grid = F.affine_grid(theta, [batch, 3, self.spec.size, self.spec.size], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         if self.spec.jitter_p > 0:
-            x = self._jitter(x, gen)
+            x = self._jitter(x, gen, total, mine)
         if self.spec.grayscale_p > 0:
-            gray = _uniform(batch, gen, 0, 1).to(device) < self.spec.grayscale_p
+            gray = (_uniform(total, gen, 0, 1) < self.spec.grayscale_p)[mine].to(device)
             x = torch.where(gray[:, None, None, None], _gray(x).expand_as(x), x)
         mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
         std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
@@ -162,13 +167,14 @@ class BatchAugment:
         )
         return theta
 
-    def _jitter(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        batch, device = x.shape[0], x.device
+    def _jitter(self, x: torch.Tensor, gen: torch.Generator, total: int, mine: slice) -> torch.Tensor:
+        device = x.device
         brightness, contrast, saturation, hue = self.spec.jitter
-        apply = (_uniform(batch, gen, 0, 1) < self.spec.jitter_p).to(device)[:, None, None, None]
+        apply = (_uniform(total, gen, 0, 1) < self.spec.jitter_p)[mine].to(device)[:, None, None, None]
 
         def factor(strength: float) -> torch.Tensor:
-            return _uniform(batch, gen, max(0.0, 1 - strength), 1 + strength).to(device)[:, None, None, None]
+            values = _uniform(total, gen, max(0.0, 1 - strength), 1 + strength)[mine]
+            return values.to(device)[:, None, None, None]
 
         y = x
         if brightness:
@@ -180,7 +186,7 @@ class BatchAugment:
             gray = _gray(y)
             y = ((y - gray) * factor(saturation) + gray).clamp(0, 1)
         if hue:
-            y = _shift_hue(y, _uniform(batch, gen, -hue, hue).to(device))
+            y = _shift_hue(y, _uniform(total, gen, -hue, hue)[mine].to(device))
         return torch.where(apply, y, x)
 
 

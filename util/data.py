@@ -221,16 +221,19 @@ class ImageSource:
         batch_size: int,
         device: torch.device,
         gen: torch.Generator,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(augmented images on device, dataset indices) in the order of `indices`; drops the last partial batch."""
+        """(augmented images on device, dataset indices) in the order of `indices` (this rank's shard); drops the
+        last partial batch. In memory, augmentations are drawn for the global batch (see BatchAugment)."""
         num_batches = len(indices) // batch_size
         if self.memory is not None:
             augment = BatchAugment(self.augment)
             for b in range(num_batches):
                 idx = torch.from_numpy(indices[b * batch_size : (b + 1) * batch_size])
-                yield augment(self.memory[idx].to(device, non_blocking=True), gen), idx
+                yield augment(self.memory[idx].to(device, non_blocking=True), gen, rank, world_size), idx
             return
-        torch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        torch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) + 7919 * rank
         dataset = torch.utils.data.Subset(ImageDataset(self.images, train_transform(self.augment)), indices.tolist())
         yield from self._loader(dataset, batch_size, device, drop_last=True, seed=torch_seed)
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -142,3 +143,35 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     gathered = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(gathered, padded)
     return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes, strict=True)])
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(indices: np.ndarray) -> np.ndarray:
+    """This rank's share of `indices`: wrapped around to a multiple of the world size, then every world-th item,
+    so every rank gets the same number of items (and runs the same number of collectives)."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return indices
+    return np.resize(indices, -(-len(indices) // world) * world)[rank::world]
+
+
+def gather_rows_by_index(idx: torch.Tensor, values: torch.Tensor, num: int) -> torch.Tensor:
+    """Rows computed on every rank's shard -> the (num, ...) tensor in dataset order, on every rank."""
+    device = collective_device()
+    idx_all = all_gather_rows(idx.to(device)).cpu()
+    values_all = all_gather_rows(values.to(device)).cpu()
+    out = torch.empty((num, *values_all.shape[1:]), dtype=values_all.dtype)
+    out[idx_all] = values_all  # wrapped-around duplicates write identical rows
+    return out
+
+
+def collective_device() -> torch.device:
+    """Where tensors must live for collectives: the current GPU under NCCL, else the CPU (gloo)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

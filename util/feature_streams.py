@@ -10,11 +10,12 @@ from tqdm import tqdm
 
 from models import Backbone
 from util.data import ImageSource
+from util.dist import gather_rows_by_index, rank_and_world, shard
 from util.probes import TapPooling
 
 # One batch of probe inputs: the five pooled taps (B, C_i, s_i, s_i), the global average of the last tap (B, C5),
-# and the class labels (B,).
-ProbeBatch = tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]
+# the class labels (B,) and the dataset indices (B,). Distributed: every rank sees its shard of the data.
+ProbeBatch = tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def probe_inputs(
@@ -47,27 +48,26 @@ class LiveFeatures:
 
     def train_epoch(self, epoch: int) -> Iterator[ProbeBatch]:
         gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-        order = torch.randperm(len(self.train), generator=gen).numpy()
-        batches = self.train.train_batches(order, self.batch_size, self.device, gen)
+        order = shard(torch.randperm(len(self.train), generator=gen).numpy())
+        rank, world = rank_and_world()
+        batches = self.train.train_batches(order, self.batch_size, self.device, gen, rank, world)
         for images, idx in tqdm(batches, desc=f"probe epoch {epoch}", disable=not self.progress, leave=False):
             pooled, avg = probe_inputs(self.backbone, self.pooling, images)
-            yield pooled, avg, self.train_labels[idx].to(self.device)
+            yield pooled, avg, self.train_labels[idx].to(self.device), idx
 
     def val_batches(self) -> Iterator[ProbeBatch]:
-        for images, idx in self.val.eval_batches(np.arange(len(self.val)), 2 * self.batch_size, self.device):
+        for images, idx in self.val.eval_batches(shard(np.arange(len(self.val))), 2 * self.batch_size, self.device):
             pooled, avg = probe_inputs(self.backbone, self.pooling, images)
-            yield pooled, avg, self.val_labels[idx].to(self.device)
+            yield pooled, avg, self.val_labels[idx].to(self.device), idx
 
     def avgpool_features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, C5) globally averaged last-tap features of the deterministic view, with labels, for kNN."""
         source = self.train if split == "train" else self.val
-        chunks = []
-        for images, idx in source.eval_batches(np.arange(len(source)), 2 * self.batch_size, self.device):
-            chunks.append((idx, probe_inputs(self.backbone, self.pooling, images)[1].cpu()))
-        feats = torch.empty(len(source), chunks[0][1].shape[1])
-        for idx, value in chunks:
-            feats[idx] = value
-        return feats, torch.from_numpy(source.targets)
+        indices, feats = [], []
+        for images, idx in source.eval_batches(shard(np.arange(len(source))), 2 * self.batch_size, self.device):
+            indices.append(idx)
+            feats.append(probe_inputs(self.backbone, self.pooling, images)[1].cpu())
+        return gather_rows_by_index(torch.cat(indices), torch.cat(feats), len(source)), torch.from_numpy(source.targets)
 
 
 class CachedFeatures:
@@ -94,37 +94,35 @@ class CachedFeatures:
     def _extract(
         self, backbone: Backbone, pooling: TapPooling, source: ImageSource, progress: bool, desc: str
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        pooled_all: list[torch.Tensor] | None = None
-        avg_all = None
-        batches = source.eval_batches(np.arange(len(source)), 2 * self.batch_size, self.device)
+        indices, pooled_parts, avg_parts = [], [], []
+        batches = source.eval_batches(shard(np.arange(len(source))), 2 * self.batch_size, self.device)
         for images, idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
             pooled, avg = probe_inputs(backbone, pooling, images)
-            if pooled_all is None:
-                pooled_all = [torch.empty((len(source), *p.shape[1:]), dtype=torch.float16) for p in pooled]
-                avg_all = torch.empty((len(source), avg.shape[1]), dtype=torch.float32)
-            for store, value in zip(pooled_all, pooled, strict=True):
-                store[idx] = value.half().cpu()
-            avg_all[idx] = avg.cpu()
-        return pooled_all, avg_all
+            indices.append(idx)
+            pooled_parts.append([p.half().cpu() for p in pooled])
+            avg_parts.append(avg.cpu())
+        idx = torch.cat(indices)
+        pooled_all = [
+            gather_rows_by_index(idx, torch.cat([part[t] for part in pooled_parts]), len(source))
+            for t in range(len(pooled_parts[0]))
+        ]
+        return pooled_all, gather_rows_by_index(idx, torch.cat(avg_parts), len(source))
 
     def _batches(self, pooled, avg, labels, order: torch.Tensor, drop_last: bool) -> Iterator[ProbeBatch]:
         size = self.batch_size
         stop = len(order) - (len(order) % size if drop_last and len(order) >= size else 0)
         for start in range(0, stop, size):
             idx = order[start : start + size]
-            yield (
-                [p[idx].to(self.device).float() for p in pooled],
-                avg[idx].to(self.device),
-                labels[idx].to(self.device),
-            )
+            pooled_batch = [p[idx].to(self.device).float() for p in pooled]
+            yield pooled_batch, avg[idx].to(self.device), labels[idx].to(self.device), idx
 
     def train_epoch(self, epoch: int) -> Iterator[ProbeBatch]:
         gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-        order = torch.randperm(len(self.train_labels), generator=gen)
+        order = torch.from_numpy(shard(torch.randperm(len(self.train_labels), generator=gen).numpy()))
         yield from self._batches(self.train_pooled, self.train_avg, self.train_labels, order, drop_last=True)
 
     def val_batches(self) -> Iterator[ProbeBatch]:
-        order = torch.arange(len(self.val_labels))
+        order = torch.from_numpy(shard(np.arange(len(self.val_labels))))
         yield from self._batches(self.val_pooled, self.val_avg, self.val_labels, order, drop_last=False)
 
     def avgpool_features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
