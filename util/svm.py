@@ -19,7 +19,6 @@ logger = logging.getLogger("deepcluster")
 DEFAULT_COSTS = tuple(sorted([1.0, 10.0, 100.0] + [2.0**-i for i in range(4, 20)]))
 LOWSHOT_KS = (1, 2, 4, 8, 16, 32, 64, 96)
 POSITIVE_WEIGHT = 2.0  # class_weight {+1: 2, -1: 1} of the protocol
-KERNEL_PATH_MAX_ROWS = 128  # problems this small are solved on their own rows (batched Cholesky)
 
 # solver(X (N, D) float64, Y (N, P) +-1, mask (N, P) bool rows used by each problem, costs (P,)) -> (W (D, P), b (P,))
 Solver = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -82,7 +81,7 @@ def liblinear_solver(
     return W, b
 
 
-def make_batched_solver(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> Solver:
+def make_batched_solver(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Solver:
     def solve(X: np.ndarray, Y: np.ndarray, mask: np.ndarray, costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return batched_solver(X, Y, mask, costs, torch.device(device), dtype)
 
@@ -95,8 +94,8 @@ def batched_solver(
     mask: np.ndarray,
     costs: np.ndarray,
     device: torch.device | None = None,
-    dtype: torch.dtype = torch.float64,
-    tol: float = 1e-7,
+    dtype: torch.dtype = torch.float32,
+    tol: float = 1e-5,
     max_newton: int = 300,
 ) -> tuple[np.ndarray, np.ndarray]:
     """All problems at once. When N < D + 1, solves in the row space of X (exact: by the representer theorem every
@@ -104,9 +103,6 @@ def batched_solver(
     device = device or torch.device("cpu")
     x = torch.as_tensor(X, dtype=dtype, device=device)
     x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=dtype, device=device)], 1)  # bias as a regularised feature
-    sizes = mask.sum(0)
-    if sizes.max() <= KERNEL_PATH_MAX_ROWS and sizes.max() < x.shape[0] // 2:  # many small problems (low-shot)
-        return _small_problems(x, Y, mask, costs, int(sizes.max()))
     # Principal coordinates: z = x @ basis has orthogonal columns, so a diagonal preconditioner fits the Hessian
     # well. When N < D + 1 this also shrinks the problem to the row space of x (exact: by the representer theorem
     # every optimum lies in the span of its training rows).
@@ -123,25 +119,6 @@ def batched_solver(
     s = torch.as_tensor(mask, dtype=dtype, device=device) * torch.where(y > 0, POSITIVE_WEIGHT, 1.0)
     c = torch.as_tensor(costs, dtype=dtype, device=device)
     w = (basis @ _newton_cg(z, y, s, c, tol, max_newton)).cpu().numpy()
-    return w[:-1], w[-1]
-
-
-def _small_problems(
-    x: torch.Tensor, Y: np.ndarray, mask: np.ndarray, costs: np.ndarray, num_rows: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Problems of at most `num_rows` rows each: kernel Newton on their own rows only."""
-    order = np.argsort(~mask, axis=0, kind="stable")[:num_rows]  # (n, P): each problem's rows first
-    valid = np.take_along_axis(mask, order, 0)
-    rows = torch.as_tensor(np.where(valid, order, -1), device=x.device)
-    labels = torch.as_tensor(np.take_along_axis(Y, order, 0), dtype=x.dtype, device=x.device)
-    weights = torch.as_tensor(valid, dtype=x.dtype, device=x.device) * torch.where(labels > 0, POSITIVE_WEIGHT, 1.0)
-    c = torch.as_tensor(costs, dtype=x.dtype, device=x.device)
-    beta = kernel_newton(x @ x.T, rows, labels, weights, c)
-    coefficients = torch.zeros(x.shape[0], Y.shape[1], dtype=x.dtype, device=x.device)
-    problem = torch.arange(Y.shape[1], device=x.device).expand_as(rows)
-    keep = rows >= 0
-    coefficients[rows[keep], problem[keep]] = beta[keep]
-    w = (x.T @ coefficients).cpu().numpy()  # (D + 1, P)
     return w[:-1], w[-1]
 
 
@@ -168,8 +145,8 @@ def _newton_cg(z: torch.Tensor, y: torch.Tensor, s: torch.Tensor, c: torch.Tenso
         active = ss * (hinge[:, todo] > 0)
         two_c = 2 * cs
 
-        def hessian_vector(v: torch.Tensor, active: torch.Tensor = active, two_c: torch.Tensor = two_c) -> torch.Tensor:
-            return v + two_c * (z.T @ (active * (z @ v)))
+        def hessian_vector(v: torch.Tensor, cols: torch.Tensor, active=active, two_c=two_c) -> torch.Tensor:
+            return v + two_c[cols] * (z.T @ (active[:, cols] * (z @ v)))
 
         # Jacobi preconditioner where many rows are active (the Hessian is then near-diagonal in principal
         # coordinates); none where few are (identity + low rank: plain CG ends in about rank + 1 steps).
@@ -183,60 +160,39 @@ def _newton_cg(z: torch.Tensor, y: torch.Tensor, s: torch.Tensor, c: torch.Tenso
     return w
 
 
-def kernel_newton(
-    gram: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, s: torch.Tensor, c: torch.Tensor, max_iter: int = 60
-) -> torch.Tensor:
-    """Many small problems at once, in the dual-free kernel form of the primal (Chapelle 2007, "Training a support
-    vector machine in the primal"): w_p = sum_i beta_ip x_i over the problem's own rows.
-
-    gram: (U, U) Gram matrix of the augmented rows; rows: (n, P) indices into it (-1 = padding); y, s: (n, P);
-    c: (P,). Each Newton step solves (K_sv + diag(1 / (2 c s))) beta_sv = y_sv by Cholesky, then an exact line
-    search. Returns beta: (n, P).
-    """
-    valid = rows >= 0
-    idx = rows.clamp_min(0)
-    kernel = gram[idx.T[:, :, None], idx.T[:, None, :]] * (valid.T[:, :, None] & valid.T[:, None, :])  # (P, n, n)
-    beta = torch.zeros_like(y)
-    margins = torch.zeros_like(y)
-    eye = torch.eye(rows.shape[0], dtype=y.dtype, device=y.device)
-    for _ in range(max_iter):
-        support = ((1 - y * margins) > 0) & valid  # (n, P)
-        both = support.T[:, :, None] & support.T[:, None, :]
-        ridge = torch.where(support, 1 / (2 * c * s.clamp_min(1e-12)), torch.ones_like(s))  # (n, P)
-        system = kernel * both + eye * ridge.T[:, :, None]
-        rhs = torch.where(support, y, torch.zeros_like(y)).T[:, :, None]  # (P, n, 1)
-        target = torch.cholesky_solve(rhs, torch.linalg.cholesky(system))[..., 0].T  # (n, P)
-        direction = target - beta
-        if float(direction.abs().max()) <= 1e-10 * (1 + float(beta.abs().max())):
-            break
-        k_dir = torch.einsum("pij,jp->ip", kernel, direction)
-        w_d, d_d = (beta * k_dir).sum(0), (direction * k_dir).sum(0)  # <w, d> and <d, d> in feature space
-        step = _line_search(w_d, d_d, margins, k_dir, y, s, c)
-        beta = beta + step * direction
-        margins = margins + step * k_dir
-    return beta
-
-
 def _batched_cg(matvec, rhs: torch.Tensor, diagonal: torch.Tensor, max_iter: int, rel_tol: float) -> torch.Tensor:
-    """Preconditioned conjugate gradients for every column at once, each stopping at |r| <= rel_tol |rhs|."""
+    """Preconditioned conjugate gradients for every column at once, each stopping at |r| <= rel_tol |rhs|.
+
+    matvec(v, columns) applies the Hessians of the given columns to v; converged columns drop out of the work."""
     x = torch.zeros_like(rhs)
     r = rhs.clone()
     z = r / diagonal
     p = z.clone()
     rz = (r * z).sum(0)
     target = (rel_tol**2) * (r * r).sum(0)
+    cols = torch.arange(rhs.shape[1], device=rhs.device)
     for _ in range(max_iter):
-        running = (r * r).sum(0) > target
-        if not bool(running.any()):
+        keep = (r * r).sum(0) > target
+        if not bool(keep.any()):
             break
-        ap = matvec(p)
-        alpha = torch.where(running, rz / (p * ap).sum(0).clamp_min(1e-300), torch.zeros_like(rz))
-        x = x + alpha * p
+        if not bool(keep.all()):  # compact: only the columns still running
+            done = cols[~keep]
+            cols, r, p, rz, target, diagonal = (
+                cols[keep],
+                r[:, keep],
+                p[:, keep],
+                rz[keep],
+                target[keep],
+                diagonal[:, keep],
+            )
+            del done
+        ap = matvec(p, cols)
+        alpha = rz / (p * ap).sum(0).clamp_min(1e-300)
+        x[:, cols] += alpha * p
         r = r - alpha * ap
         z = r / diagonal
         rz_new = (r * z).sum(0)
-        beta = torch.where(running, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz))
-        p = z + beta * p
+        p = z + (rz_new / rz.clamp_min(1e-300)) * p
         rz = rz_new
     return x
 
