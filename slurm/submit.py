@@ -52,6 +52,7 @@ def launcher_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cluster", choices=("auto", "slurm", "local"), default="auto",
                         help="auto: SLURM when sbatch is on PATH, else local processes")  # fmt: skip
     parser.add_argument("--wait", action="store_true", help="block until every job ends; exit 1 if one failed")
+    parser.add_argument("--dry-run", action="store_true", help="check every flag and print the jobs; submit nothing")
     return parser
 
 
@@ -110,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     argvs = sweep_argvs(script_args, script_argv, opts.sweep)
     for one in argvs:
         parser.parse_args(one)
+    if opts.dry_run:
+        for one in argvs:
+            print(f"would submit {opts.script} {' '.join(one)} on {opts.nodes} node(s)", flush=True)
+        return 0
     executor = make_executor(opts)
     if len(argvs) > 1:
         with executor.batch():

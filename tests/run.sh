@@ -14,5 +14,9 @@ echo "== ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 
+echo "== local Slurm (for tests/test_slurm.py)"
+eval "$(bash slurm/local_cluster.sh start)"   # installs slurm-wlm, munge, slurmdbd, mariadb-server if missing
+export SLURM_CONF
+
 echo "== pytest"
 exec .venv/bin/python -m pytest -q "$@"
