@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=2000, help="CIFAR-10 test images (fixed subset)")
     parser.add_argument("--layers", default="feature3,feature5")
     parser.add_argument("--lowshot-ks", default="1,8,96")
+    parser.add_argument("--device", default="cpu", help="where the batched solver runs (liblinear is CPU only)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Liblinear failed to converge")  # reported once, below
     layers = args.layers.split(",")
@@ -73,7 +74,7 @@ def main() -> None:
         features(args.pretrained, "test", args.test, layers),
     )
     print(f"CIFAR-10 {args.train} train / {args.test} test images, {len(DEFAULT_COSTS)} costs, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
+          f"{torch.get_num_threads()} threads, batched on {args.device}")  # fmt: skip
     print(f"{'layer':9} {'protocol':10} {'dims':>5} {'liblinear mAP':>13} {'batched mAP':>11} {'diff':>6} "
           f"{'liblinear s':>11} {'batched s':>9} {'speed-up':>8}")  # fmt: skip
     for layer in layers:
@@ -81,7 +82,7 @@ def main() -> None:
             runs = {}
             data = (train_x[layer], train_y, test_x[layer], test_y)
             for name in ("batched", "liblinear"):
-                runs[name] = run_protocol(protocol, data, get_solver(name), ks)
+                runs[name] = run_protocol(protocol, data, get_solver(name, args.device), ks)
             (lib_map, lib_s), (bat_map, bat_s) = runs["liblinear"], runs["batched"]
             label = protocol if protocol == "full" else f"low k={','.join(map(str, ks))}"
             dims = train_x[layer].shape[1]

@@ -52,16 +52,21 @@ def git_sha() -> str:
 
 
 def provenance() -> dict:
-    import faiss
     import numpy
     import torchvision
 
+    try:
+        import faiss
+
+        faiss_version = getattr(faiss, "__version__", "unknown")
+    except ImportError:  # the torch k-means backend needs no faiss
+        faiss_version = "not installed"
     return {
         "git_sha": git_sha(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
-        "faiss": getattr(faiss, "__version__", "unknown"),
+        "faiss": faiss_version,
         "numpy": numpy.__version__,
         "cuda": torch.version.cuda or "none",
         "command": " ".join(sys.argv),
