@@ -62,9 +62,11 @@ class Tracker:
             self.run.log({key: wandb.Table(columns=columns, data=rows)})
 
     def histogram(self, values) -> Any:
+        if self.run is None:
+            return None
         import wandb
 
-        return wandb.Histogram(values) if self.run is not None else None
+        return wandb.Histogram(values)
 
     def finish(self) -> None:
         if self.run is not None:
