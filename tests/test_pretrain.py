@@ -87,14 +87,20 @@ def test_resume_with_more_epochs_continues_the_same_run(tmp_path, tiny_folder):
 
 @pytest.mark.parametrize(
     "extra",
-    [["--clustering", "pic"], ["--kmeans-backend", "torch"], ["--arch", "alexnet", "--sobel", "--image-size", "64"]],
+    [
+        ["--clustering", "pic"],
+        ["--kmeans-backend", "torch"],
+        ["--arch", "alexnet", "--sobel", "--image-size", "64"],
+        ["--wandb-mode", "disabled"],
+    ],
 )
-def test_other_clusterings_and_archs_run(tmp_path, tiny_folder, extra):
+def test_other_clusterings_archs_and_modes_run(tmp_path, tiny_folder, extra):
     out = tmp_path / "run"
     proc = pretrain(tmp_path, tiny_folder, out, "--epochs", "1", *extra)
     assert proc.returncode == 0, proc.stderr
     record = read_jsonl(out / "log.jsonl")[0]
     assert record["num_clusters"] >= 2
+    assert (out / "wandb").exists() == ("disabled" not in extra)
 
 
 def test_bundled_cifar10_subset(tmp_path):
