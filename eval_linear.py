@@ -7,7 +7,6 @@ beat; disable with --baseline none). Results go to OUTPUT_DIR/results.json, the 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +16,17 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from util import dist as dist_util
-from util.args import add_data_args, add_model_args, add_runtime_args, add_wandb_args, positive_int
+from util.args import add_baseline_arg, add_data_args, add_model_args, add_runtime_args, add_wandb_args, positive_int
 from util.augment import augment_preset
-from util.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from util.checkpoint import load_checkpoint, save_checkpoint
 from util.data import ImageSource, build_source
-from util.errors import UserError, run_main
+from util.errors import UserError, script_entry
 from util.feature_streams import CachedFeatures, LiveFeatures
 from util.logging import interactive, provenance, setup_logging
 from util.metrics import topk_accuracy
-from util.pretrained import RANDOM, load_backbone, resolve_arch
+from util.pretrained import load_backbone, networks_to_evaluate, resolve_arch
 from util.probes import TAP_NAMES, AvgPoolHead, MultiHead, build_tap_pooling, knn_predict, l2n
+from util.results import publish
 from util.runtime import prepare_output_dir, resolve_device, seed_everything
 from util.tracking import Tracker, init_tracker
 
@@ -77,10 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=False,
         help="extract frozen features once, no augmentation (fast; departs from the protocol)",
     )
-    group.add_argument(
-        "--baseline", choices=("random", "none"), default="random",
-        help="also evaluate a random-init network of the same arch (default: random)",
-    )  # fmt: skip
+    add_baseline_arg(group)
     add_runtime_args(parser)
     add_wandb_args(parser, default_project="deepcluster-eval")
     parser.set_defaults(sobel=None)
@@ -106,9 +103,7 @@ class Task:
 
 def plan_tasks(args: argparse.Namespace) -> list[Task]:
     protocols = ("multihead", "avgpool", "knn") if args.protocol == "all" else (args.protocol,)
-    models = [("pretrained", args.pretrained)] + ([("random_init", RANDOM)] if args.baseline == "random" else [])
-    if args.pretrained == RANDOM:
-        models = [("random_init", RANDOM)]
+    models = networks_to_evaluate(args.pretrained, args.baseline)
     return [Task(model, weights, protocol) for model, weights in models for protocol in protocols]
 
 
@@ -298,33 +293,18 @@ def knn_eval(stream, num_classes: int, k: int, temperature: float, device: torch
 
 def report(args: argparse.Namespace, results: dict, output_dir: Path, tracker: Tracker) -> None:
     """results.json, a console table and a W&B table shaped like the reference page's."""
-    payload = {**results, "arch": args.arch, "sobel": args.sobel, "pretrained": args.pretrained,
-               "cached_features": args.cached_features, "data": args.data}  # fmt: skip
-    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    atomic_write(output_dir / "results.json", lambda handle: handle.write(text.encode()))
     columns = ["Model", "Config", "Feature1", "Feature2", "Feature3", "Feature4", "Feature5", "AvgPool", "kNN"]
+    config = f"{args.arch}{'+sobel' if args.sobel else ''}{' (cached)' if args.cached_features else ''}"
+    keys = [f"{t}_top1" for t in TAP_NAMES] + ["avgpool_top1", "knn_top1"]
     rows = []
-    for label, prefix in (("pretrained", ""), ("random init", "random_init_")):
-        keys = [f"{t}_top1" for t in TAP_NAMES] + ["avgpool_top1", "knn_top1"]
+    for label, prefix in ((f"pretrained ({Path(args.pretrained).name})", ""), ("random init", "random_init_")):
         values = [results.get(prefix + key) for key in keys]
         if any(v is not None for v in values):
-            config = f"{args.arch}{'+sobel' if args.sobel else ''}{' (cached)' if args.cached_features else ''}"
-            rows.append([label if prefix else f"pretrained ({Path(args.pretrained).name})", config, *values])
-    cells = [columns] + [
-        [f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v)) for v in r] for r in rows
-    ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    logger.info("top-1 (%%) on %s:\n%s", args.data, "\n".join(lines))
-    tracker.table("linear_eval", columns, rows)
-    tracker.summary({k: v for k, v in results.items() if isinstance(v, (int, float))})
+            rows.append([label, config, *values])
+    meta = {"arch": args.arch, "sobel": args.sobel, "pretrained": args.pretrained,
+            "cached_features": args.cached_features, "data": args.data}  # fmt: skip
+    publish(output_dir, results, meta, tracker, "linear_eval", columns, rows, f"top-1 (%) on {args.data}")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        "DeepCluster linear evaluation",
-        parents=[get_args_parser()],
-        epilog=DEPARTURES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    run_main(lambda: main(parser.parse_args()))
+    script_entry("DeepCluster linear evaluation", get_args_parser, main, DEPARTURES)

@@ -18,15 +18,16 @@ import numpy as np
 import torch
 
 from util import dist as dist_util
-from util.args import add_data_args, add_model_args, add_runtime_args, add_wandb_args
+from util.args import add_baseline_arg, add_data_args, add_model_args, add_runtime_args, add_wandb_args
 from util.augment import augment_preset
 from util.checkpoint import atomic_write
 from util.data import make_source
-from util.errors import UserError, run_main
+from util.errors import UserError, script_entry
 from util.feature_streams import probe_inputs
 from util.logging import provenance, setup_logging
-from util.pretrained import RANDOM, load_backbone, resolve_arch
+from util.pretrained import RANDOM, load_backbone, networks_to_evaluate, resolve_arch
 from util.probes import TAP_NAMES, build_tap_pooling
+from util.results import publish
 from util.runtime import prepare_output_dir, resolve_device, seed_everything
 from util.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, l2_normalize_features, lowshot_protocol
 from util.tracking import Tracker, init_tracker
@@ -71,10 +72,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--lowshot-ks", default=",".join(map(str, LOWSHOT_KS)), help="comma-separated k (default: %(default)s)"
     )
     group.add_argument("--batch-size", type=int, default=128, help="images per forward at extraction")
-    group.add_argument(
-        "--baseline", choices=("random", "none"), default="random",
-        help="also evaluate a random-init network of the same arch (default: random)",
-    )  # fmt: skip
+    add_baseline_arg(group)
     add_runtime_args(parser)
     add_wandb_args(parser, default_project="deepcluster-eval")
     parser.set_defaults(sobel=None)
@@ -115,9 +113,7 @@ def main(args: argparse.Namespace) -> None:
     tracker = init_tracker(args, output_dir, "eval_svm", {**vars(args), **provenance()}, info.is_main)
 
     # ---- per network: features (cached on disk), full SVM per layer, low-shot on the best layer
-    models = [("pretrained", args.pretrained)] + ([("random_init", RANDOM)] if args.baseline == "random" else [])
-    if args.pretrained == RANDOM:
-        models = [("random_init", RANDOM)]
+    models = networks_to_evaluate(args.pretrained, args.baseline)
     results: dict = {}
     solver = get_solver(args.solver, str(device))
     for model, weights in models:
@@ -227,33 +223,17 @@ def _xy(normalised, train: LabelledSplit, test: LabelledSplit):
 
 def report(args, results: dict, output_dir: Path, tracker: Tracker, ks) -> None:
     """results.json, a console table and a W&B table shaped like the reference page's."""
-    payload = {**results, "arch": args.arch, "sobel": args.sobel, "pretrained": args.pretrained, "data": args.data,
-               "solver": args.solver}  # fmt: skip
-    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    atomic_write(output_dir / "results.json", lambda handle: handle.write(text.encode()))
     columns = ["Model", "Config", "Best Layer", "SVM", *[f"k={k}" for k in ks]]
+    config = f"{args.arch}{'+sobel' if args.sobel else ''}"
     rows = []
-    for label, prefix in (("pretrained", ""), ("random init", "random_init_")):
-        if prefix + "best_layer" not in results:
-            continue
-        config = f"{args.arch}{'+sobel' if args.sobel else ''}"
-        row = [label, config, results[prefix + "best_layer"], results.get(prefix + "best_map")]
-        rows.append(row + [results.get(f"{prefix}lowshot_k{k}_map") for k in ks])
-    cells = [columns] + [
-        [f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v)) for v in r] for r in rows
-    ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    logger.info("VOC07-style SVM mAP (%%) on %s:\n%s", args.data, "\n".join(lines))
-    tracker.table("svm_eval", columns, rows)
-    tracker.summary({k: v for k, v in results.items() if isinstance(v, (int, float))})
+    for label, prefix in ((f"pretrained ({Path(args.pretrained).name})", ""), ("random init", "random_init_")):
+        if prefix + "best_layer" in results:
+            row = [label, config, results[prefix + "best_layer"], results.get(prefix + "best_map")]
+            rows.append(row + [results.get(f"{prefix}lowshot_k{k}_map") for k in ks])
+    meta = {"arch": args.arch, "sobel": args.sobel, "pretrained": args.pretrained, "data": args.data,
+            "solver": args.solver}  # fmt: skip
+    publish(output_dir, results, meta, tracker, "svm_eval", columns, rows, f"VOC07-style SVM mAP (%) on {args.data}")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        "DeepCluster VOC07 SVM evaluation",
-        parents=[get_args_parser()],
-        epilog=DEPARTURES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    run_main(lambda: main(parser.parse_args()))
+    script_entry("DeepCluster VOC07 SVM evaluation", get_args_parser, main, DEPARTURES)

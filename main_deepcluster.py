@@ -48,7 +48,7 @@ from util.clustering import (
     torch_kmeans,
 )
 from util.data import ImageSource, build_source
-from util.errors import UserError, run_main
+from util.errors import UserError, script_entry
 from util.features import extract_features
 from util.logging import JsonLog, interactive, provenance, setup_logging
 from util.metrics import ari, cluster_accuracy, nmi
@@ -567,10 +567,4 @@ def _fmt(value: float | None) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        "DeepCluster pretraining",
-        parents=[get_args_parser()],
-        epilog=DEPARTURES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    run_main(lambda: main(parser.parse_args()))
+    script_entry("DeepCluster pretraining", get_args_parser, main, DEPARTURES)

@@ -110,3 +110,12 @@ def add_wandb_args(parser: argparse.ArgumentParser, default_project: str = "deep
     group.add_argument("--wandb-group", default=None, help="group runs of one sweep or recipe")
     group.add_argument("--wandb-name", default=None, help="run name (default: W&B picks one)")
     group.add_argument("--wandb-tags", nargs="*", default=[], help="tags of the run")
+
+
+def add_baseline_arg(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--baseline",
+        choices=("random", "none"),
+        default="random",
+        help="also evaluate a random-init network of the same arch, the floor to beat (default: random)",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -40,3 +41,17 @@ def run_main(main: Callable[[], object]) -> None:
             logger.error("error: %s", _one_line(str(err)))
             sys.exit(EXIT_USER_ERROR)
         raise
+
+
+def script_entry(
+    title: str,
+    get_args_parser: Callable[[], argparse.ArgumentParser],
+    main: Callable[[argparse.Namespace], object],
+    epilog: str,
+) -> None:
+    """The `if __name__ == "__main__"` of every entry script: its parser (with --help and the departures from the
+    paper or protocol as epilog), then main() under run_main."""
+    parser = argparse.ArgumentParser(
+        title, parents=[get_args_parser()], epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    run_main(lambda: main(parser.parse_args()))

@@ -58,3 +58,10 @@ def load_backbone(pretrained: str, arch: str | None, sobel: bool | None, device:
     for param in model.parameters():
         param.requires_grad_(False)
     return model.to(device).eval()
+
+
+def networks_to_evaluate(pretrained: str, baseline: str) -> list[tuple[str, str]]:
+    """(name, weights) pairs: the pretrained network, then the random-init baseline of the same arch."""
+    if pretrained == RANDOM:
+        return [("random_init", RANDOM)]
+    return [("pretrained", pretrained)] + ([("random_init", RANDOM)] if baseline == "random" else [])

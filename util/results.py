@@ -1,0 +1,39 @@
+"""Evaluation results: results.json, the console table and the W&B table + summary, in one place."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from util.checkpoint import atomic_write
+from util.tracking import Tracker
+
+logger = logging.getLogger("deepcluster")
+
+
+def format_table(columns: list[str], rows: list[list]) -> str:
+    """A plain-text table; floats with two decimals, missing values as '-'."""
+    cells = [columns] + [
+        [f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v)) for v in r] for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells)
+
+
+def publish(
+    output_dir: Path,
+    results: dict,
+    meta: dict,
+    tracker: Tracker,
+    table: str,
+    columns: list[str],
+    rows: list[list],
+    title: str,
+) -> None:
+    """Write OUTPUT_DIR/results.json (results + meta), log the table, mirror both to W&B."""
+    text = json.dumps({**results, **meta}, indent=2, sort_keys=True) + "\n"
+    atomic_write(output_dir / "results.json", lambda handle: handle.write(text.encode()))
+    logger.info("%s:\n%s", title, format_table(columns, rows))
+    tracker.table(table, columns, rows)
+    tracker.summary({k: v for k, v in results.items() if isinstance(v, (int, float))})
