@@ -64,7 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--solver", choices=("liblinear", "batched"), default="liblinear",
         help="liblinear: scikit-learn LinearSVC (the reference, default); batched: all problems at once in torch "
-        "(same mAP within 0.05 on CIFAR-10, 3-17x faster on 2 CPU cores: below the 10x bar, so not the default)",
+        "(same mAP within 0.05 on CIFAR-10; 4-14x faster on 2 CPU cores, below the 10x bar, so not the default)",
     )  # fmt: skip
     group.add_argument("--costs", default=None, help="comma-separated SVM costs (default: 1,10,100 and 2^-4..2^-19)")
     group.add_argument("--lowshot-samples", type=int, default=5, help="independent samples per k (protocol: 5)")
