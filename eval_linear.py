@@ -16,7 +16,14 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from util import dist as dist_util
-from util.args import add_baseline_arg, add_data_args, add_model_args, add_runtime_args, add_wandb_args, positive_int
+from util.args import (
+    add_baseline_arg,
+    add_data_args,
+    add_evaluated_model_args,
+    add_runtime_args,
+    add_wandb_args,
+    positive_int,
+)
 from util.augment import augment_preset
 from util.checkpoint import load_checkpoint, save_checkpoint
 from util.data import ImageSource, build_source
@@ -53,10 +60,7 @@ PROTOCOL_DEFAULTS = {
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("DeepCluster linear evaluation", add_help=False)
-    parser.add_argument(
-        "--pretrained", required=True, help="main_deepcluster.py checkpoint, torchvision-format state dict, or `random`"
-    )
-    add_model_args(parser, default_arch=None)
+    add_evaluated_model_args(parser)
     add_data_args(parser)
     group = parser.add_argument_group("protocol")
     group.add_argument("--protocol", choices=("multihead", "avgpool", "knn", "all"), default="all")
@@ -80,7 +84,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_baseline_arg(group)
     add_runtime_args(parser)
     add_wandb_args(parser, default_project="deepcluster-eval")
-    parser.set_defaults(sobel=None)
     return parser
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from util import dist as dist_util
-from util.args import add_baseline_arg, add_data_args, add_model_args, add_runtime_args, add_wandb_args
+from util.args import add_baseline_arg, add_data_args, add_evaluated_model_args, add_runtime_args, add_wandb_args
 from util.augment import augment_preset
 from util.checkpoint import atomic_write
 from util.data import make_source
@@ -53,10 +53,7 @@ DEPARTURES = """protocol (Goyal et al. 2019 / mmselfsup VOC07 SVM), with the cho
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("DeepCluster VOC07 SVM evaluation", add_help=False)
-    parser.add_argument(
-        "--pretrained", required=True, help="main_deepcluster.py checkpoint, torchvision-format state dict, or `random`"
-    )
-    add_model_args(parser, default_arch=None)
+    add_evaluated_model_args(parser)
     add_data_args(parser)
     group = parser.add_argument_group("protocol")
     group.add_argument("--layers", default=",".join(TAP_NAMES), help="comma-separated taps (default: all five)")
@@ -75,7 +72,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_baseline_arg(group)
     add_runtime_args(parser)
     add_wandb_args(parser, default_project="deepcluster-eval")
-    parser.set_defaults(sobel=None)
     return parser
 
 

@@ -119,3 +119,12 @@ def add_baseline_arg(group: argparse._ArgumentGroup) -> None:
         default="random",
         help="also evaluate a random-init network of the same arch, the floor to beat (default: random)",
     )
+
+
+def add_evaluated_model_args(parser: argparse.ArgumentParser) -> None:
+    """--pretrained plus --arch/--sobel, which default to what the checkpoint records (None until resolved)."""
+    parser.add_argument(
+        "--pretrained", required=True, help="main_deepcluster.py checkpoint, torchvision-format state dict, or `random`"
+    )
+    add_model_args(parser, default_arch=None)
+    parser.set_defaults(sobel=None)
