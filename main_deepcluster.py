@@ -261,11 +261,8 @@ def main(args: argparse.Namespace) -> None:
     optimizer = torch.optim.SGD(backbone.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
     state = restore(args, output_dir, backbone, optimizer)
     if state.epoch >= args.epochs:
-        logger.info(
-            "%s already holds %d epochs; raise --epochs to train further",
-            output_dir,
-            state.epoch,
-        )
+        logger.info("%s already holds %d epochs; raise --epochs to train further", output_dir, state.epoch)
+        dist_util.cleanup()
         return
     tracker = init_tracker(
         args,
@@ -284,12 +281,11 @@ def main(args: argparse.Namespace) -> None:
         record = run_epoch(args, epoch, backbone, optimizer, source, state, device, info)
         state.epoch = epoch + 1
         if info.is_main:
-            save_assignments(output_dir, epoch, state.assignments, record["num_clusters"])
-            save_checkpoint(
-                checkpoint_state(args, backbone, optimizer, state),
-                checkpoint_path(output_dir),
-            )
+            # log.jsonl before the checkpoint: a kill in between redoes the epoch, and the resume drops the
+            # record written after the checkpoint it restarts from, so every epoch is logged exactly once.
             log.append(record)
+            save_assignments(output_dir, epoch, state.assignments, record["num_clusters"])
+            save_checkpoint(checkpoint_state(args, backbone, optimizer, state), checkpoint_path(output_dir))
             log_epoch(tracker, record, state.assignments)
         dist_util.barrier()
     tracker.finish()
