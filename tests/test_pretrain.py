@@ -148,7 +148,7 @@ def test_sigkill_mid_epoch_then_restart_gives_the_same_weights(tmp_path, tiny_fo
         cmd, cwd=REPO, env=script_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.time() + 240
-    while time.time() < deadline and not (killed / "log.jsonl").exists():
+    while time.time() < deadline and not (killed / "checkpoint.pth").exists():
         time.sleep(0.02)
     time.sleep(0.3)  # into epoch 1 or 2: extraction, clustering or training
     os.kill(proc.pid, signal.SIGKILL)

@@ -78,7 +78,7 @@ def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path, tiny_folder):
     assert proc.returncode == 0, proc.stderr
     job_id = job_ids(proc.stdout)[0]
     deadline = time.time() + 300
-    while time.time() < deadline and not (out / "log.jsonl").exists():
+    while time.time() < deadline and not (out / "checkpoint.pth").exists():  # written after the epoch's log line
         time.sleep(0.2)
     os.environ["SLURM_CONF"] = slurm_env["SLURM_CONF"]
     job = submitit.SlurmJob(folder=jobs / job_id, job_id=job_id)
