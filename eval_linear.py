@@ -29,12 +29,12 @@ from util.checkpoint import load_checkpoint, save_checkpoint
 from util.data import ImageSource, build_source
 from util.errors import UserError, script_entry
 from util.feature_streams import CachedFeatures, LiveFeatures
-from util.logging import interactive, provenance, setup_logging
+from util.logging import interactive, provenance
 from util.metrics import topk_accuracy
 from util.pretrained import load_backbone, networks_to_evaluate, resolve_arch
 from util.probes import TAP_NAMES, AvgPoolHead, MultiHead, build_tap_pooling, knn_predict, l2n
 from util.results import publish
-from util.runtime import prepare_output_dir, resolve_device, seed_everything
+from util.runtime import start_run
 from util.tracking import Tracker, init_tracker
 
 logger = logging.getLogger("deepcluster")
@@ -112,11 +112,7 @@ def plan_tasks(args: argparse.Namespace) -> list[Task]:
 
 def main(args: argparse.Namespace) -> None:
     # ---- set-up
-    info = dist_util.init_distributed(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    setup_logging(info.rank)
-    device = resolve_device(args.device, info)
-    seed_everything(args.seed, args.deterministic)
-    output_dir = prepare_output_dir(args.output_dir, info.is_main)
+    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
     args.arch, args.sobel, _ = resolve_arch(args.pretrained, args.arch, args.sobel)
     cifar = args.data == "cifar10"
     args.image_size = args.image_size or (32 if cifar else 224)

@@ -24,11 +24,11 @@ from util.checkpoint import atomic_write
 from util.data import make_source
 from util.errors import UserError, script_entry
 from util.feature_streams import probe_inputs
-from util.logging import provenance, setup_logging
+from util.logging import provenance
 from util.pretrained import RANDOM, load_backbone, networks_to_evaluate, resolve_arch
 from util.probes import TAP_NAMES, build_tap_pooling
 from util.results import publish
-from util.runtime import prepare_output_dir, resolve_device, seed_everything
+from util.runtime import start_run
 from util.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, l2_normalize_features, lowshot_protocol
 from util.tracking import Tracker, init_tracker
 from util.voc import LabelledSplit, svm_splits
@@ -87,11 +87,7 @@ def parse_list(text: str, kind: type, name: str) -> list:
 
 def main(args: argparse.Namespace) -> None:
     # ---- set-up
-    info = dist_util.init_distributed(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    setup_logging(info.rank)
-    device = resolve_device(args.device, info)
-    seed_everything(args.seed, args.deterministic)
-    output_dir = prepare_output_dir(args.output_dir, info.is_main)
+    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
     args.arch, args.sobel, _ = resolve_arch(args.pretrained, args.arch, args.sobel)
     layers = parse_list(args.layers, str, "--layers")
     unknown = [layer for layer in layers if layer not in TAP_NAMES]

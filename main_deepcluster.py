@@ -50,9 +50,9 @@ from util.clustering import (
 from util.data import ImageSource, build_source
 from util.errors import UserError, script_entry
 from util.features import extract_features
-from util.logging import JsonLog, interactive, provenance, setup_logging
+from util.logging import JsonLog, interactive, provenance
 from util.metrics import ari, cluster_accuracy, nmi
-from util.runtime import prepare_output_dir, resolve_device, seed_everything
+from util.runtime import start_run
 from util.sampler import UniformClusterSampler
 from util.tracking import Tracker, init_tracker
 
@@ -228,12 +228,8 @@ class RunState:
 
 def main(args: argparse.Namespace) -> None:
     # ---- set-up: processes, device, seeds, output folder
-    info = dist_util.init_distributed(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    setup_logging(info.rank)
+    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
     args = finalize_args(args)
-    device = resolve_device(args.device, info)
-    seed_everything(args.seed, args.deterministic)
-    output_dir = prepare_output_dir(args.output_dir, info.is_main)
     logger.info("args: %s", " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
     logger.info(
         "effective batch %d (%d x %d processes); k=%d; device %s",

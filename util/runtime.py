@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from util.dist import DistInfo
+from util.dist import DistInfo, init_distributed
 from util.errors import UserError
+from util.logging import setup_logging
 
 logger = logging.getLogger("deepcluster")
 
@@ -61,3 +62,14 @@ def prepare_output_dir(path: str, is_main: bool) -> Path:
             f"--output-dir {out} is not writable ({err.strerror}): choose a folder you can write to"
         ) from err
     return out
+
+
+def start_run(
+    device: str | None, seed: int, deterministic: bool, output_dir: str
+) -> tuple[DistInfo, torch.device, Path]:
+    """The start of every entry script: process group, rank-filtered logging, device, seeds, writable output folder."""
+    info = init_distributed(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    setup_logging(info.rank)
+    resolved = resolve_device(device, info)
+    seed_everything(seed, deterministic)
+    return info, resolved, prepare_output_dir(output_dir, info.is_main)
