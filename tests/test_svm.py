@@ -6,10 +6,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score
 
 from tests.helpers import run_script
+from util import newton_svm
 from util.errors import UserError
 from util.svm import (
     DEFAULT_COSTS,
@@ -71,6 +73,66 @@ def test_batched_solver_matches_liblinear_objective(dim):
         hinge = np.maximum(0, 1 - y_all * (x @ W + b)) * mask
         objectives[name] = 0.5 * (W**2).sum(0) + 0.5 * b**2 + costs * (np.where(y_all > 0, 2, 1) * hinge**2).sum(0)
     np.testing.assert_allclose(objectives["batched"], objectives["liblinear"], rtol=1e-3)
+    assert (objectives["batched"] <= objectives["liblinear"] * (1 + 1e-4)).all()  # never a worse optimum
+
+
+def svm_objective(x, y, mask, costs, W, b):
+    hinge = np.maximum(0, 1 - y * (x @ W + b)) * mask
+    return 0.5 * (W**2).sum(0) + 0.5 * b**2 + costs * (np.where(y > 0, 2, 1) * hinge**2).sum(0)
+
+
+def test_exact_newton_direction_solves_the_newton_system():
+    rng = np.random.default_rng(0)
+    z = torch.tensor(rng.normal(size=(2, 30, 20)))
+    active = torch.tensor(rng.choice([0.0, 1.0, 2.0], size=(2, 30, 3)))  # s on active rows, 0 elsewhere
+    two_c = torch.tensor(rng.uniform(0.1, 50, size=(2, 1, 3)))
+    grad = torch.tensor(rng.normal(size=(2, 20, 3)))
+    zt = z.transpose(1, 2)
+    direction = newton_svm.exact_newton_direction(z @ zt, z, zt, active, two_c, grad).numpy()
+    for g in range(2):
+        for p in range(3):
+            zg = z[g].numpy()
+            hessian = np.eye(20) + zg.T @ np.diag(two_c[g, 0, p].item() * active[g, :, p].numpy()) @ zg
+            np.testing.assert_allclose(hessian @ direction[g, :, p], -grad[g, :, p].numpy(), atol=1e-8)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_newton_directions_exact_or_by_cg_reach_the_same_optimum(monkeypatch, exact):
+    x, labels = blobs(num=200, dim=300)
+    y = np.tile(np.where(labels == 1, 1.0, -1.0), (1, 3))
+    costs = np.array([0.01, 1.0, 100.0]).repeat(labels.shape[1])
+    mask = np.ones_like(y, dtype=bool)
+    reference = svm_objective(x, y, mask, costs, *newton_svm.batched_solver(x, y, mask, costs, dtype=torch.float64))
+    monkeypatch.setattr(newton_svm, "_exact_is_cheaper", lambda *args: exact)
+    W, b = newton_svm.batched_solver(x, y, mask, costs)
+    np.testing.assert_allclose(svm_objective(x, y, mask, costs, W, b), reference, rtol=1e-4)
+
+
+def test_small_row_sets_get_their_own_coordinates_with_the_same_solutions(monkeypatch):
+    x, labels = blobs(num=300, dim=400)
+    y_all = np.where(labels == 1, 1.0, -1.0)
+    rng = np.random.default_rng(1)
+    # 6 problems on 3 small row sets (2 costs each), as the low-shot protocol poses them
+    row_sets = [rng.choice(300, 40, replace=False) for _ in range(3)]
+    mask = np.zeros((300, 6), dtype=bool)
+    for p in range(6):
+        mask[row_sets[p // 2], p] = True
+    y = y_all[:, [0, 0, 1, 1, 2, 2]]
+    costs = np.array([0.1, 10.0] * 3)
+    assert len(newton_svm.plan_groups(mask, 401)) == 3  # one group per row set
+    assert len(newton_svm.plan_groups(mask, 41)) == 1  # row sets not small against the dimension: shared rows
+    assert len(newton_svm.plan_groups(np.ones((300, 6), dtype=bool), 401)) == 1
+    W, b = newton_svm.batched_solver(x, y, mask, costs)
+    for p in range(6):  # each problem alone
+        Wp, bp = newton_svm.batched_solver(x, y[:, [p]], mask[:, [p]], costs[[p]])
+        np.testing.assert_allclose(
+            svm_objective(x, y[:, p], mask[:, p], costs[p], W[:, p], b[p]),
+            svm_objective(x, y[:, [p]], mask[:, [p]], costs[[p]], Wp, bp)[0],
+            rtol=1e-4,
+        )
+    monkeypatch.setattr(newton_svm, "GROUP_ELEMENTS", 1)  # one group at a time: the same solutions
+    W1, b1 = newton_svm.batched_solver(x, y, mask, costs)
+    np.testing.assert_allclose(svm_objective(x, y, mask, costs, W1, b1), svm_objective(x, y, mask, costs, W, b), 1e-5)
 
 
 def test_full_protocol_both_solvers_agree():

@@ -2,8 +2,8 @@
 
 Every SVM is the L2-regularised squared-hinge problem of liblinear with a regularised bias (intercept scaling 1):
     min_w  1/2 |w|^2 + C sum_i s_i max(0, 1 - y_i (w . x_i + b))^2,   s_i = 2 for positives, 1 for negatives.
-`liblinear` solves one problem at a time with scikit-learn's LinearSVC (the reference); `batched` solves every
-(class, cost, fold) problem at once in torch with Newton-CG, on the CPU or a GPU.
+`liblinear` solves one problem at a time with scikit-learn's LinearSVC (the reference); `batched` (util/newton_svm.py)
+solves every (class, cost, fold or sample) problem at once in torch with Newton-CG, on the CPU or a GPU.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from util.newton_svm import POSITIVE_WEIGHT, batched_solver
+
 logger = logging.getLogger("deepcluster")
 
 DEFAULT_COSTS = tuple(sorted([1.0, 10.0, 100.0] + [2.0**-i for i in range(4, 20)]))
 LOWSHOT_KS = (1, 2, 4, 8, 16, 32, 64, 96)
-POSITIVE_WEIGHT = 2.0  # class_weight {+1: 2, -1: 1} of the protocol
 
 # solver(X (N, D) float64, Y (N, P) +-1, mask (N, P) bool rows used by each problem, costs (P,)) -> (W (D, P), b (P,))
 Solver = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -86,128 +87,6 @@ def make_batched_solver(device: str | torch.device = "cpu", dtype: torch.dtype =
         return batched_solver(X, Y, mask, costs, torch.device(device), dtype)
 
     return solve
-
-
-def batched_solver(
-    X: np.ndarray,
-    Y: np.ndarray,
-    mask: np.ndarray,
-    costs: np.ndarray,
-    device: torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
-    tol: float = 1e-5,
-    max_newton: int = 300,
-) -> tuple[np.ndarray, np.ndarray]:
-    """All problems at once. When N < D + 1, solves in the row space of X (exact: by the representer theorem every
-    optimum lies in the span of its training rows), which makes each matrix product N x N instead of N x D."""
-    device = device or torch.device("cpu")
-    x = torch.as_tensor(X, dtype=dtype, device=device)
-    x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=dtype, device=device)], 1)  # bias as a regularised feature
-    # Principal coordinates: z = x @ basis has orthogonal columns, so a diagonal preconditioner fits the Hessian
-    # well. When N < D + 1 this also shrinks the problem to the row space of x (exact: by the representer theorem
-    # every optimum lies in the span of its training rows).
-    if x.shape[1] > x.shape[0]:
-        eigvals, eigvecs = torch.linalg.eigh(x @ x.T)  # (N, N) Gram matrix
-        keep = eigvals > eigvals.max() * 1e-12
-        sqrt_vals = eigvals[keep].sqrt()
-        z = eigvecs[:, keep] * sqrt_vals  # (N, r)
-        basis = x.T @ eigvecs[:, keep] / sqrt_vals  # (D + 1, r), orthonormal columns
-    else:
-        basis = torch.linalg.eigh(x.T @ x)[1]  # (D + 1, D + 1) rotation
-        z = x @ basis
-    y = torch.as_tensor(Y, dtype=dtype, device=device)
-    s = torch.as_tensor(mask, dtype=dtype, device=device) * torch.where(y > 0, POSITIVE_WEIGHT, 1.0)
-    c = torch.as_tensor(costs, dtype=dtype, device=device)
-    w = (basis @ _newton_cg(z, y, s, c, tol, max_newton)).cpu().numpy()
-    return w[:-1], w[-1]
-
-
-def _newton_cg(z: torch.Tensor, y: torch.Tensor, s: torch.Tensor, c: torch.Tensor, tol: float, max_newton: int):
-    """Truncated Newton (as liblinear's TRON) with Jacobi-preconditioned CG and an exact line search.
-
-    z: (N, d) features, y: (N, P) labels, s: (N, P) example weights (0 = not in this problem), c: (P,) costs.
-    Objective per column: 1/2 |w|^2 + c sum s max(0, 1 - y z.w)^2. Returns w: (d, P). Columns are independent
-    problems; each iteration works only on the columns not yet converged.
-    """
-    w = torch.zeros(z.shape[1], y.shape[1], dtype=z.dtype, device=z.device)
-    margins = torch.zeros_like(y)  # z @ w
-    z_sq = z * z
-    grad_norm0 = None
-    for _ in range(max_newton):
-        hinge = (1 - y * margins).clamp_min(0)
-        grad = w - 2 * c * (z.T @ (s * y * hinge))
-        grad_norm = grad.norm(dim=0)
-        grad_norm0 = grad_norm if grad_norm0 is None else grad_norm0
-        todo = torch.nonzero(grad_norm > tol * grad_norm0).flatten()
-        if todo.numel() == 0:
-            break
-        ys, ss, cs, ms = y[:, todo], s[:, todo], c[todo], margins[:, todo]
-        active = ss * (hinge[:, todo] > 0)
-        two_c = 2 * cs
-
-        def hessian_vector(v: torch.Tensor, cols: torch.Tensor, active=active, two_c=two_c) -> torch.Tensor:
-            return v + two_c[cols] * (z.T @ (active[:, cols] * (z @ v)))
-
-        # Jacobi preconditioner where many rows are active (the Hessian is then near-diagonal in principal
-        # coordinates); none where few are (identity + low rank: plain CG ends in about rank + 1 steps).
-        many_active = (active > 0).sum(0) >= z.shape[1] // 2
-        diagonal = torch.where(many_active, 1 + two_c * (z_sq.T @ active), torch.ones(()))
-        direction = _batched_cg(hessian_vector, -grad[:, todo], diagonal, max_iter=100, rel_tol=0.1)
-        z_dir = z @ direction
-        step = _line_search((w[:, todo] * direction).sum(0), (direction * direction).sum(0), ms, z_dir, ys, ss, cs)
-        w[:, todo] += step * direction
-        margins[:, todo] = ms + step * z_dir
-    return w
-
-
-def _batched_cg(matvec, rhs: torch.Tensor, diagonal: torch.Tensor, max_iter: int, rel_tol: float) -> torch.Tensor:
-    """Preconditioned conjugate gradients for every column at once, each stopping at |r| <= rel_tol |rhs|.
-
-    matvec(v, columns) applies the Hessians of the given columns to v; converged columns drop out of the work."""
-    x = torch.zeros_like(rhs)
-    r = rhs.clone()
-    z = r / diagonal
-    p = z.clone()
-    rz = (r * z).sum(0)
-    target = (rel_tol**2) * (r * r).sum(0)
-    cols = torch.arange(rhs.shape[1], device=rhs.device)
-    for _ in range(max_iter):
-        keep = (r * r).sum(0) > target
-        if not bool(keep.any()):
-            break
-        if not bool(keep.all()):  # compact: only the columns still running
-            done = cols[~keep]
-            cols, r, p, rz, target, diagonal = (
-                cols[keep],
-                r[:, keep],
-                p[:, keep],
-                rz[keep],
-                target[keep],
-                diagonal[:, keep],
-            )
-            del done
-        ap = matvec(p, cols)
-        alpha = rz / (p * ap).sum(0).clamp_min(1e-300)
-        x[:, cols] += alpha * p
-        r = r - alpha * ap
-        z = r / diagonal
-        rz_new = (r * z).sum(0)
-        p = z + (rz_new / rz.clamp_min(1e-300)) * p
-        rz = rz_new
-    return x
-
-
-def _line_search(w_d, d_d, margins, z_dir, y, s, c, iters: int = 8) -> torch.Tensor:
-    """Minimise the piecewise-quadratic objective along a direction d exactly (1-D Newton steps from t = 1).
-
-    w_d = <w, d>, d_d = <d, d> per problem (P,); margins, z_dir (change of the margins per unit step): (N, P)."""
-    t = torch.ones_like(c)
-    for _ in range(iters):
-        hinge = (1 - y * (margins + t * z_dir)).clamp_min(0)
-        slope = w_d + t * d_d - 2 * c * (s * y * z_dir * hinge).sum(0)
-        curvature = d_d + 2 * c * (s * z_dir * z_dir * (hinge > 0)).sum(0)
-        t = (t - slope / curvature.clamp_min(1e-300)).clamp_min(0)
-    return t
 
 
 def get_solver(name: str, device: str = "cpu") -> Solver:

@@ -1,0 +1,255 @@
+"""The batched SVM solver: every (class, cost, fold or sample) problem at once, in torch, on the CPU or a GPU.
+
+Each problem is liblinear's L2-regularised squared-hinge SVM with a regularised bias (intercept scaling 1):
+    min_w  1/2 |w|^2 + C sum_i s_i max(0, 1 - y_i (w . x_i + b))^2,   s_i = 2 for positives, 1 for negatives,
+over the rows of its mask. It is solved by Newton's method with an exact line search: the Newton directions come
+from Jacobi-preconditioned conjugate gradients in principal coordinates (truncated Newton, as liblinear's TRON)
+while that is cheap, and from a Cholesky factorisation of the active rows' kernel (the finite Newton method) for the
+last, slow problems, typically those of the largest costs. Measured against liblinear in benchmarks/svm_solvers.py.
+
+Problems are solved in groups of rows. A group's rows are rotated to principal coordinates z = x @ basis, whose
+columns are orthogonal, so the diagonal of the Hessian describes it well; when a group has fewer rows than
+dimensions this also reduces the problem to the span of those rows, which is exact (by the representer theorem
+every optimum lies in the span of its training rows). Problems whose rows are many small different sets (the
+low-shot samples) get one group each, so each is solved in its own small row space; otherwise all problems share
+one group holding every row, and each problem weighs only its own rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+POSITIVE_WEIGHT = 2.0  # class_weight {+1: 2, -1: 1} of the protocol
+SMALL_GROUP_ROWS = 512  # row sets up to this size (and half the dimension) get their own coordinates (measured)
+GROUP_ELEMENTS = 2**27  # groups are solved in chunks of at most this many feature values (512 MB in float32)
+
+
+def batched_solver(
+    X: np.ndarray,
+    Y: np.ndarray,
+    mask: np.ndarray,
+    costs: np.ndarray,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    tol: float = 1e-5,
+    max_newton: int = 300,
+) -> tuple[np.ndarray, np.ndarray]:
+    """X (N, D), Y (N, P) +-1, mask (N, P) rows of each problem, costs (P,) -> W (D, P), b (P,).
+
+    Each problem stops when its gradient norm falls below `tol` times its value at w = 0."""
+    device = device or torch.device("cpu")
+    x = torch.as_tensor(X, dtype=dtype, device=device)
+    x = torch.cat([x, torch.ones(len(x), 1, dtype=dtype, device=device)], 1)  # the bias as a regularised feature
+    out = np.zeros((x.shape[1], Y.shape[1]))
+    groups = plan_groups(mask, x.shape[1])
+    per_chunk = max(1, GROUP_ELEMENTS // (max(len(r) for r, _ in groups) * x.shape[1]))
+    for first in range(0, len(groups), per_chunk):
+        chunk = groups[first : first + per_chunk]
+        w = _solve_groups(x, Y, mask, costs, chunk, tol, max_newton)  # (G, D + 1, p)
+        for g, (_, columns) in enumerate(chunk):
+            out[:, columns] = w[g, :, : len(columns)]
+    return out[:-1], out[-1]
+
+
+def _solve_groups(x: torch.Tensor, Y, mask, costs, groups, tol: float, max_newton: int) -> np.ndarray:
+    """The problems of the given groups, padded into (G, rows, problems) tensors; w (G, D + 1, p) in float64."""
+    rows, cols = _padded([r for r, _ in groups]), _padded([c for _, c in groups])  # (G, n), (G, p); -1 pads
+    at = np.maximum(rows, 0)[:, :, None], np.maximum(cols, 0)[:, None, :]
+    in_problem = mask[at] & (rows >= 0)[:, :, None] & (cols >= 0)[:, None, :]
+    weights = in_problem * np.where(Y[at] > 0, POSITIVE_WEIGHT, 1.0)  # 0 outside the problem
+    costs = np.where(cols >= 0, costs[at[1][:, 0]], 0.0)[:, None, :]  # a padding problem has cost 0: w = 0
+    y, s, c = (torch.as_tensor(a, dtype=x.dtype, device=x.device) for a in (Y[at], weights, costs))
+    valid = torch.as_tensor(rows >= 0, device=x.device)[:, :, None]
+    z, basis = principal_coordinates(x[torch.as_tensor(at[0][:, :, 0], device=x.device)] * valid)
+    return (basis @ newton_cg(z, y, s, c, tol, max_newton)).cpu().double().numpy()
+
+
+def plan_groups(mask: np.ndarray, dims: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(rows, problem columns) per group: one group per distinct row set when those are all small (also against
+    the dimension `dims`, as each is then solved in its own row space), else one group of every row used by any
+    problem."""
+    by_rows: dict[bytes, list[int]] = {}
+    for p in range(mask.shape[1]):
+        by_rows.setdefault(np.packbits(mask[:, p]).tobytes(), []).append(p)
+    groups = [(np.flatnonzero(mask[:, cols[0]]), np.asarray(cols)) for cols in by_rows.values()]
+    if len(groups) > 1 and max(len(rows) for rows, _ in groups) <= min(SMALL_GROUP_ROWS, dims // 2):
+        return groups
+    return [(np.flatnonzero(mask.any(1)), np.arange(mask.shape[1]))]
+
+
+def _padded(lists: list[np.ndarray]) -> np.ndarray:
+    """Ragged index arrays as one (len(lists), longest) array, -1 as padding."""
+    out = np.full((len(lists), max(len(a) for a in lists)), -1, dtype=np.int64)
+    for i, a in enumerate(lists):
+        out[i, : len(a)] = a
+    return out
+
+
+def principal_coordinates(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (G, n, d) -> z (G, n, r) with orthogonal columns and basis (G, d, r) with z = x @ basis, r = min(n, d).
+
+    From the smaller of the two Gram matrices; directions of negligible variance are dropped (zeroed)."""
+    if x.shape[1] < x.shape[2]:
+        eigvals, eigvecs = torch.linalg.eigh(x @ x.transpose(1, 2))
+        keep = eigvals > eigvals[:, -1:] * 1e-6
+        scale = torch.where(keep, eigvals.clamp_min(torch.finfo(x.dtype).tiny).rsqrt(), 0)
+        basis = x.transpose(1, 2) @ (eigvecs * scale[:, None, :])
+    else:
+        basis = torch.linalg.eigh(x.transpose(1, 2) @ x)[1]
+    return x @ basis, basis
+
+
+def newton_cg(z: torch.Tensor, y: torch.Tensor, s: torch.Tensor, c: torch.Tensor, tol: float, max_newton: int):
+    """Newton's method for every problem of every group; returns w (G, r, p) in principal coordinates.
+
+    z (G, n, r) features, y (G, n, p) labels, s (G, n, p) row weights (0 = not in the problem), c (G, 1, p) costs.
+    Each iteration works only on the problems not yet converged. The Newton direction comes from a few conjugate
+    gradient steps (truncated Newton) while many problems remain; once few remain, typically those of large
+    costs that need many CG steps, from the exact solution of the Newton system on the active rows
+    (the finite Newton method of Keerthi & DeCoste 2005), whichever is estimated cheaper."""
+    w = z.new_zeros(z.shape[0], z.shape[2], y.shape[2])
+    margins = torch.zeros_like(y)  # z @ w
+    zt, z_sq_t = z.transpose(1, 2), (z * z).transpose(1, 2)
+    todo = c[:, 0] > 0  # (G, p); padding problems (cost 0) are solved by w = 0
+    first_norm, kernel, cg_iterations = None, None, 10
+    for _ in range(max_newton):
+        if not bool(todo.any()):
+            break
+        pick, live = _compact(todo)  # only the problems not yet converged; their gradients, then a step
+        ys, ss, ms, ws, cs = (_take(t, pick) for t in (y, s, margins, w, c))
+        hinge = (1 - ys * ms).clamp_min(0)
+        grad = ws - 2 * cs * (zt @ (ss * ys * hinge))
+        norm = grad.norm(dim=1, keepdim=True)  # (G, 1, q)
+        if first_norm is None:
+            first_norm = norm
+        live = live & (norm > tol * torch.gather(first_norm, 2, pick[:, None, :]))
+        todo.scatter_(1, pick, live[:, 0])  # a slot that is not live repeats a column that is not to do
+        if not bool(live.any()):
+            continue
+        sub, live = _compact(live[:, 0])  # drop the problems that have just converged
+        pick = torch.gather(pick, 1, sub)
+        ys, ss, ms, ws, cs, hinge, grad = (_take(t, sub) for t in (ys, ss, ms, ws, cs, hinge, grad))
+        cs = cs * live
+        active = ss * (hinge > 0)  # the generalised Hessian: I + 2c z^T diag(active) z
+        two_c = 2 * cs
+
+        def hessian_vector(v: torch.Tensor, keep: torch.Tensor, active=active, two_c=two_c) -> torch.Tensor:
+            a, t = _take(active, keep), _take(two_c, keep)
+            return v + t * (zt @ (a * (z @ v)))
+
+        rows_active = (active > 0).sum(1)  # (G, q)
+        if _exact_is_cheaper(rows_active[live[:, 0]], cg_iterations, z.shape):
+            kernel = z @ zt if kernel is None else kernel
+            direction = exact_newton_direction(kernel, z, zt, active, two_c, grad * live)
+        else:
+            diagonal = 1 + two_c * (z_sq_t @ active)  # Jacobi: the Hessian is near-diagonal in these coordinates
+            direction, cg_iterations = batched_cg(hessian_vector, -grad * live, diagonal, max_iter=100, rel_tol=0.1)
+        z_dir = z @ direction
+        step = line_search((ws * direction).sum(1), (direction * direction).sum(1), ms, z_dir, ys, ss, cs)
+        step = step[:, None, :] * live
+        _put(w, pick, ws + step * direction)
+        _put(margins, pick, ms + step * z_dir)
+    return w
+
+
+def _compact(todo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(G, p) flags -> (G, q) indices of the flagged columns first, q = most flagged in a group; and their flags
+    (G, 1, q), False where a group has fewer (those slots repeat an unflagged column and must not move)."""
+    q = int(todo.sum(1).max())
+    pick = torch.argsort((~todo).to(torch.int8), dim=1, stable=True)[:, :q]
+    return pick, torch.gather(todo, 1, pick)[:, None, :]
+
+
+def _take(t: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
+    return torch.gather(t, 2, pick[:, None, :].expand(-1, t.shape[1], -1))
+
+
+def _put(t: torch.Tensor, pick: torch.Tensor, values: torch.Tensor) -> None:
+    t.scatter_(2, pick[:, None, :].expand(-1, t.shape[1], -1), values)
+
+
+def batched_cg(
+    matvec, rhs: torch.Tensor, diagonal: torch.Tensor, max_iter: int, rel_tol: float
+) -> tuple[torch.Tensor, int]:
+    """Jacobi-preconditioned conjugate gradients on every column of rhs (G, r, p), each stopping at
+    |residual| <= rel_tol |rhs|. matvec(v, columns) applies the Hessians of the given columns (G, q) to v (G, r, q);
+    converged columns drop out of the work. Returns the solutions and the number of iterations."""
+    x = torch.zeros_like(rhs)
+    keep = torch.arange(rhs.shape[2], device=rhs.device).expand(rhs.shape[0], -1)
+    r, d = rhs, diagonal
+    p = r / d
+    rz = (r * p).sum(1, keepdim=True)
+    target = rel_tol**2 * (r * r).sum(1, keepdim=True)
+    iterations = 0
+    for iterations in range(max_iter):  # noqa: B007 (the count is returned)
+        going = (r * r).sum(1, keepdim=True) > target
+        if not bool(going.any()):
+            break
+        if 2 * int(going.sum(2).max()) <= going.shape[2]:  # half the columns done: only the rest from now on
+            sub, _ = _compact(going[:, 0])
+            keep, r, p, d = torch.gather(keep, 1, sub), _take(r, sub), _take(p, sub), _take(d, sub)
+            rz, target, going = (torch.gather(t, 2, sub[:, None, :]) for t in (rz, target, going))
+        hp = matvec(p, keep)
+        alpha = torch.where(going, rz / (p * hp).sum(1, keepdim=True).clamp_min(torch.finfo(r.dtype).tiny), 0)
+        x.scatter_add_(2, keep[:, None, :].expand(-1, x.shape[1], -1), alpha * p)
+        r = r - alpha * hp
+        z = r / d
+        rz_new = (r * z).sum(1, keepdim=True)
+        p = z + (rz_new / rz.clamp_min(torch.finfo(r.dtype).tiny)) * p
+        rz = rz_new
+    return x, iterations
+
+
+def _exact_is_cheaper(rows_active: torch.Tensor, cg_iterations: int, z_shape: torch.Size) -> bool:
+    """Estimated in matrix-product flops (measured on a 2-core CPU): batched Cholesky of the live problems' active
+    kernels (padded to the largest; about 2x slower per flop; gathering an element costs about 400) against
+    another round of CG as long as the last one, each step two products with z, which cost at least reading z
+    (about 100 per element). Never more than 2^26 gathered elements."""
+    groups, n, r = z_shape
+    m, count = int(rows_active.max()), rows_active.numel()
+    if count * m * m > 2**26:
+        return False
+    exact = count * (2 * m**3 / 3 + 400 * m**2)
+    return exact < max(cg_iterations, 10) * max(count * 4 * n * r, 100 * groups * n * r)
+
+
+def exact_newton_direction(
+    kernel: torch.Tensor, z: torch.Tensor, zt: torch.Tensor, active: torch.Tensor, two_c: torch.Tensor, grad
+) -> torch.Tensor:
+    """The Newton direction -H^-1 grad exactly, H = I + z_a^T W z_a with W = diag(2 c s) on the active rows a.
+
+    By Woodbury, H^-1 = I - z_a^T (W^-1 + K_aa)^-1 z_a with K = z z^T (G, n, n): one Cholesky per problem of its
+    active rows' kernel (in float64 where the working precision fails). active (G, n, q): s on active rows, else 0;
+    grad (G, r, q)."""
+    G, n, q = active.shape
+    on = (active > 0).permute(0, 2, 1).reshape(G * q, n)  # one row per problem
+    m = int(on.sum(1).max())
+    order = torch.argsort((~on).to(torch.int8), dim=1, stable=True)[:, :m]  # active rows first
+    valid = torch.gather(on, 1, order)
+    group = torch.arange(G, device=on.device).repeat_interleave(q)
+    system = kernel[group[:, None, None], order[:, :, None], order[:, None, :]]
+    system = system * (valid[:, :, None] & valid[:, None, :])
+    weight = torch.gather((active * two_c).permute(0, 2, 1).reshape(G * q, n), 1, order)
+    system.diagonal(dim1=1, dim2=2).add_(torch.where(valid, 1 / weight.clamp_min(torch.finfo(z.dtype).tiny), 1.0))
+    z_grad = torch.gather((z @ grad).permute(0, 2, 1).reshape(G * q, n), 1, order) * valid
+    factor, failed = torch.linalg.cholesky_ex(system)
+    if bool(failed.any()):
+        factor = torch.linalg.cholesky(system.double())
+    solved = torch.cholesky_solve(z_grad[:, :, None].to(factor.dtype), factor)[:, :, 0].to(z.dtype) * valid
+    full = torch.zeros(G * q, n, dtype=z.dtype, device=z.device).scatter_(1, order, solved)
+    return zt @ full.reshape(G, q, n).permute(0, 2, 1) - grad
+
+
+def line_search(w_d, d_d, margins, z_dir, y, s, c, iters: int = 8) -> torch.Tensor:
+    """Minimise the piecewise-quadratic objective along a direction exactly (1-D Newton steps from t = 1).
+
+    w_d = <w, d>, d_d = <d, d>: (G, q); margins, z_dir (change of the margins per unit step), y, s: (G, n, q)."""
+    t = torch.ones_like(w_d)
+    c = c[:, 0]
+    for _ in range(iters):
+        hinge = (1 - y * (margins + t[:, None, :] * z_dir)).clamp_min(0)
+        slope = w_d + t * d_d - 2 * c * (s * y * z_dir * hinge).sum(1)
+        curvature = d_d + 2 * c * (s * z_dir * z_dir * (hinge > 0)).sum(1)
+        t = (t - slope / curvature.clamp_min(torch.finfo(t.dtype).tiny)).clamp_min(0)
+    return t
