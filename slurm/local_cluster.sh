@@ -111,11 +111,16 @@ start_mariadb() {
   if [ ! -d "$STATE/mysql/mysql" ]; then
     mysql_install_db --user=root --datadir="$STATE/mysql" >"$STATE/log/mysql_install.log" 2>&1
   fi
+  rm -f "$STATE/run/mysql.sock"  # a stale socket from an earlier run would pass the wait below at once
   mariadbd --user=root --datadir="$STATE/mysql" --socket="$STATE/run/mysql.sock" --port="$DB_PORT" \
     --bind-address=127.0.0.1 --pid-file="$STATE/run/mariadb.pid" --log-error="$STATE/log/mariadb.log" \
     --skip-log-bin >/dev/null 2>&1 &
-  for _ in $(seq 100); do [ -S "$STATE/run/mysql.sock" ] && break; sleep 0.1; done
-  [ -S "$STATE/run/mysql.sock" ] || die "MariaDB did not start; see $STATE/log/mariadb.log"
+  for _ in $(seq 200); do
+    mariadb --socket="$STATE/run/mysql.sock" -u root -e "SELECT 1" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  mariadb --socket="$STATE/run/mysql.sock" -u root -e "SELECT 1" >/dev/null 2>&1 \
+    || die "MariaDB did not start; see $STATE/log/mariadb.log"
   mariadb --socket="$STATE/run/mysql.sock" -u root <<'EOF'
 CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm';
 CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
