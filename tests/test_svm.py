@@ -254,3 +254,16 @@ def test_eval_svm_cifar_style_folder_and_errors(tmp_path, tiny_split_folder):
 
 def test_default_costs_are_the_protocol_grid():
     assert DEFAULT_COSTS[-3:] == (1.0, 10.0, 100.0) and min(DEFAULT_COSTS) == 2.0**-19 and len(DEFAULT_COSTS) == 19
+
+
+def test_batched_solver_says_when_problems_stop_at_the_iteration_limit(caplog):
+    x, labels = blobs(num=120, dim=50)
+    y = np.where(labels == 1, 1.0, -1.0)
+    mask = np.ones_like(y, dtype=bool)
+    with caplog.at_level("WARNING", logger="deepcluster"):
+        newton_svm.batched_solver(x, y, mask, np.full(y.shape[1], 100.0), max_newton=1)
+    assert "stopped at 1 Newton iterations" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="deepcluster"):
+        newton_svm.batched_solver(x, y, mask, np.full(y.shape[1], 100.0))
+    assert "Newton iterations" not in caplog.text

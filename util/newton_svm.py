@@ -17,8 +17,12 @@ one group holding every row, and each problem weighs only its own rows.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
+
+logger = logging.getLogger("deepcluster")
 
 POSITIVE_WEIGHT = 2.0  # class_weight {+1: 2, -1: 1} of the protocol
 SMALL_GROUP_ROWS = 512  # row sets up to this size (and half the dimension) get their own coordinates (measured)
@@ -150,6 +154,10 @@ def newton_cg(z: torch.Tensor, y: torch.Tensor, s: torch.Tensor, c: torch.Tensor
         step = step[:, None, :] * live
         _put(w, pick, ws + step * direction)
         _put(margins, pick, ms + step * z_dir)
+        stalled = (grad * direction).sum(1) >= 0  # not a descent direction in the working precision: done
+        todo.scatter_(1, pick, live[:, 0] & ~stalled)
+    if bool(todo.any()):
+        logger.warning("SVM solver: %d problem(s) stopped at %d Newton iterations", int(todo.sum()), max_newton)
     return w
 
 
