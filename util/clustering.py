@@ -262,6 +262,7 @@ def power_iteration_clustering(
         torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]),
         torch.cat([weights, weights]),
         (num, num),
+        check_invariants=False,  # indices come from the kNN graph: in range by construction
     ).coalesce()
     v = torch.full((num,), 1.0 / num, device=x.device)
     w_transposed = w_sparse.t().coalesce()
