@@ -231,16 +231,21 @@ def exact_newton_direction(
     active rows' kernel (in float64 where the working precision fails). active (G, n, q): s on active rows, else 0;
     grad (G, r, q)."""
     G, n, q = active.shape
-    on = (active > 0).permute(0, 2, 1).reshape(G * q, n)  # one row per problem
+
+    on = (active > 0).permute(0, 2, 1).reshape(G * q, n)
     m = int(on.sum(1).max())
     order = torch.argsort((~on).to(torch.int8), dim=1, stable=True)[:, :m]  # active rows first
-    valid = torch.gather(on, 1, order)
+    valid = torch.gather(on, 1, order)  # False where a problem has fewer than m active rows
+
+    def active_rows_first(t: torch.Tensor) -> torch.Tensor:  # (G, n, q) -> (G * q, m): a row per problem
+        return torch.gather(t.permute(0, 2, 1).reshape(G * q, n), 1, order)
+
     group = torch.arange(G, device=on.device).repeat_interleave(q)
     system = kernel[group[:, None, None], order[:, :, None], order[:, None, :]]
     system = system * (valid[:, :, None] & valid[:, None, :])
-    weight = torch.gather((active * two_c).permute(0, 2, 1).reshape(G * q, n), 1, order)
+    weight = active_rows_first(active * two_c)
     system.diagonal(dim1=1, dim2=2).add_(torch.where(valid, 1 / weight.clamp_min(torch.finfo(z.dtype).tiny), 1.0))
-    z_grad = torch.gather((z @ grad).permute(0, 2, 1).reshape(G * q, n), 1, order) * valid
+    z_grad = active_rows_first(z @ grad) * valid
     factor, failed = torch.linalg.cholesky_ex(system)
     if bool(failed.any()):
         factor = torch.linalg.cholesky(system.double())
