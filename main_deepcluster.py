@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from models import Backbone, build_model
+from models import Backbone, build_model, check_image_size
 from util import dist as dist_util
 from util.args import (
     add_data_args,
@@ -47,11 +47,12 @@ from util.clustering import (
     run_clustering,
     torch_kmeans,
 )
-from util.data import ImageSource, build_source
+from util.data import ImageSource, build_source, resolve_split
 from util.errors import UserError, script_entry
 from util.features import extract_features
+from util.knn import StreamingKnn, l2n
 from util.logging import JsonLog, interactive, provenance
-from util.metrics import ari, cluster_accuracy, nmi
+from util.metrics import ari, cluster_accuracy, nmi, purity, topk_accuracy
 from util.runtime import start_run
 from util.sampler import UniformClusterSampler
 from util.tracking import Tracker, init_tracker
@@ -67,7 +68,12 @@ DEPARTURES = """departures from the paper (Caron et al. 2018), each named so res
                      jitter, grayscale); the paper is `--arch alexnet --sobel --aug paper` at 224 px.
   k-means            empty clusters are re-seeded by splitting a large cluster (faiss and torch backends), as the
                      original; clusters still empty at the end are dropped from the pseudo-labels and counted.
-  PIC                the number of clusters is found by PIC, not set by --k."""
+  PIC                the number of clusters is found by PIC, not set by --k.
+  --reassign         dataset passes between two clusterings, as the original code's --reassign (default 1 = the
+                     paper: re-cluster every epoch); on small datasets more passes give the reset head and the
+                     backbone enough SGD steps per clustering (see README, "Does it learn?").
+  --knn-every        not in the paper: a weighted kNN monitor (k=20, T=0.07) on a labelled held-out split, the
+                     random network's value logged as the floor; it never influences training."""
 
 # Arguments that define a run: resuming an output folder with other values would mix two experiments.
 RUN_DEFINING_ARGS = (
@@ -79,8 +85,9 @@ RUN_DEFINING_ARGS = (
     "pca_dim",
     "clustering",
     "image_size",
+    "labels_from",
 )
-EPOCH_METRICS = ("train/*", "cluster/*", "time/*")
+EPOCH_METRICS = ("train/*", "cluster/*", "time/*", "monitor/*")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -181,6 +188,21 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="augmentation preset (default: cifar for cifar10, else paper)",
     )
     group.add_argument(
+        "--reassign",
+        type=float,
+        default=1.0,
+        help="dataset passes of training between two clusterings (the original code's --reassign; default 1, the "
+        "paper). Each epoch samples about reassign x N images uniformly over the clusters. Small datasets need more "
+        "SGD steps per clustering than ImageNet's 5,000: the CPU recipe uses 3",
+    )
+    group.add_argument(
+        "--labels-from",
+        choices=("clusters", "dataset"),
+        default="clusters",
+        help="clusters: DeepCluster. dataset: train on the true labels instead, a SANITY CHECK of the training "
+        "machinery (supervised, not DeepCluster; clustering still runs for its metrics)",
+    )
+    group.add_argument(
         "--amp",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -192,6 +214,22 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=False,
         help="SyncBatchNorm across GPUs",
     )
+    group = parser.add_argument_group("monitor (weighted kNN on a labelled held-out split; never used for training)")
+    group.add_argument(
+        "--knn-every",
+        type=int,
+        default=None,
+        help="measure kNN top-1 every N epochs, before the first step too (the random network: the floor) and after "
+        "the last; 0 = off (default: 1 when a labelled held-out split exists: cifar10's test split or --knn-data)",
+    )
+    group.add_argument(
+        "--knn-data",
+        default=None,
+        help="labelled held-out ImageFolder (same class folders as --data) for the monitor; the training side is "
+        "--data with its folder labels",
+    )
+    group.add_argument("--knn-k", type=positive_int, default=20, help="neighbours (default: 20)")
+    group.add_argument("--knn-temperature", type=float, default=0.07, help="vote temperature (default: 0.07)")
     add_runtime_args(parser)
     parser.add_argument(
         "--resume",
@@ -213,6 +251,15 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     args.head_lr = args.lr if args.head_lr is None else args.head_lr
     if args.lr <= 0 or args.head_lr <= 0:
         raise UserError(f"--lr {args.lr} / --head-lr {args.head_lr} must be positive")
+    if args.reassign <= 0:
+        raise UserError(f"--reassign {args.reassign} must be positive (dataset passes between two clusterings)")
+    has_held_out = cifar or args.knn_data is not None
+    if args.knn_every is None:
+        args.knn_every = 1 if has_held_out else 0
+    if args.knn_every < 0:
+        raise UserError(f"--knn-every {args.knn_every} must be >= 0 (0 turns the kNN monitor off)")
+    if args.knn_every > 0 and not has_held_out:
+        raise UserError("--knn-every needs a labelled held-out split: pass --knn-data FOLDER (or --knn-every 0)")
     return args
 
 
@@ -222,6 +269,7 @@ class RunState:
 
     epoch: int = 0
     assignments: np.ndarray | None = None  # clusters of the previous epoch, for NMI(t, t-1)
+    knn_floor: float | None = None  # kNN top-1 of the random network (epoch 0), shown beside every later value
     cluster_rng: np.random.Generator = field(default_factory=np.random.default_rng)
     wandb_run_id: str | None = None
 
@@ -247,16 +295,23 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(
             f"{len(source)} images are too few for --pca-dim {args.pca_dim}: use more images or a smaller --pca-dim"
         )
+    held_out = build_held_out(args, source) if args.knn_every > 0 else None
+    if args.labels_from == "dataset":
+        logger.warning("--labels-from dataset: training on the TRUE labels (a sanity check, not DeepCluster)")
 
     # ---- model, optimizer, resume
     backbone = build_model(args.arch, args.sobel).to(device)
+    check_image_size(backbone, args.arch, args.image_size)
     if args.sync_bn and device.type != "cuda":
         raise UserError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation): drop --sync-bn")
     if args.sync_bn and info.distributed:
         backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
     optimizer = torch.optim.SGD(backbone.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
     state = restore(args, output_dir, backbone, optimizer)
-    if state.epoch >= args.epochs:
+    log = JsonLog(output_dir / "log.jsonl")
+    measured = any(r.get("final") and r["epoch"] == state.epoch for r in log.read()) if info.is_main else False
+    measured = dist_util.broadcast_object(measured)
+    if state.epoch >= args.epochs and measured:
         logger.info("%s already holds %d epochs; raise --epochs to train further", output_dir, state.epoch)
         dist_util.cleanup()
         return
@@ -271,10 +326,18 @@ def main(args: argparse.Namespace) -> None:
     )
     state.wandb_run_id = tracker.run_id
 
-    # ---- epochs: extract -> cluster -> pseudo-label -> train -> log -> checkpoint
-    log = JsonLog(output_dir / "log.jsonl")
-    for epoch in range(state.epoch, args.epochs):
-        record = run_epoch(args, epoch, backbone, optimizer, source, state, device, info)
+    # ---- epochs: extract -> cluster -> pseudo-label -> train -> log -> checkpoint; then measure the final network
+    for epoch in range(state.epoch, args.epochs + 1):
+        inputs = EpochInputs(source, held_out, device, info)
+        if epoch == args.epochs:
+            # Extract + cluster + monitor without training: the metrics of the weights in the last checkpoint. No
+            # checkpoint follows, so a later run with a larger --epochs redoes this epoch with the same draws.
+            record = run_epoch(args, epoch, backbone, optimizer, inputs, state, train=False)
+            if info.is_main:
+                log.append(record)
+                log_epoch(tracker, record, None)
+            break
+        record = run_epoch(args, epoch, backbone, optimizer, inputs, state)
         state.epoch = epoch + 1
         if info.is_main:
             # log.jsonl before the checkpoint: a kill in between redoes the epoch, and the resume drops the
@@ -288,26 +351,79 @@ def main(args: argparse.Namespace) -> None:
     dist_util.cleanup()
 
 
+@dataclass
+class EpochInputs:
+    """What every epoch reads: the training images, the labelled held-out split of the monitor, where to run."""
+
+    source: ImageSource
+    held_out: ImageSource | None
+    device: torch.device
+    info: dist_util.DistInfo
+
+
+def build_held_out(args: argparse.Namespace, source: ImageSource) -> ImageSource:
+    """The labelled held-out split of the kNN monitor (cifar10: its test split), in the extraction view."""
+    cache = Path(args.data_cache)
+    data, split = (str(resolve_split(args.knn_data, "", cache)), "") if args.knn_data else ("cifar10", "test")
+    held_out = build_source(
+        data,
+        split,
+        crop=args.image_size,
+        augment=augment_preset("paper", args.image_size),  # unused: held-out images are read in the eval view only
+        subset=None,
+        in_memory=args.in_memory,
+        workers=args.workers,
+        cache_dir=cache,
+    )
+    if held_out.images.classes != source.images.classes:
+        raise UserError(
+            f"--knn-data {held_out.images.root} has other class folders than --data ({len(held_out.images.classes)} "
+            f"vs {len(source.images.classes)}): give a held-out split of the same classes"
+        )
+    return held_out
+
+
 def run_epoch(
     args: argparse.Namespace,
     epoch: int,
     backbone: Backbone,
     optimizer: torch.optim.Optimizer,
-    source: ImageSource,
+    inputs: EpochInputs,
     state: RunState,
-    device: torch.device,
-    info: dist_util.DistInfo,
+    train: bool = True,
 ) -> dict:
-    """One DeepCluster epoch (DESIGN section 3); returns the epoch's record for log.jsonl."""
+    """One DeepCluster epoch (DESIGN section 3); returns the epoch's record for log.jsonl. Its clustering and kNN
+    are those of the network after `epoch` epochs of training; train=False measures them without training."""
+    source, device, info = inputs.source, inputs.device, inputs.info
     progress = interactive() and info.is_main
-    # 1-2. extract features in eval mode, PCA-whiten and L2-normalise: (N, pca_dim)
-    start = time.perf_counter()
+    # 0. the monitor's held-out features, when due: (M, D) raw backbone features
     backbone.eval()
+    monitor, held_out_feats = None, None
+    if inputs.held_out is not None and (epoch % args.knn_every == 0 or not train):
+        held_out_feats = extract_features(backbone, inputs.held_out, args.extract_batch_size, device)
+        monitor = StreamingKnn(held_out_feats.to(device), len(source.images.classes), args.knn_k, args.knn_temperature)
+    targets = torch.from_numpy(source.targets)
+
+    def stream_to_monitor(raw: torch.Tensor, idx: torch.Tensor) -> None:
+        monitor.update(raw, targets[idx])
+
+    # 1-2. extract features in eval mode, PCA-whiten and L2-normalise: (N, pca_dim); the monitor sees the raw ones
+    start = time.perf_counter()
     features = extract_features(
-        backbone, source, args.extract_batch_size, device, args.pca_dim, args.pca_fit_samples, progress,
-        f"epoch {epoch} extract",
-    )  # fmt: skip
+        backbone,
+        source,
+        args.extract_batch_size,
+        device,
+        pca_dim=args.pca_dim,
+        pca_fit_samples=args.pca_fit_samples,
+        progress=progress,
+        desc=f"epoch {epoch} extract",
+        on_raw_batch=stream_to_monitor if monitor is not None else None,
+    )
     time_extract = time.perf_counter() - start
+    knn = knn_metrics(args, monitor, held_out_feats, inputs.held_out.targets, epoch) if monitor is not None else {}
+    if epoch == 0 and "knn_top1" in knn:
+        state.knn_floor = knn["knn_top1"]
 
     # 3-4. cluster, pseudo-label over the non-empty clusters
     start = time.perf_counter()
@@ -317,46 +433,92 @@ def run_epoch(
 
     # 5-7. sample uniformly over clusters, reset the head, train one epoch
     start = time.perf_counter()
-    sampler = UniformClusterSampler(labels, len(source), args.seed, epoch, info.rank, info.world_size)
-    head = new_head(backbone.feature_dim, num_pseudo, device)
-    head_optimizer = torch.optim.SGD(head.parameters(), lr=args.head_lr, momentum=0.0, weight_decay=args.wd)
-    gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
-    batches = source.train_batches(
-        np.asarray(sampler.indices), args.batch_size, device, gen, info.rank, info.world_size
-    )
-    stats = train_one_epoch(
-        backbone,
-        head,
-        (optimizer, head_optimizer),
-        batches,
-        torch.from_numpy(labels),
-        device,
-        epoch,
-        args,
-        progress,
-    )
+    stats = {"loss": None, "images": 0}
+    if train:
+        if args.labels_from == "dataset":  # sanity check: the true labels stand in for the clusters
+            labels, num_pseudo = source.targets.copy(), len(source.images.classes)
+        num_samples = max(1, round(args.reassign * len(source)))
+        sampler = UniformClusterSampler(labels, num_samples, args.seed, epoch, info.rank, info.world_size)
+        head = new_head(backbone.feature_dim, num_pseudo, device)
+        head_optimizer = torch.optim.SGD(head.parameters(), lr=args.head_lr, momentum=0.0, weight_decay=args.wd)
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
+        batches = source.train_batches(
+            np.asarray(sampler.indices), args.batch_size, device, gen, info.rank, info.world_size
+        )
+        stats = train_one_epoch(
+            backbone,
+            head,
+            (optimizer, head_optimizer),
+            batches,
+            torch.from_numpy(labels),
+            device,
+            epoch,
+            args,
+            progress,
+        )
     time_train = time.perf_counter() - start
 
-    # 8. metrics of this epoch's clustering
+    # 8. metrics of this epoch's clustering and of the monitor
     record = {
         "epoch": epoch,
         "loss": stats["loss"],
         **cluster_metrics(result, state.assignments, source.targets),
+        **knn,
         "time_extract": time_extract,
         "time_cluster": time_cluster,
         "time_train": time_train,
+        "train_images": stats["images"] * info.world_size,  # about --reassign x N, in whole batches
         "images_per_s": stats["images"] * info.world_size / max(time_train, 1e-9),
         "epoch_images_per_s": len(source) / max(time_extract + time_cluster + time_train, 1e-9),
     }
-    state.assignments = result.assignments
-    logger.info(
-        "epoch %d/%d  loss %.4f  nmi_labels %s  nmi_prev %s  clusters %d (empty %d)  "
-        "extract %.1fs  cluster %.1fs  train %.1fs  %.0f img/s",
-        epoch, args.epochs, record["loss"], _fmt(record["nmi_labels"]), _fmt(record["nmi_prev"]),
-        record["num_clusters"], record["empty_clusters"], time_extract, time_cluster, time_train,
-        record["images_per_s"],
-    )  # fmt: skip
+    if knn:
+        record["knn_floor"] = state.knn_floor
+    if not train:
+        record["final"] = True
+    else:
+        state.assignments = result.assignments
+    log_epoch_line(args, record, state.knn_floor)
     return record
+
+
+def log_epoch_line(args: argparse.Namespace, record: dict, knn_floor: float | None) -> None:
+    """The console line of an epoch: loss, NMI, clusters, the kNN monitor beside its floor, phase times."""
+    title = f"epoch {record['epoch']}/{args.epochs}" + (" (final network, no training)" if record.get("final") else "")
+    parts = [
+        title,
+        f"loss {_fmt(record['loss'])}",
+        f"nmi_labels {_fmt(record['nmi_labels'])}",
+        f"nmi_prev {_fmt(record['nmi_prev'])}",
+        f"clusters {record['num_clusters']} (empty {record['empty_clusters']})",
+    ]
+    if record.get("knn_top1") is not None:
+        parts.append(f"knn {record['knn_top1']:.2f} (floor {_fmt(knn_floor, 2)})")
+    parts.append(
+        f"extract {record['time_extract']:.1f}s  cluster {record['time_cluster']:.1f}s  "
+        f"train {record['time_train']:.1f}s  {record['images_per_s']:.0f} img/s"
+    )
+    logger.info("  ".join(parts))
+
+
+def knn_metrics(
+    args: argparse.Namespace,
+    monitor: StreamingKnn,
+    held_out_feats: torch.Tensor,
+    held_out_targets: np.ndarray,
+    epoch: int,
+) -> dict:
+    """Weighted kNN top-1/top-5 (%) of the held-out split, and k-means with as many clusters as classes on its
+    L2-normalised features: Hungarian accuracy and NMI (the "k-means accuracy" of IIC's Table 1)."""
+    scores = monitor.all_reduce().scores().cpu()
+    top1, top5 = topk_accuracy(scores, torch.from_numpy(held_out_targets), (1, 5))
+    kmeans = torch_kmeans(l2n(held_out_feats), monitor.num_classes, args.kmeans_iters, seed=args.seed + epoch)
+    assignments = kmeans.assignments
+    return {
+        "knn_top1": top1,
+        "knn_top5": top5,
+        "test_kmeans_acc": 100.0 * cluster_accuracy(held_out_targets, assignments),
+        "test_kmeans_nmi": nmi(assignments, held_out_targets),
+    }
 
 
 def cluster(
@@ -462,6 +624,7 @@ def cluster_metrics(result: ClusteringResult, previous: np.ndarray | None, targe
         "nmi_labels": nmi(result.assignments, targets) if has_labels else None,
         "ari_labels": ari(result.assignments, targets) if has_labels else None,
         "acc_labels": cluster_accuracy(targets, result.assignments) if has_labels else None,
+        "purity_labels": purity(targets, result.assignments) if has_labels else None,
         "num_clusters": result.num_clusters,
         "empty_clusters": result.empty_clusters,
         "reseeded_clusters": result.reseeded_clusters,
@@ -472,26 +635,31 @@ def cluster_metrics(result: ClusteringResult, previous: np.ndarray | None, targe
     }
 
 
-def log_epoch(tracker: Tracker, record: dict, assignments: np.ndarray) -> None:
+def log_epoch(tracker: Tracker, record: dict, assignments: np.ndarray | None) -> None:
     """Mirror the JSON record to W&B with the epoch as x-axis, plus the cluster-size histogram."""
     groups = {"loss": "train", "images_per_s": "train", "epoch_images_per_s": "train"}
+    monitor_keys = ("knn_top1", "knn_top5", "knn_floor", "test_kmeans_acc", "test_kmeans_nmi")
+    groups.update({key: "monitor" for key in monitor_keys})
     metrics = {"epoch": record["epoch"]}
     for key, value in record.items():
         if key != "epoch" and value is not None:
             prefix = groups.get(key, "time" if key.startswith("time_") else "cluster")
             metrics[f"{prefix}/{key}"] = value
-    sizes = np.bincount(assignments)
-    histogram = tracker.histogram(sizes[sizes > 0])
-    if histogram is not None:
-        metrics["cluster/size_histogram"] = histogram
+    if assignments is not None:  # the clusters the epoch trained on
+        sizes = np.bincount(assignments)
+        histogram = tracker.histogram(sizes[sizes > 0])
+        if histogram is not None:
+            metrics["cluster/size_histogram"] = histogram
     tracker.log(metrics)
-    tracker.summary(
-        {
-            "final_nmi_labels": record["nmi_labels"],
-            "final_loss": record["loss"],
-            "epochs": record["epoch"] + 1,
-        }
-    )
+    summary = {
+        "final_nmi_labels": record["nmi_labels"],
+        "final_knn_top1": record.get("knn_top1"),
+        "knn_floor": record.get("knn_floor"),
+        "epochs_trained": record["epoch"] + (0 if record.get("final") else 1),
+    }
+    if record["loss"] is not None:
+        summary["final_loss"] = record["loss"]
+    tracker.summary({k: v for k, v in summary.items() if v is not None})
 
 
 def checkpoint_state(
@@ -508,6 +676,7 @@ def checkpoint_state(
         "backbone": unwrap(backbone).state_dict(),
         "optimizer": optimizer.state_dict(),
         "assignments": state.assignments.astype(np.int32),
+        "knn_floor": state.knn_floor,
         "cluster_rng": state.cluster_rng.bit_generator.state,
         "rng": rng_states(),
         "wandb_run_id": state.wandb_run_id,
@@ -547,6 +716,7 @@ def restore(
     state.assignments = ckpt["assignments"].astype(np.int64)
     state.cluster_rng.bit_generator.state = ckpt["cluster_rng"]
     state.wandb_run_id = ckpt.get("wandb_run_id")
+    state.knn_floor = ckpt.get("knn_floor")
     set_rng_states(ckpt["rng"])
     if dist_util.env_info()[0].is_main:
         JsonLog(output_dir / "log.jsonl").truncate_after(state.epoch - 1)
@@ -554,8 +724,8 @@ def restore(
     return state
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":

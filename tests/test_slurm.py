@@ -61,7 +61,7 @@ def test_two_tasks_on_one_node(slurm_env, tmp_path, tiny_folder):
     proc = submit(slurm_env, ["main_deepcluster.py", *launcher, "--wait", "--", *script])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(job_ids(proc.stdout)) == 1 and "finished" in proc.stdout
-    assert [r["epoch"] for r in read_jsonl(out / "log.jsonl")] == [0, 1]
+    assert [r["epoch"] for r in read_jsonl(out / "log.jsonl")] == [0, 1, 2]  # 2: the final network, measured
     assert (out / "checkpoint.pth").is_file()
     logs = "".join(p.read_text() for p in (tmp_path / "j").rglob("*_log.err"))
     assert "effective batch 32 (16 x 2 processes)" in logs
@@ -93,7 +93,7 @@ def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path, tiny_folder):
             break
         time.sleep(1)
     assert state == "COMPLETED", state
-    assert [r["epoch"] for r in read_jsonl(out / "log.jsonl")] == list(range(epochs))  # each epoch exactly once
+    assert [r["epoch"] for r in read_jsonl(out / "log.jsonl")] == list(range(epochs + 1))  # each epoch once
     log_text = "".join(p.read_text() for p in (jobs / job_id).glob("*_log.*"))
     assert "resumed from" in log_text
 

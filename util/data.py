@@ -154,7 +154,7 @@ def cached_uint8(
     if cache_file is not None and cache_file.is_file():
         array = np.load(cache_file, mmap_mode="r")
         if array.shape[0] == len(images):
-            return torch.from_numpy(np.ascontiguousarray(array))
+            return torch.from_numpy(np.array(array))  # a writable copy of the memory map
     tensor = decode_to_uint8(images, store_size, workers, square)
     if cache_file is not None:
         tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npy")

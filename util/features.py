@@ -36,26 +36,37 @@ def extract_features(
     pca_fit_samples: int = 0,
     progress: bool = False,
     desc: str = "extract",
+    on_raw_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Features of every image, rows in dataset order, float32 on the host.
 
     Without pca_dim: (N, D) raw features. With pca_dim: (N, pca_dim) PCA-whitened and L2-normalised; PCA is fit
     on the first `pca_fit_samples` features of a fixed random order (0: all) and every later batch is reduced as it
     arrives, so the host never holds N x D. Distributed: each rank extracts order[rank::world]; rows are gathered.
+    on_raw_batch(raw (B, D) on device, dataset indices (B,)) sees every image's raw features exactly once across
+    ranks, before PCA (the kNN monitor of main_deepcluster.py streams them).
     """
     num = len(source)
     order = extraction_order(num)
+    is_padding = np.zeros(num, dtype=bool)
     if _distributed():  # equal shards (wrapped around) so that every rank runs the same collectives
-        world = dist.get_world_size()
-        order = np.resize(order, -(-num // world) * world)[dist.get_rank() :: world]
+        world, rank = dist.get_world_size(), dist.get_rank()
+        padded = -(-num // world) * world
+        order = np.resize(order, padded)[rank::world]
+        is_padding = (np.arange(padded) >= num)[rank::world]  # the wrapped-around duplicates of this shard
     fit_target = num if pca_fit_samples <= 0 else min(pca_fit_samples, num)
     pca = PCAWhitening(pca_dim) if pca_dim else None
     raw_buffer: list[tuple[torch.Tensor, torch.Tensor]] = []  # (indices, raw features) until PCA is fit
     done: list[tuple[torch.Tensor, torch.Tensor]] = []  # (indices, final features)
     bar = tqdm(total=len(order), desc=desc, disable=not progress, leave=False, unit="img")
+    seen = 0
     for images, idx in source.eval_batches(order, batch_size, device):
         feats = forward(images).float()
         bar.update(len(idx))
+        if on_raw_batch is not None:
+            real = torch.from_numpy(~is_padding[seen : seen + len(idx)])
+            on_raw_batch(feats[real.to(feats.device)], idx[real])
+        seen += len(idx)
         if pca is None:
             done.append((idx, feats.cpu()))
         elif pca.mean is not None:

@@ -99,8 +99,11 @@ class JsonLog:
         atomic_write(self.path, lambda handle: handle.write(text.encode()))
 
     def truncate_after(self, epoch: int) -> None:
-        """Drop records of epochs > epoch (written after the checkpoint a resumed run restarts from)."""
-        records = [r for r in self.read() if r.get("epoch", -1) <= epoch]
+        """Drop records of epochs > epoch (written after the checkpoint a resumed run restarts from), except the
+        final measurement of the checkpoint's own weights (epoch + 1, marked `final`), which is still theirs."""
+        records = [
+            r for r in self.read() if r.get("epoch", -1) <= epoch or (r.get("final") and r.get("epoch") == epoch + 1)
+        ]
         text = "".join(json.dumps(r) + "\n" for r in records)
         atomic_write(self.path, lambda handle: handle.write(text.encode()))
 

@@ -76,3 +76,10 @@ def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...
     top = logits.topk(max_k, dim=1).indices  # (B, max_k)
     hits = top.eq(target[:, None])
     return [100.0 * hits[:, : min(k, max_k)].any(1).float().mean().item() for k in ks]
+
+
+def purity(labels: np.ndarray, assignments: np.ndarray) -> float:
+    """Cluster purity: every cluster votes for its majority label (meaningful when k >> number of classes, where
+    Hungarian accuracy can match only as many clusters as there are labels)."""
+    table = contingency(np.asarray(assignments).ravel(), np.asarray(labels).ravel())
+    return float(table.max(1).sum() / table.sum())

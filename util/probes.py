@@ -1,14 +1,13 @@
-"""Frozen-feature probes: per-tap pooling (Feature1..Feature5), linear heads, weighted kNN."""
+"""Frozen-feature probes: per-tap pooling (Feature1..Feature5) and the linear heads (kNN: util/knn.py)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from models import Backbone
+from models import Backbone, check_image_size
 
 TAP_NAMES = ("feature1", "feature2", "feature3", "feature4", "feature5")
 # mmselfsup's ResNet-50 multi-head protocol at 224 px: AvgPool2d(kernel, stride, padding) per tap, giving
@@ -43,6 +42,7 @@ class TapPooling(nn.Module):
 
 
 def build_tap_pooling(backbone: Backbone, arch: str, image_size: int, device: torch.device) -> TapPooling:
+    check_image_size(backbone, arch, image_size)
     with torch.inference_mode():
         taps = backbone.forward_taps(torch.zeros(1, 3, image_size, image_size, device=device))
     shapes = [tuple(t.shape[1:]) for t in taps]
@@ -79,31 +79,3 @@ class AvgPoolHead(nn.Module):
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """pooled: (B, C) globally averaged last tap."""
         return self.fc(pooled.float())
-
-
-@torch.no_grad()
-def knn_predict(
-    train_feats: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_feats: torch.Tensor,
-    num_classes: int,
-    k: int = 20,
-    temperature: float = 0.07,
-    chunk: int = 1024,
-) -> torch.Tensor:
-    """Weighted kNN (Wu et al. 2018, as in DINO): cosine similarity, votes weighted exp(sim / T).
-
-    train_feats: (N, D), test_feats: (M, D), both L2-normalised. Returns class scores (M, C).
-    """
-    k = min(k, train_feats.shape[0])
-    scores = []
-    for start in range(0, test_feats.shape[0], chunk):
-        sims, idx = (test_feats[start : start + chunk] @ train_feats.T).topk(k, dim=1)  # (B, k)
-        votes = torch.zeros(sims.shape[0], num_classes, device=sims.device)
-        votes.scatter_add_(1, train_labels[idx], (sims / temperature).exp())
-        scores.append(votes)
-    return torch.cat(scores)
-
-
-def l2n(x: torch.Tensor) -> torch.Tensor:
-    return F.normalize(x.float(), dim=1)
