@@ -7,6 +7,8 @@ beat; disable with --baseline none). Results go to OUTPUT_DIR/results.json, the 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +31,11 @@ from util.checkpoint import load_checkpoint, save_checkpoint
 from util.data import ImageSource, build_source
 from util.errors import UserError, script_entry
 from util.feature_streams import CachedFeatures, LiveFeatures
+from util.knn import knn_predict, l2n
 from util.logging import interactive, provenance
 from util.metrics import topk_accuracy
-from util.pretrained import load_backbone, networks_to_evaluate, resolve_arch
-from util.probes import TAP_NAMES, AvgPoolHead, MultiHead, build_tap_pooling, knn_predict, l2n
+from util.pretrained import RANDOM, load_backbone, networks_to_evaluate, resolve_arch, weights_sha256
+from util.probes import TAP_NAMES, AvgPoolHead, MultiHead, build_tap_pooling
 from util.results import publish
 from util.runtime import start_run
 from util.tracking import Tracker, init_tracker
@@ -94,6 +97,7 @@ class Task:
     model: str  # "pretrained" or "random_init"
     weights: str
     protocol: str
+    key: str = ""  # content hash of the weights + every flag that defines the protocol: what state is keyed by
 
     @property
     def name(self) -> str:
@@ -104,10 +108,41 @@ class Task:
         return "" if self.model == "pretrained" else "random_init_"
 
 
-def plan_tasks(args: argparse.Namespace) -> list[Task]:
+# Flags that change a task's numbers: a task is resumed or reused only when all of them and the weights match.
+PROTOCOL_FLAGS = ("arch", "sobel", "data", "subset", "image_size", "in_memory", "cached_features", "batch_size")
+PROTOCOL_FLAGS += ("momentum", "knn_k", "knn_temperature", "seed")
+
+
+def task_key(args: argparse.Namespace, protocol: str, weights_hash: str) -> str:
+    flags = {name: getattr(args, name) for name in PROTOCOL_FLAGS}
+    if protocol != "knn":
+        flags.update(protocol_hyperparameters(args, protocol))
+    text = json.dumps({"weights_sha256": weights_hash, "protocol": protocol, **flags}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def plan_tasks(args: argparse.Namespace, hashes: dict[str, str]) -> list[Task]:
     protocols = ("multihead", "avgpool", "knn") if args.protocol == "all" else (args.protocol,)
     models = networks_to_evaluate(args.pretrained, args.baseline)
-    return [Task(model, weights, protocol) for model, weights in models for protocol in protocols]
+    return [
+        Task(model, weights, protocol, task_key(args, protocol, hashes[model]))
+        for model, weights in models
+        for protocol in protocols
+    ]
+
+
+def load_state(state_path: Path) -> dict:
+    """The resumable state: finished tasks' results and the probe in progress, each under its task key. A state file
+    from before the keys existed cannot be tied to its weights: it is moved aside, never used."""
+    if not state_path.is_file():
+        return {"version": 2, "tasks": {}, "current": None, "wandb_runs": {}}
+    state = load_checkpoint(state_path)
+    if state.get("version") != 2:
+        aside = state_path.with_name(state_path.name + ".unkeyed")
+        state_path.replace(aside)
+        logger.warning("%s holds results not keyed by their weights: moved to %s, starting afresh", state_path, aside)
+        return load_state(state_path)
+    return state
 
 
 def main(args: argparse.Namespace) -> None:
@@ -128,29 +163,43 @@ def main(args: argparse.Namespace) -> None:
     logger.info("%d train / %d val images, %d classes, %s", len(train), len(val), num_classes,
                 "cached features (fast mode)" if args.cached_features else "live features (protocol)")  # fmt: skip
 
-    # ---- resume, W&B, then one task after the other
+    # ---- the weights' content hashes key every task; resume or reuse only tasks with the same key
+    networks = networks_to_evaluate(args.pretrained, args.baseline)
+    weights = {
+        model: {
+            "path": path if path == RANDOM else str(Path(path).resolve()),
+            "sha256": weights_sha256(path, args.arch, args.sobel, args.seed),
+        }
+        for model, path in networks
+    }
+    tasks = plan_tasks(args, {model: w["sha256"] for model, w in weights.items()})
     state_path = output_dir / STATE_NAME
-    state = load_checkpoint(state_path) if state_path.is_file() else {"results": {}, "done": [], "current": None}
-    config = {**vars(args), **provenance()}
+    state = load_state(state_path) if info.is_main else {"version": 2, "tasks": {}, "current": None, "wandb_runs": {}}
+    state = dist_util.broadcast_object(state)
+    plan = hashlib.sha256("".join(t.key for t in tasks).encode()).hexdigest()  # one W&B run per set of tasks
+    config = {**vars(args), **provenance(), "weights": weights}
     tracker = init_tracker(
-        args, output_dir, "eval_linear", config, info.is_main, state.get("wandb_run_id"), ("probe/*",)
+        args, output_dir, "eval_linear", config, info.is_main, state["wandb_runs"].get(plan), ("probe/*",)
     )
-    state["wandb_run_id"] = tracker.run_id
+    state["wandb_runs"][plan] = tracker.run_id
     streams: dict[str, object] = {}
-    for task in plan_tasks(args):
-        if task.name in state["done"]:
-            continue
-        if task.model not in streams:
-            streams.clear()  # one network's features at a time
-            streams[task.model] = make_stream(args, task.weights, train, val, device)
-        results = run_task(args, task, streams[task.model], num_classes, device, state, state_path, tracker)
-        state["results"].update({task.prefix + k: v for k, v in results.items()})
-        state["done"].append(task.name)
-        state["current"] = None
-        if info.is_main:
-            save_checkpoint(state, state_path)
+    results: dict = {}
+    for task in tasks:
+        if task.key in state["tasks"]:
+            short_hash = weights[task.model]["sha256"][:12]
+            logger.info("== %s: reusing results of the same weights (sha256 %s) and flags", task.name, short_hash)
+        else:
+            if task.model not in streams:
+                streams.clear()  # one network's features at a time
+                streams[task.model] = make_stream(args, task.weights, train, val, device)
+            found = run_task(args, task, streams[task.model], num_classes, device, state, state_path, tracker)
+            state["tasks"][task.key] = {"name": task.name, "weights": weights[task.model], "results": found}
+            state["current"] = None
+            if info.is_main:
+                save_checkpoint(state, state_path)
+        results.update({task.prefix + k: v for k, v in state["tasks"][task.key]["results"].items()})
     if info.is_main:
-        report(args, state["results"], output_dir, tracker)
+        report(args, results, weights, output_dir, tracker)
     tracker.finish()
     dist_util.cleanup()
 
@@ -185,9 +234,15 @@ def run_task(
     logger.info("== %s", task.name)
     if task.protocol == "knn":
         return knn_eval(stream, num_classes, args.knn_k, args.knn_temperature, device)
-    hp = dict(PROTOCOL_DEFAULTS[task.protocol])
-    hp.update({k: getattr(args, k) for k in ("epochs", "lr", "wd") if getattr(args, k) is not None})
+    hp = protocol_hyperparameters(args, task.protocol)
     return train_probe(task, hp, args, stream, num_classes, device, state, state_path, tracker)
+
+
+def protocol_hyperparameters(args: argparse.Namespace, protocol: str) -> dict:
+    """The protocol's defaults with the --epochs/--lr/--wd overrides."""
+    hp = dict(PROTOCOL_DEFAULTS[protocol])
+    hp.update({k: getattr(args, k) for k in ("epochs", "lr", "wd") if getattr(args, k) is not None})
+    return hp
 
 
 def build_probe(task: Task, stream, num_classes: int, device: torch.device) -> torch.nn.Module:
@@ -210,7 +265,7 @@ def train_probe(task, hp, args, stream, num_classes, device, state, state_path, 
     history: list[dict] = []
     start = 0
     current = state.get("current")
-    if current and current["task"] == task.name:  # resume an interrupted probe
+    if current and current["key"] == task.key:  # resume an interrupted probe of the same weights and flags
         probe.load_state_dict(current["probe"])
         optimizer.load_state_dict(current["optimizer"])
         scheduler.load_state_dict(current["scheduler"])
@@ -226,8 +281,15 @@ def train_probe(task, hp, args, stream, num_classes, device, state, state_path, 
         tracker.log({"probe/epoch": epoch, **{f"probe/{task.name}/{k}": v for k, v in metrics.items() if k != "epoch"}})
         if not dist_util.rank_and_world()[0] == 0:
             continue
-        state["current"] = {"task": task.name, "epoch": epoch + 1, "probe": probe.state_dict(), "history": history,
-                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}  # fmt: skip
+        state["current"] = {
+            "key": task.key,
+            "task": task.name,
+            "epoch": epoch + 1,
+            "probe": probe.state_dict(),
+            "history": history,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+        }
         save_checkpoint(state, state_path)
     if task.protocol == "multihead":  # protocol: the last epoch
         return {k: v for k, v in history[-1].items() if k.startswith("feature")}
@@ -290,17 +352,20 @@ def knn_eval(stream, num_classes: int, k: int, temperature: float, device: torch
     return {"knn_top1": top1, "knn_top5": top5}
 
 
-def report(args: argparse.Namespace, results: dict, output_dir: Path, tracker: Tracker) -> None:
-    """results.json, a console table and a W&B table shaped like the reference page's."""
-    columns = ["Model", "Config", "Feature1", "Feature2", "Feature3", "Feature4", "Feature5", "AvgPool", "kNN"]
+def report(args: argparse.Namespace, results: dict, weights: dict, output_dir: Path, tracker: Tracker) -> None:
+    """results.json, a console table and a W&B table shaped like the reference page's; every row names the weights
+    (path and content hash) that produced its numbers."""
+    columns = ["Model", "Weights", "Config", *[name.capitalize() for name in TAP_NAMES], "AvgPool", "kNN"]
     config = f"{args.arch}{'+sobel' if args.sobel else ''}{' (cached)' if args.cached_features else ''}"
     keys = [f"{t}_top1" for t in TAP_NAMES] + ["avgpool_top1", "knn_top1"]
     rows = []
-    for label, prefix in ((f"pretrained ({Path(args.pretrained).name})", ""), ("random init", "random_init_")):
-        values = [results.get(prefix + key) for key in keys]
-        if any(v is not None for v in values):
-            rows.append([label, config, *values])
-    meta = {"arch": args.arch, "sobel": args.sobel, "pretrained": args.pretrained,
+    for model, prefix in (("pretrained", ""), ("random_init", "random_init_")):
+        if model not in weights:
+            continue
+        label = f"pretrained ({Path(args.pretrained).name})" if model == "pretrained" else "random init"
+        identity = f"sha256:{weights[model]['sha256'][:12]}"
+        rows.append([label, identity, config, *[results.get(prefix + key) for key in keys]])
+    meta = {"arch": args.arch, "sobel": args.sobel, "pretrained": args.pretrained, "weights": weights,
             "cached_features": args.cached_features, "data": args.data}  # fmt: skip
     publish(output_dir, results, meta, tracker, "linear_eval", columns, rows, f"top-1 (%) on {args.data}")
 

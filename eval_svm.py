@@ -8,9 +8,9 @@ is evaluated beside the pretrained one (disable with --baseline none).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from util.data import make_source
 from util.errors import UserError, script_entry
 from util.feature_streams import probe_inputs
 from util.logging import provenance
-from util.pretrained import RANDOM, load_backbone, networks_to_evaluate, resolve_arch
+from util.pretrained import RANDOM, load_backbone, networks_to_evaluate, resolve_arch, weights_sha256
 from util.probes import TAP_NAMES, build_tap_pooling
 from util.results import publish
 from util.runtime import start_run
@@ -107,10 +107,17 @@ def main(args: argparse.Namespace) -> None:
 
     # ---- per network: features (cached on disk), full SVM per layer, low-shot on the best layer
     models = networks_to_evaluate(args.pretrained, args.baseline)
+    identities = {
+        model: {
+            "path": path if path == RANDOM else str(Path(path).resolve()),
+            "sha256": weights_sha256(path, args.arch, args.sobel, args.seed),
+        }
+        for model, path in models
+    }
     results: dict = {}
     solver = get_solver(args.solver, str(device))
     for model, weights in models:
-        feats = cached_features(args, model, weights, train, test, layers, device, output_dir)
+        feats = cached_features(args, model, weights, identities[model], train, test, layers, device, output_dir)
         if not info.is_main:
             continue
         prefix = "" if model == "pretrained" else "random_init_"
@@ -118,21 +125,38 @@ def main(args: argparse.Namespace) -> None:
             {prefix + k: v for k, v in evaluate(args, feats, train, test, layers, costs, ks, solver).items()}
         )
     if info.is_main:
-        report(args, results, output_dir, tracker, ks)
+        report(args, results, identities, output_dir, tracker, ks)
     tracker.finish()
     dist_util.cleanup()
 
 
-def cached_features(args, model: str, weights: str, train: LabelledSplit, test: LabelledSplit, layers, device,
-                    output_dir: Path) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
-    """{split: {layer: (N, D) float32}} from OUTPUT_DIR/features, extracted only when missing or stale."""
+def cached_features(
+    args,
+    model: str,
+    weights: str,
+    weights_identity: dict,
+    train: LabelledSplit,
+    test: LabelledSplit,
+    layers,
+    device,
+    output_dir: Path,
+) -> dict[str, dict[str, np.ndarray]]:
+    """{split: {layer: (N, D) float32}} from OUTPUT_DIR/features, extracted only when missing or stale: the cache is
+    keyed by the weights' content hash (not their path or mtime) and every flag that changes the features."""
     folder = output_dir / "features"
     identity = {
-        "weights": weights if weights == RANDOM else str(Path(weights).resolve()),
-        "weights_mtime": None if weights == RANDOM else os.path.getmtime(weights),
-        "arch": args.arch, "sobel": args.sobel, "image_size": args.image_size, "seed": args.seed,
-        "train": len(train.images), "test": len(test.images), "train_first": train.images.paths[0],
-    }  # fmt: skip
+        "weights": weights_identity["path"],
+        "weights_sha256": weights_identity["sha256"],
+        "arch": args.arch,
+        "sobel": args.sobel,
+        "image_size": args.image_size,
+        "in_memory": args.in_memory,
+        "seed": args.seed,
+        "train": len(train.images),
+        "test": len(test.images),
+        "train_paths": hashlib.sha256("\n".join(train.images.paths).encode()).hexdigest(),
+        "test_paths": hashlib.sha256("\n".join(test.images.paths).encode()).hexdigest(),
+    }
     meta_path = folder / f"{model}.json"
     wanted = [folder / f"{model}-{split}-{layer}.npy" for split in ("train", "test") for layer in layers]
     if meta_path.is_file() and json.loads(meta_path.read_text()) == identity and all(p.is_file() for p in wanted):
@@ -214,17 +238,27 @@ def _xy(normalised, train: LabelledSplit, test: LabelledSplit):
     return train_x, train.labels, test_x, test.labels
 
 
-def report(args, results: dict, output_dir: Path, tracker: Tracker, ks) -> None:
-    """results.json, a console table and a W&B table shaped like the reference page's."""
-    columns = ["Model", "Config", "Best Layer", "SVM", *[f"k={k}" for k in ks]]
+def report(args, results: dict, weights: dict, output_dir: Path, tracker: Tracker, ks) -> None:
+    """results.json, a console table and a W&B table shaped like the reference page's; every row names the weights
+    (path and content hash) that produced its numbers."""
+    columns = ["Model", "Weights", "Config", "Best Layer", "SVM", *[f"k={k}" for k in ks]]
     config = f"{args.arch}{'+sobel' if args.sobel else ''}"
     rows = []
-    for label, prefix in ((f"pretrained ({Path(args.pretrained).name})", ""), ("random init", "random_init_")):
-        if prefix + "best_layer" in results:
-            row = [label, config, results[prefix + "best_layer"], results.get(prefix + "best_map")]
-            rows.append(row + [results.get(f"{prefix}lowshot_k{k}_map") for k in ks])
-    meta = {"arch": args.arch, "sobel": args.sobel, "pretrained": args.pretrained, "data": args.data,
-            "solver": args.solver}  # fmt: skip
+    for model, prefix in (("pretrained", ""), ("random_init", "random_init_")):
+        if model in weights and prefix + "best_layer" in results:
+            label = f"pretrained ({Path(args.pretrained).name})" if model == "pretrained" else "random init"
+            row = [label, f"sha256:{weights[model]['sha256'][:12]}", config, results[prefix + "best_layer"]]
+            rows.append(
+                row + [results.get(prefix + "best_map")] + [results.get(f"{prefix}lowshot_k{k}_map") for k in ks]
+            )
+    meta = {
+        "arch": args.arch,
+        "sobel": args.sobel,
+        "pretrained": args.pretrained,
+        "weights": weights,
+        "data": args.data,
+        "solver": args.solver,
+    }
     publish(output_dir, results, meta, tracker, "svm_eval", columns, rows, f"VOC07-style SVM mAP (%) on {args.data}")
 
 

@@ -157,3 +157,59 @@ def test_bad_inputs(tmp_path, tiny_split_folder, tiny_folder, checkpoint, case, 
     assert proc.returncode == 2, proc.stderr
     assert fragment in proc.stderr and "Traceback" not in proc.stderr
     assert not np.any([p.name == "results.json" for p in (tmp_path / "o").glob("*")])
+
+
+def test_one_folder_never_reports_another_networks_numbers(tmp_path, tiny_split_folder, checkpoint):
+    """A, then `random`, then B into one output folder: each run reports only its own weights' numbers, each
+    row names the weights' hash, and coming back to A reuses A's results (same weights, same flags)."""
+    out = tmp_path / "eval"
+    common = ["--data", str(tiny_split_folder), "--protocol", "knn", "--output-dir", str(out)]
+    first = evaluate(tmp_path, "--pretrained", str(checkpoint), "--baseline", "none", *common)
+    assert first.returncode == 0, first.stderr
+    a_results = json.loads((out / "results.json").read_text())
+    a_hash = a_results["weights"]["pretrained"]["sha256"]
+    assert f"sha256:{a_hash[:12]}" in first.stderr
+
+    rand = evaluate(tmp_path, "--pretrained", "random", "--arch", "resnet18", "--baseline", "none", *common)
+    assert rand.returncode == 0, rand.stderr
+    r_results = json.loads((out / "results.json").read_text())
+    assert "knn_top1" not in r_results and set(r_results["weights"]) == {"random_init"}
+    assert "reusing" not in rand.stderr and "pretrained (" not in rand.stderr
+    assert r_results["weights"]["random_init"]["sha256"] != a_hash
+
+    other = tmp_path / "b.pth"  # B: other weights of the same arch (a torchvision-format state dict)
+    torch.manual_seed(5)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), other)
+    b = evaluate(tmp_path, "--pretrained", str(other), "--arch", "resnet18", "--baseline", "none", *common)
+    assert b.returncode == 0, b.stderr
+    b_results = json.loads((out / "results.json").read_text())
+    assert "reusing" not in b.stderr and b_results["weights"]["pretrained"]["sha256"] != a_hash
+
+    again = evaluate(tmp_path, "--pretrained", str(checkpoint), "--baseline", "none", *common)
+    assert again.returncode == 0 and "reusing results of the same weights" in again.stderr
+    assert json.loads((out / "results.json").read_text())["knn_top1"] == a_results["knn_top1"]
+
+
+def test_knn_equals_an_independent_computation_on_the_features(tiny_split_folder, checkpoint):
+    """eval_linear's kNN (util/knn.py) against scikit-learn's cosine neighbours + the weighted vote on the same
+    AvgPool features."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from util.knn import knn_predict
+
+    device = torch.device("cpu")
+    backbone = load_backbone(str(checkpoint), None, None, device)
+    pooling = build_tap_pooling(backbone, "resnet18", 32, device)
+    spec = augment_preset("paper", 32)
+    sources = [build_source(str(tiny_split_folder), split, 32, spec, None, False, 0, tiny_split_folder)
+               for split in ("train", "val")]  # fmt: skip
+    stream = LiveFeatures(backbone, pooling, sources[0], sources[1], 32, device, seed=0)
+    (train, train_y), val = stream.avgpool_features("train"), stream.avgpool_features("val")[0]
+    scores = knn_predict(train, train_y, val, 4, k=20, temperature=0.07).numpy()
+    train_n = (train / train.norm(dim=1, keepdim=True)).double().numpy()
+    val_n = (val / val.norm(dim=1, keepdim=True)).double().numpy()
+    distances, neighbours = NearestNeighbors(n_neighbors=20, metric="cosine").fit(train_n).kneighbors(val_n)
+    reference = np.zeros((len(val_n), 4))
+    for row in range(len(val_n)):
+        np.add.at(reference[row], train_y.numpy()[neighbours[row]], np.exp((1 - distances[row]) / 0.07))
+    np.testing.assert_allclose(scores, reference, rtol=1e-4)

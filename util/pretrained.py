@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -65,3 +66,21 @@ def networks_to_evaluate(pretrained: str, baseline: str) -> list[tuple[str, str]
     if pretrained == RANDOM:
         return [("random_init", RANDOM)]
     return [("pretrained", pretrained)] + ([("random_init", RANDOM)] if baseline == "random" else [])
+
+
+def weights_sha256(weights: str, arch: str, sobel: bool, seed: int) -> str:
+    """The content hash that keys every piece of evaluation state and every reported number.
+
+    A file: sha256 of its bytes (a checkpoint overwritten by further training gets a new hash, whatever its mtime).
+    `random`: sha256 of the random-init network's tensors, as the evaluations build it (seeded with `seed`)."""
+    digest = hashlib.sha256()
+    if weights != RANDOM:
+        with open(weights, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    torch.manual_seed(seed)
+    for name, tensor in build_model(arch, sobel).state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
