@@ -130,3 +130,15 @@ def test_wandb_online_without_credentials_falls_back_to_offline(tiny_folder, tmp
     assert "logging offline instead" in proc.stderr
     assert list((out / "wandb").glob("offline-run-*"))
     shutil.rmtree(out)
+
+
+def test_arch_too_deep_for_the_image_size_names_the_size_it_needs(tiny_folder, tiny_split_folder, tmp_path):
+    out = tmp_path / "o"
+    proc = pretrain(
+        tmp_path, "--data", str(tiny_folder), "--output-dir", str(out), "--arch", "alexnet", "--image-size", "32"
+    )
+    assert_user_error(proc, "--arch alexnet cannot run on 32 px images", "--image-size 63")
+    assert not (out / "checkpoint.pth").exists()
+    args = ["--pretrained", "random", "--arch", "alexnet", "--data", str(tiny_split_folder), "--image-size", "32"]
+    proc = run_script("eval_linear.py", [*args, "--output-dir", str(out)], tmp_path)
+    assert proc.returncode == 2 and "--image-size 63" in proc.stderr
