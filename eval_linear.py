@@ -46,15 +46,28 @@ STATE_NAME = "linear_state.pth"
 DEPARTURES = """protocol notes (mmselfsup / Goyal et al. 2019), and where this script departs from them:
   multihead  taps Feature1..5, AvgPool2d (10,10,4) (16,8,0) (13,5,0) (8,3,0) (6,1,0) for ResNet-50 at 224 px;
              other archs / sizes: adaptive pooling to about 9216 dims per tap (capped at the map size).
-             BatchNorm without affine + Linear per tap; SGD nesterov 0.9, lr 0.01, wd 1e-4, 90 epochs, lr x0.1 at
-             1/3 and 2/3 of the epochs (30/60); the LAST epoch is reported.
+             BatchNorm without affine + Linear per tap; SGD nesterov 0.9, lr 0.01, wd 1e-4, lr x0.1 at the steps of
+             --schedule: imagenet 90 epochs (30/60), places205 28 (7/14/21), inat18 84 (24/48/72); the LAST epoch is
+             reported. Distributed on GPUs the heads' BatchNorm is SyncBatchNorm (global-batch statistics, as
+             mmselfsup); several CPU processes (gloo) have no SyncBatchNorm: each normalises its own shard.
   avgpool    global average pool of Feature5 -> Linear; SGD 0.9, lr 30, wd 0, 100 epochs, x0.1 at 60% and 80%;
              the BEST epoch is reported.
   knn        weighted kNN on L2-normalised AvgPool features, k=20, T=0.07, cosine similarity (no training).
-  training views: RandomResizedCrop + flip; evaluation: resize + center crop.
+  training views: RandomResizedCrop + flip + ColorJitter(0.4, 0.4, 0.4) + Lighting (AlexNet PCA noise, std 0.1), as
+             mmselfsup's multi-head config (the AvgPool probe uses the same view); evaluation: resize + center crop.
+             In memory (cifar10), the batched augmentation: bilinear crops, jitter in a fixed order.
   --cached-features  DEPARTS from the protocol: features of the evaluation view are extracted once and the heads
-             train on them without augmentation (much faster; numbers usually a little different)."""
+             train on them without augmentation (much faster; numbers usually a little different).
+  state      OUTPUT_DIR/linear_state.pth keeps each task (network x protocol) under the sha256 of the weights and
+             every protocol flag: a task resumes or is reused only when both match; results.json and every table
+             row name the weights (path, sha256) that produced them."""
 
+# Multi-head schedules of mmselfsup's benchmark configs: (epochs, lr steps as fractions of the epochs), gamma 0.1.
+MULTIHEAD_SCHEDULES = {
+    "imagenet": (90, (30 / 90, 60 / 90)),  # steps at 30, 60
+    "places205": (28, (7 / 28, 14 / 28, 21 / 28)),  # steps at 7, 14, 21
+    "inat18": (84, (24 / 84, 48 / 84, 72 / 84)),  # steps at 24, 48, 72
+}
 PROTOCOL_DEFAULTS = {
     "multihead": {"epochs": 90, "lr": 0.01, "wd": 1e-4, "milestones": (1 / 3, 2 / 3), "nesterov": True},
     "avgpool": {"epochs": 100, "lr": 30.0, "wd": 0.0, "milestones": (0.6, 0.8), "nesterov": False},
@@ -69,6 +82,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--protocol", choices=("multihead", "avgpool", "knn", "all"), default="all")
     group.add_argument(
         "--epochs", type=positive_int, default=None, help="override the protocol's epochs (multihead 90, avgpool 100)"
+    )
+    group.add_argument(
+        "--schedule",
+        choices=sorted(MULTIHEAD_SCHEDULES),
+        default="imagenet",
+        help="multi-head schedule preset: imagenet 90 epochs (steps 30/60), places205 28 (7/14/21), inat18 84 "
+        "(24/48/72); --epochs rescales its steps",
     )
     group.add_argument("--batch-size", type=positive_int, default=256, help="(protocol: 256)")
     group.add_argument("--lr", type=float, default=None, help="override the protocol's lr (multihead 0.01, avgpool 30)")
@@ -205,7 +225,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 def eval_sources(args: argparse.Namespace) -> tuple[ImageSource, ImageSource]:
-    spec = augment_preset("paper", args.image_size)
+    spec = augment_preset("linear", args.image_size)  # mmselfsup's multi-head training view
     cache = Path(args.data_cache)
     train = build_source(args.data, "train", args.image_size, spec, args.subset, args.in_memory, args.workers, cache)
     val_split = "test" if args.data == "cifar10" else _val_split(Path(args.data))
@@ -239,8 +259,10 @@ def run_task(
 
 
 def protocol_hyperparameters(args: argparse.Namespace, protocol: str) -> dict:
-    """The protocol's defaults with the --epochs/--lr/--wd overrides."""
+    """The protocol's defaults (the multi-head ones from --schedule) with the --epochs/--lr/--wd overrides."""
     hp = dict(PROTOCOL_DEFAULTS[protocol])
+    if protocol == "multihead":
+        hp["epochs"], hp["milestones"] = MULTIHEAD_SCHEDULES[args.schedule]
     hp.update({k: getattr(args, k) for k in ("epochs", "lr", "wd") if getattr(args, k) is not None})
     return hp
 
@@ -257,6 +279,8 @@ def train_probe(task, hp, args, stream, num_classes, device, state, state_path, 
     probe = build_probe(task, stream, num_classes, device)
     trained = probe
     if dist_util.rank_and_world()[1] > 1:
+        if device.type == "cuda":  # the heads' BatchNorm normalises over the global batch, as mmselfsup's SyncBN
+            probe = trained = torch.nn.SyncBatchNorm.convert_sync_batchnorm(probe)
         trained = DistributedDataParallel(probe, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(probe.parameters(), lr=hp["lr"], momentum=args.momentum, weight_decay=hp["wd"],
                                 nesterov=hp["nesterov"])  # fmt: skip

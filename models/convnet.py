@@ -36,15 +36,13 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _fc_stack(in_features: int) -> nn.Sequential:
-    """fc6 -> ReLU -> fc7; the features are fc7 before its ReLU, the ReLU is the head's activation."""
-    return nn.Sequential(
-        nn.Dropout(0.5),
-        nn.Linear(in_features, 4096),
-        nn.ReLU(inplace=True),
-        nn.Dropout(0.5),
-        nn.Linear(4096, 4096),
-    )
+def _fc_stack(in_features: int, leading_dropout: bool) -> nn.Sequential:
+    """fc6 -> ReLU -> Dropout -> fc7; the features are fc7 before its ReLU, the ReLU is the head's activation (the
+    original code strips that last ReLU before extracting features). AlexNet also drops out before fc6 (original
+    AlexNet classifier: Dropout-Linear-ReLU-Dropout-Linear-ReLU); VGG16 does not (Linear-ReLU-Dropout-Linear-ReLU)."""
+    layers: list[nn.Module] = [nn.Dropout(0.5)] if leading_dropout else []
+    layers += [nn.Linear(in_features, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(4096, 4096)]
+    return nn.Sequential(*layers)
 
 
 class AlexNet(Backbone):
@@ -70,7 +68,7 @@ class AlexNet(Backbone):
             self.pools.append(nn.Identity())
             in_ch = out_ch
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))  # makes the fc stack independent of the input size
-        self.classifier = _fc_stack(256 * 6 * 6)
+        self.classifier = _fc_stack(256 * 6 * 6, leading_dropout=True)
         self.feature_dim = 4096
         self.head_activation = nn.ReLU(inplace=True)
         _init_weights(self)
@@ -111,7 +109,7 @@ class VGG16(Backbone):
             layers.append(nn.MaxPool2d(2, 2))
             self.blocks.append(nn.Sequential(*layers))
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-        self.classifier = _fc_stack(512 * 7 * 7)
+        self.classifier = _fc_stack(512 * 7 * 7, leading_dropout=False)
         self.feature_dim = 4096
         self.head_activation = nn.ReLU(inplace=True)
         _init_weights(self)

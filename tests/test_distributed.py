@@ -134,3 +134,21 @@ def test_ddp_step_equals_large_batch_step(tmp_path):
     for part in ("net", "head"):
         for key, value in one[part].items():
             assert torch.allclose(value, two[part][key], atol=1e-6), (part, key)
+
+
+def test_knn_monitor_of_two_processes_equals_one(tmp_path, tiny_split_folder):
+    """Each process streams its shard of the training features into its running top-k; the merged neighbours give
+    the single process's kNN of the random network (epoch 0: the same weights, the same features)."""
+    records = {}
+    for name, world in (("one", 1), ("two", 2)):
+        args = [*COMMON, "--epochs", "1", "--data", str(tiny_split_folder / "train"), "--batch-size", str(32 // world)]
+        args += ["--knn-data", str(tiny_split_folder / "val"), "--output-dir", str(tmp_path / name)]
+        if world == 1:
+            proc = run_script("main_deepcluster.py", args, tmp_path)
+        else:
+            proc = torchrun(tmp_path, "main_deepcluster.py", args)
+        assert proc.returncode == 0, proc.stderr
+        records[name] = read_jsonl(tmp_path / name / "log.jsonl")
+    one_image = 100 / 60  # 60 held-out images; batches of other sizes may move features in the last float bits
+    assert abs(records["one"][0]["knn_top1"] - records["two"][0]["knn_top1"]) <= one_image
+    assert records["two"][0]["knn_floor"] == records["two"][0]["knn_top1"]

@@ -213,3 +213,15 @@ def test_knn_equals_an_independent_computation_on_the_features(tiny_split_folder
     for row in range(len(val_n)):
         np.add.at(reference[row], train_y.numpy()[neighbours[row]], np.exp((1 - distances[row]) / 0.07))
     np.testing.assert_allclose(scores, reference, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "epochs", "steps"),
+    [("imagenet", 90, [30, 60]), ("places205", 28, [7, 14, 21]), ("inat18", 84, [24, 48, 72])],
+)
+def test_multihead_schedule_presets(schedule, epochs, steps):
+    import eval_linear
+
+    args = eval_linear.get_args_parser().parse_args(["--pretrained", "random", "--schedule", schedule])
+    hp = eval_linear.protocol_hyperparameters(args, "multihead")
+    assert hp["epochs"] == epochs and [round(f * epochs) for f in hp["milestones"]] == steps

@@ -49,3 +49,13 @@ def test_topk_accuracy():
     top1, top2 = topk_accuracy(logits, target, ks=(1, 2))
     assert top1 == pytest.approx(100 / 3)
     assert top2 == pytest.approx(200 / 3)
+
+
+def test_purity_is_the_majority_vote_accuracy():
+    from util.metrics import purity
+
+    rng = np.random.default_rng(4)
+    labels, clusters = rng.integers(0, 10, 1000), rng.integers(0, 100, 1000)
+    majority = sum(np.bincount(labels[clusters == c]).max() for c in np.unique(clusters))
+    assert purity(labels, clusters) == pytest.approx(majority / 1000)
+    assert purity(labels, np.arange(1000)) == 1.0  # one image per cluster: trivially pure

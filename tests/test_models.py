@@ -34,3 +34,36 @@ def test_resnet_state_dict_matches_torchvision_names():
 def test_unknown_arch():
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("resnet1000")
+
+
+def test_sobel_on_a_step_edge_gives_the_known_x_response_and_no_y_response():
+    """A vertical step (0 left, 1 right) in every channel: gray = 1 on the right; the Sobel x kernel
+    [[1, 0, -1], [2, 0, -2], [1, 0, -1]] (cross-correlation) gives -4 on the two columns beside the step, y 0."""
+    from models.sobel import Sobel
+
+    image = torch.zeros(1, 3, 8, 8)
+    image[..., 4:] = 1.0
+    edges = Sobel()(image)[0, :, 1:-1, :]  # rows away from the zero-padded border
+    expected_x = torch.zeros(6, 8)
+    expected_x[:, 3:5] = -4.0
+    torch.testing.assert_close(edges[0, :, 1:-1], expected_x[:, 1:-1])
+    assert edges[1, :, 1:-1].abs().max() == 0
+
+
+def test_resnet50_multihead_taps_pool_to_the_protocol_dims_at_224():
+    """mmselfsup's multi-head protocol: 9216 / 9216 / 8192 / 9216 / 8192 dims at 224 px."""
+    from util.probes import build_tap_pooling
+
+    model = build_model("resnet50").eval()
+    pooling = build_tap_pooling(model, "resnet50", 224, torch.device("cpu"))
+    assert pooling.dims == [9216, 9216, 8192, 9216, 8192]
+    with torch.no_grad():
+        pooled = pooling(model.forward_taps(torch.zeros(1, 3, 224, 224)))
+    assert [p[0].numel() for p in pooled] == pooling.dims
+
+
+def test_fc_stacks_follow_the_original_layouts():
+    """AlexNet: Dropout-Linear-ReLU-Dropout-Linear; VGG16: Linear-ReLU-Dropout-Linear (the final ReLU is the head's)."""
+    kinds = {arch: [type(m).__name__ for m in build_model(arch).classifier] for arch in ("alexnet", "vgg16")}
+    assert kinds["alexnet"] == ["Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert kinds["vgg16"] == ["Linear", "ReLU", "Dropout", "Linear"]

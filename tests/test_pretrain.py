@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import normalized_mutual_info_score
 
 from tests.helpers import PYTHON, REPO, read_jsonl, run_script, script_env, wandb_history, wandb_run_dir
 
@@ -65,6 +66,13 @@ def test_end_to_end_writes_checkpoint_log_assignments_and_wandb(tmp_path, tiny_f
     saved = np.load(out / "assignments" / "epoch_0001.npy")
     assert saved.dtype == np.int16 and saved.shape == (90,)
     np.testing.assert_array_equal(saved, ckpt["assignments"])
+    # The logged NMI is that of the saved clusters against the folder labels (3 classes x 30, in folder order).
+    labels = np.repeat(np.arange(3), 30)
+    for epoch in (0, 1):
+        saved = np.load(out / "assignments" / f"epoch_{epoch:04d}.npy")
+        assert records[epoch]["nmi_labels"] == pytest.approx(
+            normalized_mutual_info_score(labels, saved, average_method="geometric"), abs=1e-12
+        )
     # The offline W&B run, read back from disk, holds the same NMI and loss with the epoch as x-axis.
     history = wandb_history(wandb_run_dir(out))
     assert [h["epoch"] for h in history] == [0, 1, 2]

@@ -292,7 +292,8 @@ def test_eval_svm_cifar_style_folder_and_errors(tmp_path, tiny_split_folder):
 
 
 def test_default_costs_are_the_protocol_grid():
-    assert DEFAULT_COSTS[-3:] == (1.0, 10.0, 100.0) and min(DEFAULT_COSTS) == 2.0**-19 and len(DEFAULT_COSTS) == 19
+    # mmselfsup's list order: 1, 10, 100, then 2^-4 .. 2^-19 (ties go to the first listed)
+    assert DEFAULT_COSTS == (1.0, 10.0, 100.0, *[0.5**i for i in range(4, 20)])
 
 
 def test_batched_solver_says_when_problems_stop_at_the_iteration_limit(caplog):
@@ -333,3 +334,12 @@ def test_svm_feature_cache_is_keyed_by_the_weights_content(tmp_path, tiny_split_
     assert not np.array_equal(cached, np.load(out / "features" / "pretrained-train-feature5.npy"))
     third = run_script("eval_svm.py", args, tmp_path)
     assert third.returncode == 0 and "using cached pretrained features" in third.stderr
+
+
+def test_cross_validation_ap_is_sklearns_non_interpolated_ap():
+    from util.svm import cross_validation_ap
+
+    scores = np.array([5, 4, 3, 2, 1.0])
+    labels = np.array([1, -1, -1, 1, 1])  # difficult (0) never reaches CV: training labels are +-1 there
+    assert cross_validation_ap(scores, labels) == pytest.approx(average_precision_score(labels > 0, scores))
+    assert cross_validation_ap(scores, labels) < voc_ap(scores, labels)  # the envelope is higher here

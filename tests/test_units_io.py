@@ -6,7 +6,7 @@ import torch
 from torchvision.transforms import functional as TF
 
 from models import build_model
-from util.augment import BatchAugment, _shift_hue, augment_preset
+from util.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugment, _shift_hue, augment_preset
 from util.checkpoint import atomic_write, load_checkpoint, load_state_strict, save_checkpoint
 from util.data import list_images, load_image, resolve_split, subset_indices
 from util.errors import UserError
@@ -95,3 +95,22 @@ def test_strict_load_names_the_keys():
     state["extra.weight"] = torch.zeros(1)
     with pytest.raises(UserError, match="unexpected keys extra.weight"):
         load_state_strict(model, state, "checkpoint x")
+
+
+def test_lighting_noise_is_alexnet_pca_noise_in_both_paths():
+    """The RGB shift of the batched path, expressed in the PCA basis, is alpha * eigval with alpha ~ N(0, 0.1); the
+    per-image transform adds the same kind of shift."""
+    from util.augment import LIGHTING_EIGVAL, LIGHTING_EIGVEC, AugmentSpec, Lighting
+
+    spec = AugmentSpec(8, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False, lighting=0.1)
+    flat = torch.full((4000, 3, 8, 8), 128, dtype=torch.uint8)
+    out = BatchAugment(spec)(flat, torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    shift = (out * std + mean - 128 / 255).mean((2, 3)).double()  # (N, 3), constant over the pixels
+    alpha = shift @ torch.tensor(LIGHTING_EIGVEC, dtype=torch.float64) / torch.tensor(LIGHTING_EIGVAL).double()
+    assert torch.allclose(alpha.std(0), torch.full((3,), 0.1, dtype=torch.float64), atol=0.01)  # 6 standard errors
+    assert torch.allclose(alpha.mean(0), torch.zeros(3, dtype=torch.float64), atol=0.01)
+    torch.manual_seed(0)
+    image = torch.full((3, 4, 4), 0.5)
+    moved = Lighting(0.1)(image) - image
+    assert torch.allclose(moved, moved[:, :1, :1].expand_as(moved)) and moved.abs().max() > 0

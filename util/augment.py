@@ -18,6 +18,10 @@ from torchvision import transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# AlexNet-style PCA lighting noise (Krizhevsky et al. 2012): the eigenvalues / eigenvectors of ImageNet's RGB
+# covariance (pixels in [0, 1]), the values every Lighting transform uses (fb.resnet.torch, mmselfsup).
+LIGHTING_EIGVAL = (0.2175, 0.0188, 0.0045)
+LIGHTING_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 
 
 @dataclass(frozen=True)
@@ -35,12 +39,16 @@ class AugmentSpec:
     )  # brightness, contrast, saturation, hue
     jitter_p: float = 0.0
     grayscale_p: float = 0.0
+    lighting: float = 0.0  # std of the AlexNet PCA lighting noise (0: off)
 
 
 def augment_preset(name: str, size: int) -> AugmentSpec:
-    """The recipes of DESIGN section 4: `paper` (crop + flip), `mmselfsup` (seed page), `cifar` (32 px)."""
+    """The recipes of DESIGN section 4: `paper` (crop + flip), `mmselfsup` (seed page), `cifar` (32 px); `linear`: the
+    training view of mmselfsup's multi-head linear evaluation (crop + flip + ColorJitter(0.4, 0.4, 0.4) + Lighting)."""
     if name == "paper":
         return AugmentSpec(size)
+    if name == "linear":
+        return AugmentSpec(size, jitter=(0.4, 0.4, 0.4, 0.0), jitter_p=1.0, lighting=0.1)
     if name == "mmselfsup":
         return AugmentSpec(
             size,
@@ -60,7 +68,7 @@ def augment_preset(name: str, size: int) -> AugmentSpec:
     raise ValueError(f"unknown augmentation preset {name!r}")
 
 
-AUGMENT_PRESETS = ("paper", "mmselfsup", "cifar")
+AUGMENT_PRESETS = ("paper", "mmselfsup", "cifar")  # for pretraining; `linear` is the evaluations' own
 
 
 # ------------------------------------------------------------------------------------ per-sample (PIL)
@@ -74,8 +82,28 @@ def train_transform(spec: AugmentSpec) -> T.Compose:
         ops.append(T.RandomApply([T.ColorJitter(*spec.jitter)], p=spec.jitter_p))
     if spec.grayscale_p > 0:
         ops.append(T.RandomGrayscale(spec.grayscale_p))
-    ops += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    ops.append(T.ToTensor())
+    if spec.lighting > 0:
+        ops.append(Lighting(spec.lighting))
+    ops.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
     return T.Compose(ops)
+
+
+def lighting_shift(alpha: torch.Tensor) -> torch.Tensor:
+    """alpha (B, 3) ~ N(0, std) -> the RGB shift (B, 3) = eigvec @ (alpha * eigval) added to every pixel."""
+    eigval = torch.tensor(LIGHTING_EIGVAL, dtype=alpha.dtype, device=alpha.device)
+    eigvec = torch.tensor(LIGHTING_EIGVEC, dtype=alpha.dtype, device=alpha.device)
+    return (alpha * eigval) @ eigvec.T
+
+
+class Lighting:
+    """AlexNet PCA lighting noise on a (3, H, W) tensor in [0, 1] (per-image path; torch's global RNG)."""
+
+    def __init__(self, std: float) -> None:
+        self.std = std
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return image + lighting_shift(torch.randn(1, 3) * self.std)[0][:, None, None]
 
 
 def resize_size(crop: int) -> int:
@@ -133,6 +161,9 @@ class BatchAugment:
         if self.spec.grayscale_p > 0:
             gray = (_uniform(total, gen, 0, 1) < self.spec.grayscale_p)[mine].to(device)
             x = torch.where(gray[:, None, None, None], _gray(x).expand_as(x), x)
+        if self.spec.lighting > 0:
+            alpha = torch.randn(total, 3, generator=gen)[mine] * self.spec.lighting
+            x = x + lighting_shift(alpha).to(device)[:, :, None, None]
         mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
         std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
         return (x - mean) / std

@@ -247,9 +247,11 @@ def power_iteration_clustering(
 
     x: (N, d) L2-normalised features. A symmetric nearest-neighbour graph with Gaussian weights
     w_ij = exp(-|x_i - x_j|^2 / sigma^2) is diffused by power iteration with a uniform restart term,
-    v <- alpha * W^T v + (1 - alpha) / N, normalised each step; each point then links to the neighbour
-    (or itself) of highest v, and every chain of links ends in a local maximum of v: one cluster each.
-    The number of clusters is found, not chosen.
+    v <- alpha * W^T v + (1 - alpha) / N, normalised each step; each point i then links to the neighbour j that
+    maximises w_ij (v_j - v_i) when that is positive (else to itself), as the original implementation, and every
+    chain of links ends in a local maximum of v: one cluster each. Singleton clusters then join the cluster of their
+    most similar neighbour that is not a singleton (the original redistributes them the same way), so the uniform
+    sampler never repeats one image N/K times. The number of clusters is found, not chosen.
     """
     num = x.shape[0]
     if num <= num_neighbors:
@@ -270,25 +272,42 @@ def power_iteration_clustering(
         v = alpha * torch.sparse.mm(w_transposed, v[:, None]).squeeze(1) + (1 - alpha) / num
         v = v / v.sum()
     src, dst = w_sparse.indices()
-    parent = _resolve_parents(v, src, dst)
-    assignments = torch.unique(parent, return_inverse=True)[1].cpu().numpy().astype(np.int64)
+    parent = _resolve_parents(v, src, dst, w_sparse.values())
+    assignments = torch.unique(parent, return_inverse=True)[1]
+    assignments = _join_singletons(assignments, nbr).cpu().numpy().astype(np.int64)
     return ClusteringResult(assignments, int(assignments.max()) + 1, 0, 0, float("nan"))
 
 
-def _resolve_parents(v: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """parent[i] = argmax of v over i and its neighbours, then follow links to their roots."""
+def _resolve_parents(v: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """parent[i] = the neighbour j maximising w_ij (v_j - v_i) when positive, else i; then links to their roots."""
     num = v.shape[0]
-    neighbour_max = torch.full((num,), -1.0, device=v.device).scatter_reduce_(0, src, v[dst], "amax")
-    is_best = v[dst] == neighbour_max[src]
+    gain = weight * (v[dst] - v[src])  # (E,) over the edges i -> j of the symmetric graph
+    best_gain = torch.zeros(num, device=v.device, dtype=gain.dtype).scatter_reduce_(0, src, gain, "amax")
+    chosen = (gain == best_gain[src]) & (gain > 0)
     parent = torch.arange(num, device=v.device)
-    improves = is_best & (v[dst] > v[src])
-    parent[src[improves]] = dst[improves]
+    parent[src[chosen]] = dst[chosen]  # on an exact tie either neighbour is a valid uphill link
     for _ in range(num):  # pointer jumping; depth halves every step, so this ends in O(log N) steps
         grand = parent[parent]
         if torch.equal(grand, parent):
             break
         parent = grand
     return parent
+
+
+def _join_singletons(assignments: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """Each point alone in its cluster joins the cluster of its nearest neighbour (neighbours: (N, nnn), nearest
+    first) that belongs to a cluster of two or more points; it stays alone if none does. Returns labels 0..K'-1."""
+    sizes = torch.bincount(assignments)
+    alone = torch.nonzero(sizes[assignments] == 1).flatten()
+    if alone.numel() == 0:
+        return assignments
+    candidate = assignments[neighbours[alone]]  # (S, nnn) clusters of the neighbours, nearest first
+    usable = sizes[candidate] > 1
+    first = usable.float().argmax(1)  # the nearest usable neighbour (0 when none: checked below)
+    target = candidate.gather(1, first[:, None]).squeeze(1)
+    out = assignments.clone()
+    out[alone] = torch.where(usable.any(1), target, assignments[alone])
+    return torch.unique(out, return_inverse=True)[1]
 
 
 # ------------------------------------------------------------------------------------------- dispatch

@@ -18,7 +18,9 @@ from util.newton_svm import POSITIVE_WEIGHT, batched_solver
 
 logger = logging.getLogger("deepcluster")
 
-DEFAULT_COSTS = tuple(sorted([1.0, 10.0, 100.0] + [2.0**-i for i in range(4, 20)]))
+# In the benchmark's order (mmselfsup's eval_svm_full.sh costs "1.0,10.0,100.0", then svm_helper.parse_cost_list
+# appends 0.5^4 .. 0.5^19): a tie between costs goes to the one listed first, as np.argmax does there.
+DEFAULT_COSTS = (1.0, 10.0, 100.0, *[2.0**-i for i in range(4, 20)])
 LOWSHOT_KS = (1, 2, 4, 8, 16, 32, 64, 96)
 
 # solver(X (N, D) float64, Y (N, P) +-1, mask (N, P) bool rows used by each problem, costs (P,)) -> (W (D, P), b (P,))
@@ -44,6 +46,14 @@ def voc_ap(scores: np.ndarray, labels: np.ndarray) -> float:
     precision = np.maximum.accumulate(precision[::-1])[::-1]  # the envelope: max precision at recall >= r
     steps = np.flatnonzero(recall[1:] != recall[:-1])
     return float(((recall[steps + 1] - recall[steps]) * precision[steps + 1]).sum())
+
+
+def cross_validation_ap(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The benchmark's cross-validation score: scikit-learn's (non-interpolated) average precision, as its
+    cross_val_score(..., scoring='average_precision') computes it; difficult training images count as negatives."""
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(labels > 0, scores))
 
 
 def l2_normalize_features(x: np.ndarray) -> np.ndarray:
@@ -130,8 +140,8 @@ def full_protocol(
     cv_ap = np.zeros((num_folds, num_classes, len(costs)))
     for p, (f, c, j) in enumerate(grid):
         held = folds[c] == f
-        cv_ap[f, c, j] = voc_ap(scores[held, p], y_train[held, c])
-    best = np.nanmean(cv_ap, 0).argmax(1)  # (C,) index of the best cost per class (first on ties)
+        cv_ap[f, c, j] = cross_validation_ap(scores[held, p], y_train[held, c])
+    best = cv_ap.mean(0).argmax(1)  # (C,) the best cost per class; a tie goes to the first in the cost list
     W, b = solver(train_x, y_train, np.ones_like(y_train, dtype=bool), costs[best])
     test_scores = test_x @ W + b
     test_ap = np.array([voc_ap(test_scores[:, c], test_labels[:, c]) for c in range(num_classes)])
