@@ -312,7 +312,7 @@ def main(args: argparse.Namespace) -> None:
     log = JsonLog(output_dir / "log.jsonl")
     measured = any(r.get("final") and r["epoch"] == state.epoch for r in log.read()) if info.is_main else False
     measured = dist_util.broadcast_object(measured)
-    if state.epoch >= args.epochs and measured:
+    if state.epoch > args.epochs or (state.epoch == args.epochs and measured):
         logger.info("%s already holds %d epochs; raise --epochs to train further", output_dir, state.epoch)
         dist_util.cleanup()
         return

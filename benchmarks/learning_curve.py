@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (or log.jsonl files)")
     parser.add_argument("--output", type=Path, default=Path("learning_curve.png"), help="PNG to write")
     args = parser.parse_args()
-    runs = {str(run): read_log(run) for run in args.runs}
+    runs = {(run.name if run.is_dir() else run.parent.name): read_log(run) for run in args.runs}
     print("| run | epochs | kNN floor | final kNN | gain | final NMI | test k-means acc | time min |")
     print("|---|---|---|---|---|---|---|---|")
     for name, records in runs.items():

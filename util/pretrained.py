@@ -11,6 +11,7 @@ import torch
 from models import ARCHS, Backbone, build_model
 from util.checkpoint import load_checkpoint, load_state_strict
 from util.errors import UserError
+from util.published import add_missing_bn_counters, convert_checkpoint, detect_layout
 
 logger = logging.getLogger("deepcluster")
 
@@ -24,7 +25,10 @@ def resolve_arch(pretrained: str, arch: str | None, sobel: bool | None) -> tuple
             raise UserError("--pretrained random needs --arch (the architecture of the random network)")
         return arch, bool(sobel), None
     ckpt = load_checkpoint(pretrained)
-    if isinstance(ckpt, dict) and "backbone" in ckpt and "arch" in ckpt:
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{pretrained} holds a {type(ckpt).__name__}, not a checkpoint or state dict")
+    layout = detect_layout(ckpt)
+    if layout == "deepcluster":
         if arch is not None and arch != ckpt["arch"]:
             raise UserError(
                 f"checkpoint {pretrained} is a {ckpt['arch']} network, not --arch {arch}: drop --arch or fix it"
@@ -33,29 +37,27 @@ def resolve_arch(pretrained: str, arch: str | None, sobel: bool | None) -> tuple
             raise UserError(f"checkpoint {pretrained} was trained with sobel={ckpt['sobel']}: drop --sobel/--no-sobel")
         return ckpt["arch"], ckpt["sobel"], ckpt
     if arch is None:
-        raise UserError(f"{pretrained} is a plain state dict: pass its --arch ({', '.join(sorted(ARCHS))})")
-    return arch, bool(sobel), ckpt
-
-
-def backbone_state(ckpt: dict) -> tuple[dict, list[str]]:
-    """The backbone weights of a checkpoint, and the classifier keys dropped from a torchvision state dict."""
-    if "backbone" in ckpt:
-        return ckpt["backbone"], []
-    state = ckpt.get("state_dict", ckpt)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    dropped = [k for k in state if k.startswith("fc.")]  # torchvision's ImageNet classifier: not part of the backbone
-    return {k: v for k, v in state.items() if k not in dropped}, dropped
+        raise UserError(f"{pretrained} is a {layout} checkpoint: pass its --arch ({', '.join(sorted(ARCHS))})")
+    has_sobel = convert_checkpoint(ckpt, arch).sobel
+    if has_sobel is not None and sobel is not None and sobel != has_sobel:
+        raise UserError(
+            f"{pretrained} ({layout}) {'has' if has_sobel else 'has no'} Sobel front end: drop --sobel/--no-sobel"
+        )
+    return arch, bool(has_sobel if has_sobel is not None else sobel), ckpt
 
 
 def load_backbone(pretrained: str, arch: str | None, sobel: bool | None, device: torch.device) -> Backbone:
-    """Build the backbone and load its weights strictly; frozen (no grad) and in eval mode."""
+    """Build the backbone and load its weights strictly (any layout of util/published.py, with a printed report of
+    the kept, renamed and dropped keys); frozen (no grad) and in eval mode."""
     arch, sobel, ckpt = resolve_arch(pretrained, arch, sobel)
     model = build_model(arch, sobel)
     if ckpt is not None:
-        state, dropped = backbone_state(ckpt)
-        if dropped:
-            logger.info("ignoring the classifier keys of %s: %s", Path(pretrained).name, ", ".join(dropped))
-        load_state_strict(model, state, f"weights {pretrained}")
+        converted = convert_checkpoint(ckpt, arch)
+        added = add_missing_bn_counters(converted.state, model.state_dict())
+        if converted.layout != "deepcluster" or added:
+            note = f"; {len(added)} BatchNorm counters added (saved before PyTorch 0.4.1)" if added else ""
+            logger.info("%s%s", converted.report(Path(pretrained).name), note)
+        load_state_strict(model, converted.state, f"weights {pretrained}")
     for param in model.parameters():
         param.requires_grad_(False)
     return model.to(device).eval()
