@@ -36,7 +36,7 @@ from util.logging import interactive, provenance
 from util.metrics import topk_accuracy
 from util.pretrained import RANDOM, load_backbone, networks_to_evaluate, resolve_arch, weights_sha256
 from util.probes import TAP_NAMES, AvgPoolHead, MultiHead, build_tap_pooling
-from util.results import publish
+from util.results import protocol_notes, publish
 from util.runtime import start_run
 from util.tracking import Tracker, init_tracker
 
@@ -389,8 +389,16 @@ def report(args: argparse.Namespace, results: dict, weights: dict, output_dir: P
         label = f"pretrained ({Path(args.pretrained).name})" if model == "pretrained" else "random init"
         identity = f"sha256:{weights[model]['sha256'][:12]}"
         rows.append([label, identity, config, *[results.get(prefix + key) for key in keys]])
-    meta = {"arch": args.arch, "sobel": args.sobel, "pretrained": args.pretrained, "weights": weights,
-            "cached_features": args.cached_features, "data": args.data}  # fmt: skip
+    meta = {
+        "arch": args.arch,
+        "sobel": args.sobel,
+        "pretrained": args.pretrained,
+        "weights": weights,
+        "cached_features": args.cached_features,
+        "data": args.data,
+        "schedule": args.schedule,
+        "protocol_notes": protocol_notes(DEPARTURES),
+    }
     publish(output_dir, results, meta, tracker, "linear_eval", columns, rows, f"top-1 (%) on {args.data}")
 
 

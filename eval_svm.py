@@ -27,7 +27,7 @@ from util.feature_streams import probe_inputs
 from util.logging import provenance
 from util.pretrained import RANDOM, load_backbone, networks_to_evaluate, resolve_arch, weights_sha256
 from util.probes import TAP_NAMES, build_tap_pooling
-from util.results import publish
+from util.results import protocol_notes, publish
 from util.runtime import start_run
 from util.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, l2_normalize_features, lowshot_protocol
 from util.tracking import Tracker, init_tracker
@@ -264,6 +264,7 @@ def report(args, results: dict, weights: dict, output_dir: Path, tracker: Tracke
         "weights": weights,
         "data": args.data,
         "solver": args.solver,
+        "protocol_notes": protocol_notes(DEPARTURES),
     }
     publish(output_dir, results, meta, tracker, "svm_eval", columns, rows, f"VOC07-style SVM mAP (%) on {args.data}")
 

@@ -97,7 +97,8 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_folder, tmp_path):
     proc = pretrain(tmp_path, "--data", str(tiny_folder), "--output-dir", str(out), "--epochs", "3", "--lr", "1e30")
     assert_user_error(proc, "lower --lr")
     assert (out / "checkpoint.pth").read_bytes() == before
-    assert [r["epoch"] for r in read_jsonl(out / "log.jsonl")] == [0]
+    # epoch 0 and the final measurement of the checkpoint's (unchanged) weights; nothing of the failed epoch
+    assert [(r["epoch"], r.get("final")) for r in read_jsonl(out / "log.jsonl")] == [(0, None), (1, True)]
 
 
 def test_output_dir_not_writable(tiny_folder, tmp_path):

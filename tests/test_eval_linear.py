@@ -53,6 +53,16 @@ def test_all_protocols_cached_with_random_baseline(tmp_path, tiny_split_folder, 
     assert "Feature1" in proc.stderr and "random init" in proc.stderr  # the console table
     tables = [r for r in wandb_records(wandb_run_dir(out)) if "linear_eval" in json.dumps(r)]
     assert tables, "the W&B run holds the linear_eval table"
+    # The W&B table file, read back from the offline run: every cell equals results.json.
+    (table_file,) = (wandb_run_dir(out) / "files").rglob("linear_eval*.table.json")
+    table = json.loads(table_file.read_text())
+    keys = [f"feature{i}_top1" for i in range(1, 6)] + ["avgpool_top1", "knn_top1"]
+    for row in table["data"]:
+        prefix = "" if row[0].startswith("pretrained") else "random_init_"
+        weights = results["weights"]["pretrained" if not prefix else "random_init"]["sha256"]
+        assert row[1] == f"sha256:{weights[:12]}"
+        assert row[3:] == [results[prefix + key] for key in keys]
+    assert any("--cached-features" in note for note in results["protocol_notes"])
 
 
 def test_probe_learns_on_separable_images(tmp_path, tiny_split_folder):
@@ -124,7 +134,7 @@ def test_torchvision_state_dict_loads_and_drops_the_classifier(tmp_path, tiny_sp
     proc = evaluate(tmp_path, "--pretrained", str(path), "--arch", "resnet18", "--data", str(tiny_split_folder),
                     "--protocol", "knn", "--baseline", "none", "--output-dir", str(tmp_path / "o"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "ignoring the classifier keys" in proc.stderr and "fc.weight" in proc.stderr
+    assert "tv.pth: torchvision layout" in proc.stderr and "2 dropped (fc.* (2))" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -176,6 +186,12 @@ def test_one_folder_never_reports_another_networks_numbers(tmp_path, tiny_split_
     assert "knn_top1" not in r_results and set(r_results["weights"]) == {"random_init"}
     assert "reusing" not in rand.stderr and "pretrained (" not in rand.stderr
     assert r_results["weights"]["random_init"]["sha256"] != a_hash
+    # The baseline row beside A is this same random network (same seed): the same weights and the same number.
+    beside = tmp_path / "beside"
+    assert evaluate(tmp_path, "--pretrained", str(checkpoint), *common[:-1], str(beside)).returncode == 0
+    with_baseline = json.loads((beside / "results.json").read_text())
+    assert with_baseline["weights"]["random_init"] == r_results["weights"]["random_init"]
+    assert with_baseline["random_init_knn_top1"] == r_results["random_init_knn_top1"]
 
     other = tmp_path / "b.pth"  # B: other weights of the same arch (a torchvision-format state dict)
     torch.manual_seed(5)
@@ -222,6 +238,8 @@ def test_knn_equals_an_independent_computation_on_the_features(tiny_split_folder
 def test_multihead_schedule_presets(schedule, epochs, steps):
     import eval_linear
 
-    args = eval_linear.get_args_parser().parse_args(["--pretrained", "random", "--schedule", schedule])
+    args = eval_linear.get_args_parser().parse_args(
+        ["--pretrained", "random", "--schedule", schedule, "--output-dir", "o"]
+    )
     hp = eval_linear.protocol_hyperparameters(args, "multihead")
     assert hp["epochs"] == epochs and [round(f * epochs) for f in hp["milestones"]] == steps

@@ -96,6 +96,7 @@ def test_original_deepcluster_checkpoint_loads_and_computes_the_same_features(tm
 def test_mmselfsup_checkpoint_with_sobel_layer_loads(tmp_path):
     backbone = torchvision.models.resnet18(weights=None)
     backbone.conv1 = nn.Conv2d(2, 64, 7, 2, 3, bias=False)
+    backbone.eval()
     randomise(backbone, seed=2)
     sobel = original_sobel()
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}

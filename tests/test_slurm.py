@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import PYTHON, REPO, read_jsonl, script_env
 
@@ -117,6 +118,8 @@ def test_job_array_sweep(slurm_env, tmp_path, tiny_folder):
     assert len(ids) == 3 and len({i.split("_")[0] for i in ids}) == 1  # one array
     for lr in ("0.01", "0.02", "0.03"):
         assert read_jsonl(out / f"lr={lr}" / "log.jsonl")[0]["epoch"] == 0
+        ckpt = torch.load(out / f"lr={lr}" / "checkpoint.pth", weights_only=False)
+        assert ckpt["args"]["lr"] == float(lr)  # each element trained with its own value
 
 
 def test_failing_job_reports_the_remote_traceback(slurm_env, tmp_path):
