@@ -7,10 +7,12 @@ from Jacobi-preconditioned conjugate gradients in principal coordinates (truncat
 while that is cheap, and from a Cholesky factorisation of the active rows' kernel (the finite Newton method) for the
 last, slow problems, typically those of the largest costs. Measured against liblinear in benchmarks/svm_solvers.py.
 
-The guarantee, on every machine: each returned solution is certified within GAP_TOL (relative) of the exact optimum
-by its duality gap, computed in float64 from the dual point alpha_i = 2 C s_i max(0, 1 - y_i f(x_i)) that the
-optimality conditions give (weak duality: dual <= optimum <= primal). Problems that the float32 run leaves above
-that gap, where the working precision rather than the method ran out, are solved again in float64.
+The check, on every machine: each solution's relative duality gap is computed in float64 from the dual point
+alpha_i = 2 C s_i max(0, 1 - y_i f(x_i)) that the optimality conditions give (weak duality: dual <= optimum <=
+primal, so the gap bounds the distance to the optimum). Problems that the float32 run leaves above GAP_TOL are
+solved again in float64; any still above it are reported in a warning. On real CIFAR-10 features some stay above it
+(worst 1.2e-2, benchmarks/svm_solvers.py), while their mAP equals liblinear's: this gap bound is loose near the
+optimum, and the float64 re-solve starts from zero, which costs speed.
 
 Problems are solved in groups of rows. A group's rows are rotated to principal coordinates z = x @ basis, whose
 columns are orthogonal, so the diagonal of the Hessian describes it well; when a group has fewer rows than
