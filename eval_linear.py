@@ -34,7 +34,7 @@ from util.feature_streams import CachedFeatures, LiveFeatures
 from util.knn import knn_predict, l2n
 from util.logging import interactive, provenance
 from util.metrics import topk_accuracy
-from util.pretrained import RANDOM, load_backbone, networks_to_evaluate, resolve_arch, weights_sha256
+from util.pretrained import load_backbone, networks_to_evaluate, resolve_arch, weights_identities
 from util.probes import TAP_NAMES, AvgPoolHead, MultiHead, build_tap_pooling
 from util.results import protocol_notes, publish
 from util.runtime import start_run
@@ -185,13 +185,7 @@ def main(args: argparse.Namespace) -> None:
 
     # ---- the weights' content hashes key every task; resume or reuse only tasks with the same key
     networks = networks_to_evaluate(args.pretrained, args.baseline)
-    weights = {
-        model: {
-            "path": path if path == RANDOM else str(Path(path).resolve()),
-            "sha256": weights_sha256(path, args.arch, args.sobel, args.seed),
-        }
-        for model, path in networks
-    }
+    weights = weights_identities(networks, args.arch, args.sobel, args.seed)
     tasks = plan_tasks(args, {model: w["sha256"] for model, w in weights.items()})
     state_path = output_dir / STATE_NAME
     state = load_state(state_path) if info.is_main else {"version": 2, "tasks": {}, "current": None, "wandb_runs": {}}

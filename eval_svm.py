@@ -25,7 +25,7 @@ from util.data import make_source
 from util.errors import UserError, script_entry
 from util.feature_streams import probe_inputs
 from util.logging import provenance
-from util.pretrained import RANDOM, load_backbone, networks_to_evaluate, resolve_arch, weights_sha256
+from util.pretrained import load_backbone, networks_to_evaluate, resolve_arch, weights_identities
 from util.probes import TAP_NAMES, build_tap_pooling
 from util.results import protocol_notes, publish
 from util.runtime import start_run
@@ -113,13 +113,7 @@ def main(args: argparse.Namespace) -> None:
 
     # ---- per network: features (cached on disk), full SVM per layer, low-shot on the best layer
     models = networks_to_evaluate(args.pretrained, args.baseline)
-    identities = {
-        model: {
-            "path": path if path == RANDOM else str(Path(path).resolve()),
-            "sha256": weights_sha256(path, args.arch, args.sobel, args.seed),
-        }
-        for model, path in models
-    }
+    identities = weights_identities(models, args.arch, args.sobel, args.seed)
     results: dict = {}
     solver = get_solver(args.solver, str(device))
     for model, weights in models:

@@ -70,6 +70,17 @@ def networks_to_evaluate(pretrained: str, baseline: str) -> list[tuple[str, str]
     return [("pretrained", pretrained)] + ([("random_init", RANDOM)] if baseline == "random" else [])
 
 
+def weights_identities(networks: list[tuple[str, str]], arch: str, sobel: bool, seed: int) -> dict[str, dict]:
+    """{name: {path, sha256}} of the networks an evaluation runs: what results.json and every table row cite."""
+    return {
+        name: {
+            "path": path if path == RANDOM else str(Path(path).resolve()),
+            "sha256": weights_sha256(path, arch, sobel, seed),
+        }
+        for name, path in networks
+    }
+
+
 def weights_sha256(weights: str, arch: str, sobel: bool, seed: int) -> str:
     """The content hash that keys every piece of evaluation state and every reported number.
 
