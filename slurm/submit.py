@@ -14,6 +14,7 @@ job requeues itself and the script resumes from the checkpoint in its --output-d
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import sys
 from pathlib import Path
@@ -45,9 +46,11 @@ def launcher_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None, help="job name (default: the script name)")
     parser.add_argument(
         "--sweep",
+        action="append",
         default=None,
         metavar="NAME=V1,V2,...",
-        help="one array element per value of script flag --NAME; each writes to OUTPUT_DIR/NAME=V",
+        help="one array element per value of script flag --NAME; each writes to OUTPUT_DIR/NAME=V. Repeat it for a "
+        "grid (every combination; OUTPUT_DIR/NAME1=V1+NAME2=V2); sweep_best.py picks the best element",
     )
     parser.add_argument("--cluster", choices=("auto", "slurm", "local"), default="auto",
                         help="auto: SLURM when sbatch is on PATH, else local processes")  # fmt: skip
@@ -87,19 +90,26 @@ def make_executor(opts: argparse.Namespace) -> submitit.AutoExecutor:
     return executor
 
 
-def sweep_argvs(script_args: argparse.Namespace, argv: list[str], sweep: str | None) -> list[list[str]]:
-    """One argv per sweep value: the flag set to the value and --output-dir suffixed with NAME=VALUE."""
-    if not sweep:
+def sweep_argvs(script_args: argparse.Namespace, argv: list[str], sweeps: list[str] | None) -> list[list[str]]:
+    """One argv per combination of the sweeps' values: each flag set to its value and --output-dir suffixed with
+    NAME=VALUE (joined by + for a grid)."""
+    if not sweeps:
         return [argv]
-    if "=" not in sweep:
-        sys.exit(f"error: --sweep {sweep!r} must read NAME=V1,V2,... (e.g. lr=0.01,0.1)")
-    name, values = sweep.split("=", 1)
-    flag = "--" + name.replace("_", "-")
-    dest = name.replace("-", "_")
-    if not hasattr(script_args, dest):
-        sys.exit(f"error: --sweep {name}: the script has no flag {flag}")
+    axes = []
+    for sweep in sweeps:
+        if "=" not in sweep:
+            sys.exit(f"error: --sweep {sweep!r} must read NAME=V1,V2,... (e.g. lr=0.01,0.1)")
+        name, values = sweep.split("=", 1)
+        if not hasattr(script_args, name.replace("-", "_")):
+            sys.exit(f"error: --sweep {name}: the script has no flag --{name.replace('_', '-')}")
+        axes.append([(name, value) for value in values.split(",") if value])
     base = Path(script_args.output_dir)
-    return [[*argv, flag, value, "--output-dir", str(base / f"{name}={value}")] for value in values.split(",") if value]
+    argvs = []
+    for combination in itertools.product(*axes):
+        flags = [item for name, value in combination for item in ("--" + name.replace("_", "-"), value)]
+        folder = "+".join(f"{name}={value}" for name, value in combination)
+        argvs.append([*argv, *flags, "--output-dir", str(base / folder)])
+    return argvs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ import pytest
 
 from tests.helpers import run_script
 
-SCRIPTS = ["main_deepcluster.py", "eval_linear.py", "eval_svm.py"]
+SCRIPTS = ["main_deepcluster.py", "eval_linear.py", "eval_svm.py", "eval_semisup.py", "export_weights.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -17,3 +17,9 @@ def test_help_runs(tmp_path, script):
 def test_pretrain_help_names_departures(tmp_path):
     text = run_script("main_deepcluster.py", ["--help"], tmp_path).stdout
     assert "fit on all (the paper)" in " ".join(text.split())
+
+
+def test_semisup_help_names_the_presets_and_departures(tmp_path):
+    text = " ".join(run_script("eval_semisup.py", ["--help"], tmp_path).stdout.split())
+    assert "the LAST epoch is reported" in text and "the BEST epoch is reported" in text
+    assert "--percent draws its own per-class subset" in text

@@ -1,0 +1,360 @@
+"""Semi-supervised evaluation: fine-tune the whole backbone plus a linear head on a labelled subset.
+
+    .venv/bin/python eval_semisup.py --pretrained runs/x/checkpoint.pth --data cifar10 --percent 10 \
+        --output-dir runs/x/semisup-10pct
+    .venv/bin/python eval_semisup.py --pretrained CKPT --data /datasets/imagenet --subset-file 1percent.txt \
+        --output-dir runs/x/semisup-1pct
+
+The labelled subset is either --percent P (P % of every class, drawn deterministically with --subset-seed; the list
+is saved as OUTPUT_DIR/subset.txt) or --subset-file (the published 1 % / 10 % ImageNet lists: one image per line,
+`class/file.JPEG` as mmselfsup's lists or the bare file name as SimCLR's). The random-init network of the same arch
+is fine-tuned the same way beside it (the floor; --baseline none to skip). Results: OUTPUT_DIR/results.json, the
+console, a W&B table; OUTPUT_DIR/semisup_state.pth resumes an interrupted run and is keyed by the weights' sha256
+and every protocol flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from models import Backbone
+from util import dist as dist_util
+from util.args import (
+    add_baseline_arg,
+    add_data_args,
+    add_evaluated_model_args,
+    add_runtime_args,
+    add_wandb_args,
+    positive_int,
+)
+from util.augment import augment_preset
+from util.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from util.data import build_source, default_cache_dir, list_images, make_source, resolve_split
+from util.errors import UserError, script_entry
+from util.logging import provenance
+from util.metrics import topk_accuracy
+from util.pretrained import load_backbone, networks_to_evaluate, resolve_arch, weights_identities
+from util.results import protocol_notes, publish
+from util.runtime import start_run
+from util.semisup import PRESETS, percent_subset, preset_regime, read_subset_file, subset_listing
+from util.tracking import init_tracker
+
+logger = logging.getLogger("deepcluster")
+
+STATE_NAME = "semisup_state.pth"
+DEPARTURES = """protocol notes (mmselfsup's ImageNet 1 % / 10 % semi-supervised benchmark; SwAV's eval_semisup), and
+where this script departs from them:
+  mmselfsup  (default preset) SGD momentum 0.9, batch 256, 20 epochs, lr x0.2 at epochs 12 and 16, lr 0.1 and head
+             lr multiplier 1 (its base config; the benchmark sweeps lr {0.001, 0.01, 0.1} x head {1, 10, 100}: run
+             that grid with slurm/submit.py --sweep lr=... --sweep head_lr_mult=... and pick with sweep_best.py),
+             weight decay 5e-4 (1 %) / 1e-4 (10 %); the LAST epoch is reported.
+  swav       --preset swav: weight decay 0, trunk / head lr 0.02 / 5 (1 %), 0.01 / 0.2 (10 %), same steps; the BEST
+             epoch is reported (as SwAV's script does; this selects on the validation set).
+  views      training: RandomResizedCrop + flip; evaluation: resize (8/7 of the crop: 256 for 224) + center crop. In
+             memory (cifar10), the batched augmentation: bilinear crops.
+  BatchNorm  the backbone's BatchNorm trains in batch mode; on several GPUs it is SyncBatchNorm (mmselfsup's configs
+             use SyncBN); several CPU processes (gloo) each normalise their own shard.
+  subsets    --percent draws its own per-class subset (not the published ImageNet lists, which --subset-file reads).
+  state      OUTPUT_DIR/semisup_state.pth keeps each task (network) under the sha256 of the weights and every
+             protocol flag: a task resumes or is reused only when both match; results.json and every table row name
+             the weights (path, sha256) that produced them."""
+
+# Flags that change a task's numbers: a task is resumed or reused only when all of them and the weights match.
+PROTOCOL_FLAGS = ("arch", "sobel", "data", "image_size", "in_memory", "batch_size", "momentum", "seed")
+PROTOCOL_FLAGS += ("percent", "subset_file", "subset_seed", "preset")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("DeepCluster semi-supervised evaluation", add_help=False)
+    add_evaluated_model_args(parser)
+    add_data_args(parser)
+    group = parser.add_argument_group("protocol")
+    which = group.add_mutually_exclusive_group(required=True)
+    which.add_argument("--percent", type=float, default=None, help="P %% of every class, drawn with --subset-seed")
+    which.add_argument("--subset-file", default=None, help="a published subset list (see above)")
+    group.add_argument("--subset-seed", type=int, default=0, help="the draw of --percent (default: %(default)s)")
+    group.add_argument("--preset", choices=sorted(PRESETS), default="mmselfsup", help="default: %(default)s")
+    group.add_argument("--epochs", type=positive_int, default=None, help="override the preset's 20 (steps rescale)")
+    group.add_argument("--lr", type=float, default=None, help="trunk lr (override the preset)")
+    group.add_argument("--head-lr-mult", type=float, default=None, help="head lr = lr x this (override the preset)")
+    group.add_argument("--wd", type=float, default=None, help="weight decay (override the preset)")
+    group.add_argument("--batch-size", type=positive_int, default=256, help="global batch (protocol: 256)")
+    group.add_argument("--momentum", type=float, default=0.9)
+    add_baseline_arg(group)
+    add_runtime_args(parser)
+    add_wandb_args(parser, default_project="deepcluster-eval")
+    return parser
+
+
+def hyperparameters(args: argparse.Namespace, percent: float) -> dict:
+    """The preset's values for this labelled fraction, with the command-line overrides."""
+    preset, regime = PRESETS[args.preset], preset_regime(percent)
+    hp = {
+        "epochs": preset["epochs"],
+        "milestones": preset["milestones"],
+        "gamma": preset["gamma"],
+        "lr": preset["lr"][regime],
+        "head_lr_mult": preset["head_lr_mult"][regime],
+        "wd": preset["wd"][regime],
+        "report": preset["report"],
+    }
+    hp.update({k: getattr(args, k) for k in ("epochs", "lr", "head_lr_mult", "wd") if getattr(args, k) is not None})
+    return hp
+
+
+def task_key(args: argparse.Namespace, hp: dict, weights_hash: str, subset: np.ndarray) -> str:
+    flags = {name: getattr(args, name) for name in PROTOCOL_FLAGS}
+    flags["subset_sha256"] = hashlib.sha256(subset.tobytes()).hexdigest()
+    text = json.dumps({"weights_sha256": weights_hash, **flags, **hp}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class FineTuned(nn.Module):
+    """backbone -> its head activation -> a linear classifier; every parameter trains."""
+
+    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.feature_dim, num_classes)
+        nn.init.normal_(self.head.weight, 0.0, 0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.head_activation(self.backbone(x)))
+
+
+def labelled_subset(args: argparse.Namespace, images) -> np.ndarray:
+    if args.subset_file:
+        return read_subset_file(images, Path(args.subset_file))
+    return percent_subset(images, args.percent, args.subset_seed)
+
+
+def main(args: argparse.Namespace) -> None:
+    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
+    args.arch, args.sobel, _ = resolve_arch(args.pretrained, args.arch, args.sobel)
+    cifar = args.data == "cifar10"
+    args.image_size = args.image_size or (32 if cifar else 224)
+    args.in_memory = cifar if args.in_memory is None else args.in_memory
+    if args.subset is not None:
+        raise UserError("--subset does not apply here: choose the labelled images with --percent or --subset-file")
+
+    # ---- the labelled subset (saved beside the results) and the evaluation split
+    cache = Path(args.data_cache or default_cache_dir())
+    images = list_images(resolve_split(args.data, "train", cache))
+    chosen = labelled_subset(args, images)
+    percent = args.percent if args.percent is not None else 100 * len(chosen) / len(images)
+    if info.is_main:
+        text = subset_listing(images, chosen)
+        atomic_write(output_dir / "subset.txt", lambda handle: handle.write(text.encode()))
+    spec = augment_preset("paper", args.image_size)  # RandomResizedCrop + flip
+    train = make_source(images.subset(chosen), args.image_size, spec, args.in_memory, args.workers)
+    val_split = "test" if cifar else _val_split(Path(args.data))
+    val = build_source(args.data, val_split, args.image_size, spec, None, args.in_memory, args.workers, cache)
+    if val.images.classes != images.classes:
+        raise UserError(f"train and {val_split} class folders differ: fix --data")
+    if args.batch_size % info.world_size:
+        raise UserError(f"--batch-size {args.batch_size} (global) must divide by the {info.world_size} processes")
+    if len(chosen) < args.batch_size:
+        raise UserError(
+            f"the labelled subset has {len(chosen)} images, fewer than --batch-size {args.batch_size}: "
+            "lower --batch-size or label more images"
+        )
+    hp = hyperparameters(args, percent)
+    logger.info(
+        "%d labelled images (%.2f %%), %d classes, %d %s images; %s preset: %s",
+        len(chosen),
+        percent,
+        len(images.classes),
+        len(val),
+        val_split,
+        args.preset,
+        hp,
+    )
+
+    # ---- tasks keyed by the weights' content and every protocol flag
+    networks = networks_to_evaluate(args.pretrained, args.baseline)
+    weights = weights_identities(networks, args.arch, args.sobel, args.seed)
+    state_path = output_dir / STATE_NAME
+    state = load_state(state_path) if info.is_main else {"version": 1, "tasks": {}, "current": None}
+    state = dist_util.broadcast_object(state)
+    config = {**vars(args), **provenance(), "weights": weights, "hyperparameters": hp, "labelled": len(chosen)}
+    tracker = init_tracker(args, output_dir, "eval_semisup", config, info.is_main, state.get("wandb_run"), ("ft/*",))
+    state["wandb_run"] = tracker.run_id
+    results: dict = {}
+    for model_name, path in networks:
+        key = task_key(args, hp, weights[model_name]["sha256"], chosen)
+        if key in state["tasks"]:
+            logger.info(
+                "== %s: reusing results of the same weights (sha256 %s) and flags",
+                model_name,
+                weights[model_name]["sha256"][:12],
+            )
+        else:
+            found = fine_tune(args, hp, model_name, path, key, train, val, device, state, state_path, tracker)
+            state["tasks"][key] = {"name": model_name, "weights": weights[model_name], "results": found}
+            state["current"] = None
+            if info.is_main:
+                save_checkpoint(state, state_path)
+        prefix = "" if model_name == "pretrained" else "random_init_"
+        results.update({prefix + k: v for k, v in state["tasks"][key]["results"].items()})
+    if info.is_main:
+        report(args, hp, results, weights, len(chosen), percent, output_dir, tracker)
+    tracker.finish()
+    dist_util.cleanup()
+
+
+def _val_split(root: Path) -> str:
+    for split in ("val", "test"):
+        if (root / split).is_dir():
+            return split
+    raise UserError(f"{root} needs train/ and val/ (or test/) sub-folders for evaluation")
+
+
+def load_state(state_path: Path) -> dict:
+    if not state_path.is_file():
+        return {"version": 1, "tasks": {}, "current": None}
+    return load_checkpoint(state_path)
+
+
+def fine_tune(args, hp, model_name, path, key, train, val, device, state, state_path, tracker) -> dict:
+    """SGD with step decay on every parameter; evaluated after every epoch; resumable after any epoch."""
+    logger.info("== %s (%s)", model_name, path)
+    torch.manual_seed(args.seed)  # the head's init (and the random-init baseline) are reproducible
+    backbone = load_backbone(path, args.arch, args.sobel, device)
+    for param in backbone.parameters():
+        param.requires_grad_(True)
+    model = FineTuned(backbone, len(train.images.classes)).to(device)
+    rank, world = dist_util.rank_and_world()
+    trained: nn.Module = model
+    if world > 1:
+        if device.type == "cuda":
+            model = trained = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    groups = [
+        {"params": list(model.backbone.parameters()), "lr": hp["lr"]},
+        {"params": list(model.head.parameters()), "lr": hp["lr"] * hp["head_lr_mult"]},
+    ]
+    optimizer = torch.optim.SGD(groups, lr=hp["lr"], momentum=args.momentum, weight_decay=hp["wd"])
+    milestones = [max(1, round(f * hp["epochs"])) for f in hp["milestones"]]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=hp["gamma"])
+    history: list[dict] = []
+    start = 0
+    current = state.get("current")
+    if current and current["key"] == key:
+        model.load_state_dict(current["model"])
+        optimizer.load_state_dict(current["optimizer"])
+        scheduler.load_state_dict(current["scheduler"])
+        history, start = current["history"], current["epoch"]
+        logger.info("resumed %s at epoch %d", model_name, start)
+    for epoch in range(start, hp["epochs"]):
+        gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)  # the epoch's order and views
+        torch.manual_seed(args.seed * 100_003 + epoch)  # views drawn in this process (--workers 0): exact resume
+        order = torch.randperm(len(train), generator=gen).numpy()
+        usable = len(order) // args.batch_size * args.batch_size
+        mine = order[:usable].reshape(-1, args.batch_size)[:, rank::world].reshape(-1)  # this rank's part of each
+        batches = train.train_batches(mine, args.batch_size // world, device, gen, rank, world)
+        loss = train_epoch(trained, batches, torch.from_numpy(train.targets), optimizer)
+        scheduler.step()
+        top1, top5 = evaluate(model, val, device)
+        history.append({"epoch": epoch, "loss": loss, "top1": top1, "top5": top5})
+        logger.info("%s epoch %d/%d loss %.4f top1 %.2f top5 %.2f", model_name, epoch, hp["epochs"], loss, top1, top5)
+        tracker.log(
+            {
+                "ft/epoch": epoch,
+                f"ft/{model_name}/loss": loss,
+                f"ft/{model_name}/top1": top1,
+                f"ft/{model_name}/top5": top5,
+            }
+        )
+        if rank == 0:
+            state["current"] = {
+                "key": key,
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "history": history,
+            }
+            save_checkpoint(state, state_path)
+    chosen = history[-1] if hp["report"] == "last" else max(history, key=lambda h: h["top1"])
+    final = state_path.parent / f"finetuned_{model_name}_{key[:12]}.pth"  # the last epoch's network
+    if rank == 0:
+        network = {"model": model.state_dict(), "arch": args.arch, "sobel": args.sobel, "history": history}
+        save_checkpoint(network, final)
+    found = {"top1": chosen["top1"], "top5": chosen["top5"], "reported_epoch": chosen["epoch"]}
+    return {**found, "last_epoch_top1": history[-1]["top1"], "finetuned_weights": str(final)}
+
+
+def train_epoch(model: nn.Module, batches, targets: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
+    model.train()
+    total, count = 0.0, 0
+    for images, idx in batches:
+        target = targets[idx].to(images.device, non_blocking=True)
+        loss = F.cross_entropy(model(images), target)
+        if not torch.isfinite(loss):
+            raise UserError(f"fine-tuning loss is {loss.item()}: lower --lr or --head-lr-mult")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(idx)
+        count += len(idx)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, val, device: torch.device) -> tuple[float, float]:
+    """Top-1 / top-5 (%) on the whole evaluation split, each rank scoring its shard."""
+    model.eval()
+    logits, indices = [], []
+    for images, idx in val.eval_batches(dist_util.shard(np.arange(len(val))), 256, device):
+        logits.append(model(images).float().cpu())
+        indices.append(idx)
+    scores = dist_util.gather_rows_by_index(torch.cat(indices), torch.cat(logits), len(val))
+    top1, top5 = topk_accuracy(scores, torch.from_numpy(val.targets), (1, 5))
+    return top1, top5
+
+
+def report(args, hp: dict, results: dict, weights: dict, labelled: int, percent: float, output_dir: Path, tracker):
+    """results.json, a console table and a W&B table shaped like the reference page's semi-supervised table; every
+    row names the weights (path and content hash) that produced its numbers."""
+    fine_tuned = (
+        f"{args.preset} {percent:g}% lr {hp['lr']:g} head x{hp['head_lr_mult']:g} wd {hp['wd']:g} "
+        f"{hp['epochs']}e ({hp['report']} epoch)"
+    )
+    columns = ["Model", "Weights", "Pretrain Config", "Fine-tuned Config", "Top-1 (%)", "Top-5 (%)"]
+    rows = []
+    for model, prefix in (("pretrained", ""), ("random_init", "random_init_")):
+        if model not in weights:
+            continue
+        label = f"pretrained ({Path(args.pretrained).name})" if model == "pretrained" else "random init"
+        identity = f"sha256:{weights[model]['sha256'][:12]}"
+        config = f"{args.arch}{'+sobel' if args.sobel else ''}"
+        rows.append([label, identity, config, fine_tuned, results.get(prefix + "top1"), results.get(prefix + "top5")])
+    meta = {
+        "arch": args.arch,
+        "sobel": args.sobel,
+        "pretrained": args.pretrained,
+        "weights": weights,
+        "data": args.data,
+        "labelled_images": labelled,
+        "labelled_percent": percent,
+        "subset_file": args.subset_file or str(output_dir / "subset.txt"),
+        "preset": args.preset,
+        "hyperparameters": hp,
+        "protocol_notes": protocol_notes(DEPARTURES),
+    }
+    publish(output_dir, results, meta, tracker, "semisup_eval", columns, rows, f"semi-supervised top-1 on {args.data}")
+
+
+if __name__ == "__main__":
+    script_entry("DeepCluster semi-supervised evaluation", get_args_parser, main, DEPARTURES)
