@@ -63,15 +63,17 @@ where this script departs from them:
   views      training: RandomResizedCrop + flip; evaluation: resize (8/7 of the crop: 256 for 224) + center crop. In
              memory (cifar10), the batched augmentation: bilinear crops.
   BatchNorm  the backbone's BatchNorm trains in batch mode; on several GPUs it is SyncBatchNorm (mmselfsup's configs
-             use SyncBN); several CPU processes (gloo) each normalise their own shard.
+             use SyncBN); several CPU processes (gloo) each normalise their own shard, so there the number of
+             processes changes the numbers (it is not part of the state key); rank 0's running statistics are
+             used for evaluation.
   subsets    --percent draws its own per-class subset (not the published ImageNet lists, which --subset-file reads).
   state      OUTPUT_DIR/semisup_state.pth keeps each task (network) under the sha256 of the weights and every
              protocol flag: a task resumes or is reused only when both match; results.json and every table row name
              the weights (path, sha256) that produced them."""
 
 # Flags that change a task's numbers: a task is resumed or reused only when all of them and the weights match.
-PROTOCOL_FLAGS = ("arch", "sobel", "data", "image_size", "in_memory", "batch_size", "momentum", "seed")
-PROTOCOL_FLAGS += ("percent", "subset_file", "subset_seed", "preset")
+# The labelled images enter by name (the subset listing), however they were chosen (--percent or --subset-file).
+PROTOCOL_FLAGS = ("arch", "sobel", "data", "image_size", "in_memory", "batch_size", "momentum", "seed", "preset")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -112,9 +114,9 @@ def hyperparameters(args: argparse.Namespace, percent: float) -> dict:
     return hp
 
 
-def task_key(args: argparse.Namespace, hp: dict, weights_hash: str, subset: np.ndarray) -> str:
+def task_key(args: argparse.Namespace, hp: dict, weights_hash: str, listing: str) -> str:
     flags = {name: getattr(args, name) for name in PROTOCOL_FLAGS}
-    flags["subset_sha256"] = hashlib.sha256(subset.tobytes()).hexdigest()
+    flags["subset_sha256"] = hashlib.sha256(listing.encode()).hexdigest()
     text = json.dumps({"weights_sha256": weights_hash, **flags, **hp}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -153,9 +155,6 @@ def main(args: argparse.Namespace) -> None:
     images = list_images(resolve_split(args.data, "train", cache))
     chosen = labelled_subset(args, images)
     percent = args.percent if args.percent is not None else 100 * len(chosen) / len(images)
-    if info.is_main:
-        text = subset_listing(images, chosen)
-        atomic_write(output_dir / "subset.txt", lambda handle: handle.write(text.encode()))
     spec = augment_preset("paper", args.image_size)  # RandomResizedCrop + flip
     train = make_source(images.subset(chosen), args.image_size, spec, args.in_memory, args.workers)
     val_split = "test" if cifar else _val_split(Path(args.data))
@@ -169,6 +168,9 @@ def main(args: argparse.Namespace) -> None:
             f"the labelled subset has {len(chosen)} images, fewer than --batch-size {args.batch_size}: "
             "lower --batch-size or label more images"
         )
+    listing = subset_listing(images, chosen)  # the labelled images by name: what the results are keyed by
+    if info.is_main:  # written only once every check above has passed
+        atomic_write(output_dir / "subset.txt", lambda handle: handle.write(listing.encode()))
     hp = hyperparameters(args, percent)
     logger.info(
         "%d labelled images (%.2f %%), %d classes, %d %s images; %s preset: %s",
@@ -192,7 +194,7 @@ def main(args: argparse.Namespace) -> None:
     state["wandb_run"] = tracker.run_id
     results: dict = {}
     for model_name, path in networks:
-        key = task_key(args, hp, weights[model_name]["sha256"], chosen)
+        key = task_key(args, hp, weights[model_name]["sha256"], listing)
         if key in state["tasks"]:
             logger.info(
                 "== %s: reusing results of the same weights (sha256 %s) and flags",
@@ -265,6 +267,7 @@ def fine_tune(args, hp, model_name, path, key, train, val, device, state, state_
         batches = train.train_batches(mine, args.batch_size // world, device, gen, rank, world)
         loss = train_epoch(trained, batches, torch.from_numpy(train.targets), optimizer)
         scheduler.step()
+        broadcast_buffers(model)  # the BatchNorm statistics every rank scores with are rank 0's, the saved ones
         top1, top5 = evaluate(model, val, device)
         history.append({"epoch": epoch, "loss": loss, "top1": top1, "top5": top5})
         logger.info("%s epoch %d/%d loss %.4f top1 %.2f top5 %.2f", model_name, epoch, hp["epochs"], loss, top1, top5)
@@ -301,7 +304,7 @@ def train_epoch(model: nn.Module, batches, targets: torch.Tensor, optimizer: tor
     for images, idx in batches:
         target = targets[idx].to(images.device, non_blocking=True)
         loss = F.cross_entropy(model(images), target)
-        if not torch.isfinite(loss):
+        if not all_finite(loss):  # decided together, so that no rank is left waiting in a collective
             raise UserError(f"fine-tuning loss is {loss.item()}: lower --lr or --head-lr-mult")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -309,6 +312,24 @@ def train_epoch(model: nn.Module, batches, targets: torch.Tensor, optimizer: tor
         total += loss.item() * len(idx)
         count += len(idx)
     return total / max(count, 1)
+
+
+def all_finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=dist_util.collective_device())
+    if dist_util.rank_and_world()[1] > 1:
+        torch.distributed.all_reduce(bad)
+    return bad.item() == 0
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank: without SyncBatchNorm each rank's last
+    training step updated its own."""
+    if dist_util.rank_and_world()[1] > 1:
+        for buffer in model.buffers():
+            moved = buffer.to(dist_util.collective_device())
+            torch.distributed.broadcast(moved, 0)
+            buffer.copy_(moved)
 
 
 @torch.no_grad()

@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> list[Path]:
         check_exportable(arch, sobel, fmt)
     out_dir = Path(args.output_dir)
     targets = [out_dir / FILE_NAMES[fmt] for fmt in args.format]
-    existing = [str(p) for p in targets if p.exists()]
+    existing = [str(p) for p in [*targets, out_dir / "export.json"] if p.exists()]  # one source per folder
     if existing and not args.overwrite:
         raise UserError(f"{', '.join(existing)} already exist(s): choose another --output-dir or pass --overwrite")
     state = torchvision_state(load_backbone(args.pretrained, arch, sobel, torch.device("cpu")))

@@ -11,6 +11,7 @@ a randomly initialised network. The model returns the pooled backbone features (
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from urllib.parse import urlparse
@@ -26,7 +27,8 @@ def _local_file(pretrained: str, progress: bool) -> str:
 
         folder = Path(torch.hub.get_dir()) / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / Path(urlparse(pretrained).path).name
+        tag = hashlib.sha256(pretrained.encode()).hexdigest()[:16]  # runs/a/ and runs/b/checkpoint.pth differ
+        target = folder / f"{tag}-{Path(urlparse(pretrained).path).name}"
         if not target.exists():
             torch.hub.download_url_to_file(pretrained, str(target), progress=progress)
         return str(target)

@@ -1,11 +1,12 @@
 """Pick the best element of a sweep: the run folder whose results.json has the highest value of a metric.
 
     .venv/bin/python sweep_best.py runs/semi-1pct --metric top1
-    .venv/bin/python sweep_best.py runs/lin/lr=0.01 runs/lin/lr=0.1 --metric avgpool_top1
+    .venv/bin/python sweep_best.py runs/lin/lr=0.01 runs/lin/lr=0.1 --metric avgpool_top1 --output best.json
 
 Arguments are run folders (each with a results.json) or a sweep folder (its sub-folders are the elements, as
 slurm/submit.py --sweep writes them). Prints every element's value, best first, and writes the choice to
-SWEEP_FOLDER/best.json (or --output). Elements without the metric are listed as missing, never ranked.
+SWEEP_FOLDER/best.json (several run folders: to --output, which is then required). Elements without the metric
+are listed as missing, never ranked.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def main(args: argparse.Namespace) -> dict:
         "ranking": [{"run": str(f), "value": v} for f, v in scored],
         "missing": [str(f) for f in missing],
     }
-    output = Path(args.output) if args.output else (Path(args.runs[0]) if len(args.runs) == 1 else Path.cwd())
-    output = output / "best.json" if output.is_dir() else output
+    if args.output is None and len(args.runs) > 1:
+        raise UserError("several run folders: name the file to write with --output (e.g. --output best.json)")
+    output = Path(args.output) if args.output else Path(args.runs[0]) / "best.json"
     atomic_write(output, lambda handle: handle.write((json.dumps(best, indent=2) + "\n").encode()))
     logger.info("best: %s (%s %.2f); written to %s", best_folder, args.metric, best_value, output)
     return best

@@ -102,8 +102,13 @@ def test_semisup_end_to_end_with_baseline_reuse_and_keys(tiny_split_folder, tmp_
     listed = ["--subset-file", str(out / "subset.txt")]
     base_file = [a for a in base if a not in ("--percent", "50")] + listed
     same = run_script("eval_semisup.py", [*base_file, "--output-dir", str(out), "--baseline", "none"], tmp_path)
-    assert same.returncode == 0
+    assert same.returncode == 0 and "reusing results" in same.stderr and "epoch 0/2" not in same.stderr
     assert json.loads((out / "results.json").read_text())["labelled_images"] == 80
+    # a mistake on a finished folder: one line, and the subset list its results name is left as it was
+    listed_before = (out / "subset.txt").read_bytes()
+    bad = run_script("eval_semisup.py", [*base, "--percent", "1", "--output-dir", str(out)], tmp_path)
+    assert bad.returncode == 2 and "fewer than --batch-size" in bad.stderr
+    assert (out / "subset.txt").read_bytes() == listed_before
 
 
 def test_pretrained_beside_random_init_and_bad_inputs(tiny_split_folder, tmp_path):

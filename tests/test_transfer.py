@@ -139,7 +139,12 @@ def test_torch_hub_entry_points(tmp_path, monkeypatch, as_url):
     x = torch.randn(2, 3, 64, 64)
     assert model.eval()(x).shape == (2, 512)
     if as_url:
-        assert (tmp_path / "hub" / "hub" / "checkpoints" / "ckpt.pth").is_file()
+        assert len(list((tmp_path / "hub" / "hub" / "checkpoints").glob("*-ckpt.pth"))) == 1
+        other = tmp_path / "b" / "ckpt.pth"  # same file name, other folder and weights: not the cached one
+        other.parent.mkdir()
+        state_b = our_checkpoint(other, arch="resnet18", seed=1)
+        model_b = torch.hub.load(str(REPO), "deepcluster_resnet18", source="local", pretrained=other.as_uri())
+        assert all(torch.equal(t, state_b[n]) for n, t in model_b.state_dict().items())
     import hubconf
 
     entries = [name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")]

@@ -38,7 +38,8 @@ logger = logging.getLogger("deepcluster")
 
 POSITIVE_WEIGHT = 2.0  # class_weight {+1: 2, -1: 1} of the protocol
 SMALL_GROUP_ROWS = 512  # row sets up to this size (and half the dimension) get their own coordinates (measured)
-GROUP_ELEMENTS = 2**27  # groups are solved in chunks of at most this many feature values (512 MB in float32)
+GROUP_ELEMENTS = 2**27  # groups are solved in chunks of at most this many feature values (1 GB in float64 for
+# the principal coordinates, a few times that at peak)
 DIST_TOL = 1e-3  # certified relative distance of every returned solution to its optimum
 
 
@@ -55,7 +56,9 @@ def batched_solver(
     """X (N, D), Y (N, P) +-1, mask (N, P) rows of each problem, costs (P,) -> W (D, P), b (P,).
 
     Every problem is solved until its certified relative distance to the optimum is below tol: in `dtype` first,
-    then, for the problems whose certificate computed in float64 is still above, in float64 from that solution."""
+    then, for the problems whose certificate computed in float64 is still above, in float64 from that solution
+    (to tol / 4 in its own coordinates, which Newton's quadratic convergence makes cheap: a margin for the
+    certificate, recomputed in the original ones)."""
     device = device or torch.device("cpu")
     W, b = _solve(X, Y, mask, costs, device, dtype, tol, max_newton)
     bound = relative_distance_bound(X, Y, mask, costs, W, b)
@@ -63,7 +66,7 @@ def batched_solver(
     if redo.size and dtype != torch.float64:
         start = np.vstack([W[:, redo], b[None, redo]])
         W[:, redo], b[redo] = _solve(
-            X, Y[:, redo], mask[:, redo], costs[redo], device, torch.float64, tol, max_newton, start
+            X, Y[:, redo], mask[:, redo], costs[redo], device, torch.float64, tol / 4, max_newton, start
         )
         bound[redo] = relative_distance_bound(X, Y[:, redo], mask[:, redo], costs[redo], W[:, redo], b[redo])
     if (bound > tol).any():

@@ -22,7 +22,8 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
 class Res5ROIHeadsExtraNorm(Res5ROIHeads):
     """The C4 box head with one more normalisation layer (the backbone's norm type) after the res5 stage."""
 
-    def _build_res5_block(self, cfg):
+    @classmethod
+    def _build_res5_block(cls, cfg):
         stage, out_channels = super()._build_res5_block(cfg)
         stage.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, out_channels))
         return stage, out_channels

@@ -1,5 +1,7 @@
 # mmdetection 3.x: Pascal VOC 07+12, Faster R-CNN R50-C4, 24k iterations, multi-scale training (the seed page's
 # VOC row, mmselfsup's benchmarks/mmdetection/voc0712 protocol after MoCo). Weights: export_weights.py --format mmdet.
+# Departure: MoCo's extra normalisation after res5 (mmselfsup's ResLayerExtraNorm, not part of mmdetection) is not
+# added here; the detectron2 config in this folder has it.
 _base_ = "mmdet::pascal_voc/faster-rcnn_r50-caffe-c4_ms-18k_voc0712.py"
 
 norm_cfg = dict(type="SyncBN", requires_grad=True)
@@ -12,7 +14,16 @@ model = dict(
         norm_eval=False,
         init_cfg=dict(type="Pretrained", checkpoint="backbone_mmdet.pth"),
     ),
-    roi_head=dict(shared_head=dict(style="pytorch", norm_cfg=norm_cfg, norm_eval=False)),
+    # In C4 the res5 stage lives in the RoI head: it must start from the exported weights too (the base config
+    # would load supervised ImageNet ones there); its keys are the backbone's layer4.* keys.
+    roi_head=dict(
+        shared_head=dict(
+            style="pytorch",
+            norm_cfg=norm_cfg,
+            norm_eval=False,
+            init_cfg=dict(type="Pretrained", checkpoint="backbone_mmdet.pth"),
+        )
+    ),
 )
 train_cfg = dict(type="IterBasedTrainLoop", max_iters=24000, val_interval=2000)
 param_scheduler = [
