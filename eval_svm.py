@@ -52,7 +52,8 @@ DEPARTURES = """protocol (Goyal et al. 2019 / mmselfsup VOC07 SVM), with the cho
              the same problems as the published liblinear, a different optimiser. Guarantee: every solution u is
              within a relative distance 1e-3 of its optimum (|u - u*| <= 1e-3 |u|, certified in float64 by
              |grad P(u)| / |u|; problems float32 leaves above it continue in float64; any still above are named in
-             a warning); on CIFAR-10 features the mAP equals liblinear's within 0.01 at 10-20x its speed (README,
+             a warning); on CIFAR-10 features the mAP equals liblinear's (to 0.01) at 15-19x its speed for the full
+             protocol and 8.6-9.8x for the low-shot one (README,
              Measured here); --solver liblinear is scikit-learn's LinearSVC with the protocol's settings (the
              reference implementation).
   cache      OUTPUT_DIR/features is keyed by the sha256 of the weights and the flags that change the features;

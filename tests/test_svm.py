@@ -398,3 +398,25 @@ def test_cross_validation_ap_is_sklearns_non_interpolated_ap():
     labels = np.array([1, -1, -1, 1, 1])  # difficult (0) never reaches CV: training labels are +-1 there
     assert cross_validation_ap(scores, labels) == pytest.approx(average_precision_score(labels > 0, scores))
     assert cross_validation_ap(scores, labels) < voc_ap(scores, labels)  # the envelope is higher here
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cross_validation_ap_equals_sklearn_with_ties(seed):
+    from util.svm import cross_validation_ap
+
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.normal(size=300), 1)  # many tied scores
+    labels = np.where(rng.random(300) < 0.2, 1, -1)
+    assert cross_validation_ap(scores, labels) == pytest.approx(average_precision_score(labels > 0, scores), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_voc_ap_of_every_column_equals_voc_ap_one_by_one(seed):
+    from util.svm import voc_ap_columns
+
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.normal(size=(200, 7)), 1)  # ties
+    labels = rng.choice([-1, 0, 1], p=[0.7, 0.1, 0.2], size=(200, 7))  # with difficult images
+    labels[:, 6] = -1  # no positive: NaN
+    expected = [voc_ap(scores[:, p], labels[:, p]) for p in range(7)]
+    np.testing.assert_allclose(voc_ap_columns(scores, labels), expected, rtol=1e-12, equal_nan=True)

@@ -29,6 +29,7 @@ one group holding every row, and each problem weighs only its own rows.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import numpy as np
@@ -66,7 +67,7 @@ def batched_solver(
     if redo.size and dtype != torch.float64:
         start = np.vstack([W[:, redo], b[None, redo]])
         W[:, redo], b[redo] = _solve(
-            X, Y[:, redo], mask[:, redo], costs[redo], device, torch.float64, tol / 4, max_newton, start
+            X, Y[:, redo], mask[:, redo], costs[redo], device, torch.float64, tol / 4, max_newton, start, mask.any(1)
         )
         bound[redo] = relative_distance_bound(X, Y[:, redo], mask[:, redo], costs[redo], W[:, redo], b[redo])
     if (bound > tol).any():
@@ -99,38 +100,67 @@ def relative_distance_bound(
 
 
 def _solve(
-    X, Y, mask, costs, device: torch.device, dtype: torch.dtype, tol: float, max_newton: int, start=None
+    X,
+    Y,
+    mask,
+    costs,
+    device: torch.device,
+    dtype: torch.dtype,
+    tol: float,
+    max_newton: int,
+    start=None,
+    shared_rows=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The Newton solve of every problem in the given precision, from `start` ((D + 1, P), bias last) or zero:
-    W (D, P), b (P,) in float64."""
-    x = torch.as_tensor(X, dtype=dtype, device=device)
-    x = torch.cat([x, torch.ones(len(x), 1, dtype=dtype, device=device)], 1)  # the bias as a regularised feature
+    W (D, P), b (P,) in float64. `shared_rows` (N,) bool: when the problems share one group, its rows are these
+    (a superset of theirs, exact since each problem weighs only its own rows), so that the float64 finish of a few
+    problems reuses the coordinates of the run that solved them all."""
+    x = torch.as_tensor(X, dtype=torch.float64, device=device)  # principal coordinates come from float64 data
+    x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=device)], 1)  # the bias as a regularised feature
     out = np.zeros((x.shape[1], Y.shape[1])) if start is None else np.array(start, dtype=np.float64)
     groups = plan_groups(mask, x.shape[1])
+    if shared_rows is not None and len(groups) == 1:
+        groups = [(np.flatnonzero(shared_rows), groups[0][1])]
     per_chunk = max(1, GROUP_ELEMENTS // (max(len(r) for r, _ in groups) * x.shape[1]))
     for first in range(0, len(groups), per_chunk):
         chunk = groups[first : first + per_chunk]
-        w = _solve_groups(x, Y, mask, costs, chunk, out, tol, max_newton)  # (G, D + 1, p)
+        w = _solve_groups(x, Y, mask, costs, chunk, out, dtype, tol, max_newton)  # (G, D + 1, p)
         for g, (_, columns) in enumerate(chunk):
             out[:, columns] = w[g, :, : len(columns)]
     return out[:-1], out[-1]
 
 
-def _solve_groups(x: torch.Tensor, Y, mask, costs, groups, start, tol: float, max_newton: int) -> np.ndarray:
+def _solve_groups(
+    x: torch.Tensor, Y, mask, costs, groups, start, dtype: torch.dtype, tol: float, max_newton: int
+) -> np.ndarray:
     """The problems of the given groups, padded into (G, rows, problems) tensors and started from their columns of
-    `start` (D + 1, P); w (G, D + 1, p) in float64."""
+    `start` (D + 1, P); solved in `dtype`; w (G, D + 1, p) in float64."""
     rows, cols = _padded([r for r, _ in groups]), _padded([c for _, c in groups])  # (G, n), (G, p); -1 pads
     at = np.maximum(rows, 0)[:, :, None], np.maximum(cols, 0)[:, None, :]
     in_problem = mask[at] & (rows >= 0)[:, :, None] & (cols >= 0)[:, None, :]
     weights = in_problem * np.where(Y[at] > 0, POSITIVE_WEIGHT, 1.0)  # 0 outside the problem
     costs = np.where(cols >= 0, costs[at[1][:, 0]], 0.0)[:, None, :]  # a padding problem has cost 0: w = 0
     w0 = start[:, at[1][:, 0]].transpose(1, 0, 2) * (cols >= 0)[:, None, :]  # (G, D + 1, p)
-    y, s, c, w0 = (torch.as_tensor(a, dtype=x.dtype, device=x.device) for a in (Y[at], weights, costs, w0))
+    y, s, c = (torch.as_tensor(a, dtype=dtype, device=x.device) for a in (Y[at], weights, costs))
     valid = torch.as_tensor(rows >= 0, device=x.device)[:, :, None]
-    z, basis = principal_coordinates(x[torch.as_tensor(at[0][:, :, 0], device=x.device)] * valid)
-    w0 = (basis.transpose(1, 2) @ w0.double()).to(x.dtype)  # the basis is orthonormal: a projection
-    w = newton_cg(z.to(x.dtype), y, s, c, tol, max_newton, w0)
+    z, basis = cached_principal_coordinates(x[torch.as_tensor(at[0][:, :, 0], device=x.device)] * valid)
+    w0 = (basis.transpose(1, 2) @ torch.as_tensor(w0, device=x.device)).to(dtype)  # orthonormal basis: a projection
+    w = newton_cg(z.to(dtype), y, s, c, tol, max_newton, w0)
     return (basis @ w.double()).cpu().numpy()
+
+
+_LAST_COORDINATES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def cached_principal_coordinates(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """principal_coordinates(x), remembered for the last x seen (by content): a protocol solves the same rows
+    several times (cross-validation, the final fit, the float64 finish, the low-shot k whose samples cover every
+    row), and the float64 eigendecomposition is the costliest step there."""
+    key = (x.shape, x.device.type, hashlib.blake2b(x.cpu().numpy().tobytes(), digest_size=16).hexdigest())
+    if key not in _LAST_COORDINATES:
+        _LAST_COORDINATES.clear()
+        _LAST_COORDINATES[key] = principal_coordinates(x)
+    return _LAST_COORDINATES[key]
 
 
 def plan_groups(mask: np.ndarray, dims: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -155,8 +185,8 @@ def _padded(lists: list[np.ndarray]) -> np.ndarray:
 
 
 def principal_coordinates(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (G, n, d) -> z (G, n, r) in x's precision with orthogonal columns, and the float64 basis (G, d, r) with
-    z = x @ basis, r = min(n, d).
+    """x (G, n, d) -> z (G, n, r) with orthogonal columns and the basis (G, d, r) with z = x @ basis, r = min(n, d),
+    both in float64.
 
     From the smaller of the two Gram matrices, always in float64: in float32 the eigenvectors of small-variance
     directions are not orthogonal to working precision, which distorts the problem (measured on 2048-d features:
