@@ -28,7 +28,7 @@ from util.args import (
 )
 from util.augment import augment_preset
 from util.checkpoint import load_checkpoint, save_checkpoint
-from util.data import ImageSource, build_source
+from util.data import ImageSource, build_source, evaluation_split
 from util.errors import UserError, script_entry
 from util.feature_streams import CachedFeatures, LiveFeatures
 from util.knn import knn_predict, l2n
@@ -36,7 +36,7 @@ from util.logging import interactive, provenance
 from util.metrics import topk_accuracy
 from util.pretrained import load_backbone, networks_to_evaluate, resolve_arch, weights_identities
 from util.probes import TAP_NAMES, AvgPoolHead, MultiHead, build_tap_pooling
-from util.results import protocol_notes, publish
+from util.results import protocol_notes, publish, row_identity
 from util.runtime import start_run
 from util.tracking import Tracker, init_tracker
 
@@ -222,16 +222,9 @@ def eval_sources(args: argparse.Namespace) -> tuple[ImageSource, ImageSource]:
     spec = augment_preset("linear", args.image_size)  # mmselfsup's multi-head training view
     cache = Path(args.data_cache)
     train = build_source(args.data, "train", args.image_size, spec, args.subset, args.in_memory, args.workers, cache)
-    val_split = "test" if args.data == "cifar10" else _val_split(Path(args.data))
+    val_split = evaluation_split(args.data)
     val = build_source(args.data, val_split, args.image_size, spec, None, args.in_memory, args.workers, cache)
     return train, val
-
-
-def _val_split(root: Path) -> str:
-    for split in ("val", "test"):
-        if (root / split).is_dir():
-            return split
-    raise UserError(f"{root} needs train/ and val/ (or test/) sub-folders for evaluation")
 
 
 def make_stream(args: argparse.Namespace, weights: str, train: ImageSource, val: ImageSource, device: torch.device):
@@ -380,9 +373,9 @@ def report(args: argparse.Namespace, results: dict, weights: dict, output_dir: P
     for model, prefix in (("pretrained", ""), ("random_init", "random_init_")):
         if model not in weights:
             continue
-        label = f"pretrained ({Path(args.pretrained).name})" if model == "pretrained" else "random init"
-        identity = f"sha256:{weights[model]['sha256'][:12]}"
-        rows.append([label, identity, config, *[results.get(prefix + key) for key in keys]])
+        rows.append(
+            [*row_identity(model, args.pretrained, weights), config, *[results.get(prefix + key) for key in keys]]
+        )
     meta = {
         "arch": args.arch,
         "sobel": args.sobel,

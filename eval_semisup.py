@@ -39,12 +39,12 @@ from util.args import (
 )
 from util.augment import augment_preset
 from util.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from util.data import build_source, default_cache_dir, list_images, make_source, resolve_split
+from util.data import build_source, default_cache_dir, evaluation_split, list_images, make_source, resolve_split
 from util.errors import UserError, script_entry
 from util.logging import provenance
 from util.metrics import topk_accuracy
 from util.pretrained import load_backbone, networks_to_evaluate, resolve_arch, weights_identities
-from util.results import protocol_notes, publish
+from util.results import protocol_notes, publish, row_identity
 from util.runtime import start_run
 from util.semisup import PRESETS, percent_subset, preset_regime, read_subset_file, subset_listing
 from util.tracking import init_tracker
@@ -157,7 +157,7 @@ def main(args: argparse.Namespace) -> None:
     percent = args.percent if args.percent is not None else 100 * len(chosen) / len(images)
     spec = augment_preset("paper", args.image_size)  # RandomResizedCrop + flip
     train = make_source(images.subset(chosen), args.image_size, spec, args.in_memory, args.workers)
-    val_split = "test" if cifar else _val_split(Path(args.data))
+    val_split = evaluation_split(args.data)
     val = build_source(args.data, val_split, args.image_size, spec, None, args.in_memory, args.workers, cache)
     if val.images.classes != images.classes:
         raise UserError(f"train and {val_split} class folders differ: fix --data")
@@ -213,13 +213,6 @@ def main(args: argparse.Namespace) -> None:
         report(args, hp, results, weights, len(chosen), percent, output_dir, tracker)
     tracker.finish()
     dist_util.cleanup()
-
-
-def _val_split(root: Path) -> str:
-    for split in ("val", "test"):
-        if (root / split).is_dir():
-            return split
-    raise UserError(f"{root} needs train/ and val/ (or test/) sub-folders for evaluation")
 
 
 def load_state(state_path: Path) -> dict:
@@ -357,10 +350,9 @@ def report(args, hp: dict, results: dict, weights: dict, labelled: int, percent:
     for model, prefix in (("pretrained", ""), ("random_init", "random_init_")):
         if model not in weights:
             continue
-        label = f"pretrained ({Path(args.pretrained).name})" if model == "pretrained" else "random init"
-        identity = f"sha256:{weights[model]['sha256'][:12]}"
         config = f"{args.arch}{'+sobel' if args.sobel else ''}"
-        rows.append([label, identity, config, fine_tuned, results.get(prefix + "top1"), results.get(prefix + "top5")])
+        scores = [results.get(prefix + "top1"), results.get(prefix + "top5")]
+        rows.append([*row_identity(model, args.pretrained, weights), config, fine_tuned, *scores])
     meta = {
         "arch": args.arch,
         "sobel": args.sobel,

@@ -27,7 +27,7 @@ from util.feature_streams import probe_inputs
 from util.logging import provenance
 from util.pretrained import load_backbone, networks_to_evaluate, resolve_arch, weights_identities
 from util.probes import TAP_NAMES, build_tap_pooling
-from util.results import protocol_notes, publish
+from util.results import protocol_notes, publish, row_identity
 from util.runtime import start_run
 from util.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, l2_normalize_features, lowshot_protocol
 from util.tracking import Tracker, init_tracker
@@ -249,8 +249,7 @@ def report(args, results: dict, weights: dict, output_dir: Path, tracker: Tracke
     rows = []
     for model, prefix in (("pretrained", ""), ("random_init", "random_init_")):
         if model in weights and prefix + "best_layer" in results:
-            label = f"pretrained ({Path(args.pretrained).name})" if model == "pretrained" else "random init"
-            row = [label, f"sha256:{weights[model]['sha256'][:12]}", config, results[prefix + "best_layer"]]
+            row = [*row_identity(model, args.pretrained, weights), config, results[prefix + "best_layer"]]
             rows.append(
                 row + [results.get(prefix + "best_map")] + [results.get(f"{prefix}lowshot_k{k}_map") for k in ks]
             )

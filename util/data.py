@@ -112,6 +112,16 @@ def list_images(root: Path) -> ImageList:
     )
 
 
+def evaluation_split(data: str) -> str:
+    """The split an evaluation reports on: cifar10's test split, else the folder's val/ (or test/)."""
+    if data == "cifar10":
+        return "test"
+    for split in ("val", "test"):
+        if (Path(data) / split).is_dir():
+            return split
+    raise UserError(f"{data} needs train/ and val/ (or test/) sub-folders for evaluation")
+
+
 def subset_indices(num_images: int, subset: int | None) -> np.ndarray:
     """The first `subset` of a fixed random permutation (seed 0, whatever --seed), in dataset order."""
     if not subset or subset >= num_images:

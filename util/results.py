@@ -24,6 +24,12 @@ def protocol_notes(departures: str) -> list[str]:
     return [" ".join(note.split()) for note in notes]
 
 
+def row_identity(model: str, pretrained: str, weights: dict) -> list[str]:
+    """The first two cells of every results row: which network, and the content hash of its weights."""
+    label = f"pretrained ({Path(pretrained).name})" if model == "pretrained" else "random init"
+    return [label, f"sha256:{weights[model]['sha256'][:12]}"]
+
+
 def format_table(columns: list[str], rows: list[list]) -> str:
     """A plain-text table; floats with two decimals, missing values as '-'."""
     cells = [columns] + [
