@@ -115,6 +115,20 @@ def test_certificate_bounds_the_distance_to_the_optimum():
         assert (bound >= truth - slack).all()
 
 
+def test_certificate_of_problems_on_different_rows_equals_the_reference():
+    """The certificate is computed row set by row set; every problem's must equal its own computation."""
+    x, labels = blobs(num=150, dim=30)
+    rng = np.random.default_rng(2)
+    y = np.where(labels[:, rng.integers(0, labels.shape[1], 12)] == 1, 1.0, -1.0)
+    mask = np.zeros_like(y, dtype=bool)
+    for p in range(12):  # row sets shared by some problems, of different sizes, one empty of a class
+        mask[rng.choice(150, 20 + 10 * (p // 3), replace=False), p] = True
+    mask[:, 11] = mask[:, 3]
+    costs, W, b = rng.uniform(0.01, 10, 12), rng.normal(size=(30, 12)), rng.normal(size=12)
+    bound = newton_svm.relative_distance_bound(x, y, mask, costs, W, b)
+    np.testing.assert_allclose(bound, distance_bound_reference(x, y, mask, costs, W, b), rtol=1e-9)
+
+
 def test_tiny_costs_are_solved_not_left_at_zero():
     """At C = 2^-19 the objective barely depends on w; the certificate still demands the optimum's direction, the
     one every ranking (AP) depends on: near w* = 2 C sum_i s_i y_i x_i (the first Newton step from zero)."""
@@ -214,9 +228,13 @@ def test_small_row_sets_get_their_own_coordinates_with_the_same_solutions(monkey
         mask[row_sets[p // 2], p] = True
     y = y_all[:, [0, 0, 1, 1, 2, 2]]
     costs = np.array([0.1, 10.0] * 3)
-    assert len(newton_svm.plan_groups(mask, 401)) == 3  # one group per row set
-    assert len(newton_svm.plan_groups(mask, 41)) == 1  # row sets not small against the dimension: shared rows
-    assert len(newton_svm.plan_groups(np.ones((300, 6), dtype=bool), 401)) == 1
+    groups, own = newton_svm.plan_groups(mask, 401)
+    assert len(groups) == 3 and own  # one group per row set, each in its own coordinates
+    groups, own = newton_svm.plan_groups(mask, 41)  # row sets not small against the dimension: the union's rows
+    assert len(groups) == 1 and not own and (groups[0][0] == np.flatnonzero(mask.any(1))).all()
+    assert len(newton_svm.plan_groups(np.ones((300, 6), dtype=bool), 401)[0]) == 1
+    shared = np.ones(300, dtype=bool)  # the float64 finish of a shared run: the run's rows, whatever the problems'
+    assert (newton_svm.plan_groups(mask, 401, shared)[0][0][0] == np.arange(300)).all()
     W, b = newton_svm.batched_solver(x, y, mask, costs)
     for p in range(6):  # each problem alone
         Wp, bp = newton_svm.batched_solver(x, y[:, [p]], mask[:, [p]], costs[[p]])
@@ -227,6 +245,36 @@ def test_small_row_sets_get_their_own_coordinates_with_the_same_solutions(monkey
     monkeypatch.setattr(newton_svm, "GROUP_ELEMENTS", 1)  # one group at a time: the same solutions
     W1, b1 = newton_svm.batched_solver(x, y, mask, costs)
     assert_same_optimum(svm_objective(x, y, mask, costs, W1, b1), svm_objective(x, y, mask, costs, W, b))
+
+
+def test_float64_finish_of_small_row_sets_stays_in_their_own_coordinates(monkeypatch):
+    """A problem of a run whose row sets had their own coordinates is finished in its own (small) row space, not in
+    that of every row (which costs an eigendecomposition of the union)."""
+    x, labels = blobs(num=300, dim=400)
+    rng = np.random.default_rng(1)
+    mask = np.zeros((300, 4), dtype=bool)
+    for p in range(4):
+        mask[rng.choice(300, 40, replace=False), p] = True
+    y, costs = np.where(labels[:, :4] == 1, 1.0, -1.0), np.array([0.1, 1.0, 10.0, 100.0])
+    solve, sizes = newton_svm._solve, {}
+    coordinates = newton_svm.principal_coordinates
+
+    def float32_off_for_one(X, Y, mask, costs, device, dtype, *args):
+        W, b = solve(X, Y, mask, costs, device, dtype, *args)
+        if dtype == torch.float32:
+            W[:, 2] += 1.0  # far from the optimum: this one is finished in float64
+        return W, b
+
+    def recording(x):
+        sizes[len(sizes)] = tuple(x.shape)
+        return coordinates(x)
+
+    monkeypatch.setattr(newton_svm, "_solve", float32_off_for_one)
+    monkeypatch.setattr(newton_svm, "principal_coordinates", recording)
+    monkeypatch.setattr(newton_svm, "_LAST_COORDINATES", {})  # nothing cached by an earlier test
+    W, b = newton_svm.batched_solver(x, y, mask, costs)
+    assert list(sizes.values()) == [(4, 40, 401), (1, 40, 401)]  # the run, then the finish of problem 2 alone
+    assert (distance_bound_reference(x, y, mask, costs, W, b) <= newton_svm.DIST_TOL).all()
 
 
 def test_full_protocol_both_solvers_agree():

@@ -58,16 +58,17 @@ def batched_solver(
 
     Every problem is solved until its certified relative distance to the optimum is below tol: in `dtype` first,
     then, for the problems whose certificate computed in float64 is still above, in float64 from that solution
-    (to tol / 4 in its own coordinates, which Newton's quadratic convergence makes cheap: a margin for the
-    certificate, recomputed in the original ones)."""
+    (to tol / 4, which Newton's quadratic convergence makes cheap: a margin for the certificate, recomputed in the
+    original coordinates), in the coordinates of the first run where those were shared."""
     device = device or torch.device("cpu")
     W, b = _solve(X, Y, mask, costs, device, dtype, tol, max_newton)
     bound = relative_distance_bound(X, Y, mask, costs, W, b)
     redo = np.flatnonzero(bound > tol)
     if redo.size and dtype != torch.float64:
         start = np.vstack([W[:, redo], b[None, redo]])
+        shared = None if plan_groups(mask, X.shape[1] + 1)[1] else mask.any(1)
         W[:, redo], b[redo] = _solve(
-            X, Y[:, redo], mask[:, redo], costs[redo], device, torch.float64, tol / 4, max_newton, start, mask.any(1)
+            X, Y[:, redo], mask[:, redo], costs[redo], device, torch.float64, tol / 4, max_newton, start, shared
         )
         bound[redo] = relative_distance_bound(X, Y[:, redo], mask[:, redo], costs[redo], W[:, redo], b[redo])
     if (bound > tol).any():
@@ -83,11 +84,16 @@ def batched_solver(
 def objective_gradient(
     X: np.ndarray, Y: np.ndarray, mask: np.ndarray, costs: np.ndarray, W: np.ndarray, b: np.ndarray
 ) -> np.ndarray:
-    """grad P(u) (D + 1, P) in float64, u = (w, b), P(u) = 1/2 |u|^2 + sum_i C s_i max(0, 1 - y_i (w . x_i + b))^2."""
+    """grad P(u) (D + 1, P) in float64, u = (w, b), P(u) = 1/2 |u|^2 + sum_i C s_i max(0, 1 - y_i (w . x_i + b))^2,
+    computed on the rows of each problem only (problems with the same rows together)."""
     X = np.asarray(X, dtype=np.float64)
-    c_i = costs[None, :] * np.where(Y > 0, POSITIVE_WEIGHT, 1.0) * mask  # (N, P); 0 outside the problem
-    pull = 2 * c_i * np.maximum(0.0, 1.0 - Y * (X @ W + b)) * Y
-    return np.vstack([W - X.T @ pull, b - pull.sum(0)])
+    out = np.empty((X.shape[1] + 1, Y.shape[1]))
+    for rows, cols in row_sets(mask):
+        x, y = X[rows], Y[np.ix_(rows, cols)]
+        c_i = costs[cols] * np.where(y > 0, POSITIVE_WEIGHT, 1.0)
+        pull = 2 * c_i * np.maximum(0.0, 1.0 - y * (x @ W[:, cols] + b[cols])) * y
+        out[:-1, cols], out[-1, cols] = W[:, cols] - x.T @ pull, b[cols] - pull.sum(0)
+    return out
 
 
 def relative_distance_bound(
@@ -112,39 +118,44 @@ def _solve(
     shared_rows=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The Newton solve of every problem in the given precision, from `start` ((D + 1, P), bias last) or zero:
-    W (D, P), b (P,) in float64. `shared_rows` (N,) bool: when the problems share one group, its rows are these
-    (a superset of theirs, exact since each problem weighs only its own rows), so that the float64 finish of a few
-    problems reuses the coordinates of the run that solved them all."""
+    W (D, P), b (P,) in float64. `shared_rows` (N,) bool: the problems use the principal coordinates of these rows
+    (a superset of theirs), so that the float64 finish of a few problems reuses those of the run that solved them
+    all; None: as plan_groups decides."""
     x = torch.as_tensor(X, dtype=torch.float64, device=device)  # principal coordinates come from float64 data
     x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=device)], 1)  # the bias as a regularised feature
     out = np.zeros((x.shape[1], Y.shape[1])) if start is None else np.array(start, dtype=np.float64)
-    groups = plan_groups(mask, x.shape[1])
-    if shared_rows is not None and len(groups) == 1:
-        groups = [(np.flatnonzero(shared_rows), groups[0][1])]
+    groups, own = plan_groups(mask, x.shape[1], shared_rows)
+    if not own:  # one group, in the (cached) coordinates of its rows
+        ((rows, columns),) = groups
+        z, basis = cached_principal_coordinates(x[torch.as_tensor(rows, device=device)][None])
+        out[:, columns] = _solve_groups(z, basis, Y, mask, costs, groups, rows[None], out, dtype, tol, max_newton)[0]
+        return out[:-1], out[-1]
     per_chunk = max(1, GROUP_ELEMENTS // (max(len(r) for r, _ in groups) * x.shape[1]))
     for first in range(0, len(groups), per_chunk):
         chunk = groups[first : first + per_chunk]
-        w = _solve_groups(x, Y, mask, costs, chunk, out, dtype, tol, max_newton)  # (G, D + 1, p)
+        rows = _padded([r for r, _ in chunk])  # (G, n); -1 pads
+        valid = torch.as_tensor(rows >= 0, device=device)[:, :, None]
+        z, basis = principal_coordinates(x[torch.as_tensor(np.maximum(rows, 0), device=device)] * valid)
+        w = _solve_groups(z, basis, Y, mask, costs, chunk, rows, out, dtype, tol, max_newton)
         for g, (_, columns) in enumerate(chunk):
             out[:, columns] = w[g, :, : len(columns)]
     return out[:-1], out[-1]
 
 
 def _solve_groups(
-    x: torch.Tensor, Y, mask, costs, groups, start, dtype: torch.dtype, tol: float, max_newton: int
+    z: torch.Tensor, basis: torch.Tensor, Y, mask, costs, groups, rows, start, dtype: torch.dtype, tol, max_newton
 ) -> np.ndarray:
     """The problems of the given groups, padded into (G, rows, problems) tensors and started from their columns of
-    `start` (D + 1, P); solved in `dtype`; w (G, D + 1, p) in float64."""
-    rows, cols = _padded([r for r, _ in groups]), _padded([c for _, c in groups])  # (G, n), (G, p); -1 pads
+    `start` (D + 1, P); z (G, n, r) their rows' coordinates, x = z @ basis^T with basis (G or 1, D + 1, r)
+    orthonormal; solved in `dtype`; w (G, D + 1, p) in float64."""
+    cols = _padded([c for _, c in groups])  # (G, p); -1 pads
     at = np.maximum(rows, 0)[:, :, None], np.maximum(cols, 0)[:, None, :]
     in_problem = mask[at] & (rows >= 0)[:, :, None] & (cols >= 0)[:, None, :]
     weights = in_problem * np.where(Y[at] > 0, POSITIVE_WEIGHT, 1.0)  # 0 outside the problem
     costs = np.where(cols >= 0, costs[at[1][:, 0]], 0.0)[:, None, :]  # a padding problem has cost 0: w = 0
     w0 = start[:, at[1][:, 0]].transpose(1, 0, 2) * (cols >= 0)[:, None, :]  # (G, D + 1, p)
-    y, s, c = (torch.as_tensor(a, dtype=dtype, device=x.device) for a in (Y[at], weights, costs))
-    valid = torch.as_tensor(rows >= 0, device=x.device)[:, :, None]
-    z, basis = cached_principal_coordinates(x[torch.as_tensor(at[0][:, :, 0], device=x.device)] * valid)
-    w0 = (basis.transpose(1, 2) @ torch.as_tensor(w0, device=x.device)).to(dtype)  # orthonormal basis: a projection
+    y, s, c = (torch.as_tensor(a, dtype=dtype, device=z.device) for a in (Y[at], weights, costs))
+    w0 = (basis.transpose(1, 2) @ torch.as_tensor(w0, device=z.device)).to(dtype)  # onto the span: exact
     w = newton_cg(z.to(dtype), y, s, c, tol, max_newton, w0)
     return (basis @ w.double()).cpu().numpy()
 
@@ -163,17 +174,28 @@ def cached_principal_coordinates(x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return _LAST_COORDINATES[key]
 
 
-def plan_groups(mask: np.ndarray, dims: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(rows, problem columns) per group: one group per distinct row set when those are all small (also against
-    the dimension `dims`, as each is then solved in its own row space), else one group of every row used by any
-    problem."""
+def row_sets(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(rows, problem columns) for every distinct row set of the mask (N, P), in order of first appearance."""
     by_rows: dict[bytes, list[int]] = {}
     for p in range(mask.shape[1]):
         by_rows.setdefault(np.packbits(mask[:, p]).tobytes(), []).append(p)
-    groups = [(np.flatnonzero(mask[:, cols[0]]), np.asarray(cols)) for cols in by_rows.values()]
-    if len(groups) > 1 and max(len(rows) for rows, _ in groups) <= min(SMALL_GROUP_ROWS, dims // 2):
-        return groups
-    return [(np.flatnonzero(mask.any(1)), np.arange(mask.shape[1]))]
+    return [(np.flatnonzero(mask[:, cols[0]]), np.asarray(cols)) for cols in by_rows.values()]
+
+
+def plan_groups(
+    mask: np.ndarray, dims: int, shared_rows: np.ndarray | None = None
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
+    """The groups, (rows, problem columns) each, and whether each group gets its own principal coordinates: one
+    group per distinct row set when those are all small (also against the dimension `dims`, as each is then
+    solved in its own row space) and no `shared_rows` are imposed; otherwise one group of every row of the union
+    of the problems' rows (or of `shared_rows`), in its principal coordinates, each problem weighing only its own
+    rows. (Groups of a few problems each on their own rows but in the union's coordinates were measured 2-4x
+    slower: products with the coordinates of many few-column groups are bound by memory, not arithmetic.)"""
+    groups = row_sets(mask)
+    if shared_rows is None and len(groups) > 1 and max(len(r) for r, _ in groups) <= min(SMALL_GROUP_ROWS, dims // 2):
+        return groups, True
+    union = mask.any(1) if shared_rows is None else shared_rows
+    return [(np.flatnonzero(union), np.arange(mask.shape[1]))], False
 
 
 def _padded(lists: list[np.ndarray]) -> np.ndarray:

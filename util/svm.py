@@ -52,15 +52,16 @@ def voc_ap_columns(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """voc_ap of every column at once: scores and labels (N, P) -> (P,). Difficult rows (0) count as neither
     positive nor negative, which leaves the precision at every positive as voc_ap computes it; the all-point AP is
     then the mean over the positives of the precision envelope there."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-    order = np.argsort(-scores, axis=0, kind="stable")
-    hits, misses = (np.take_along_axis(labels, order, 0) > 0), (np.take_along_axis(labels, order, 0) < 0)
-    tp, fp = np.cumsum(hits, 0), np.cumsum(misses, 0)
+    scores, labels = np.asarray(scores, dtype=np.float64).T, np.asarray(labels).T  # a row per column: fast sorts
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranked = np.take_along_axis(labels, order, 1)
+    hits, misses = ranked > 0, ranked < 0
+    tp, fp = np.cumsum(hits, 1), np.cumsum(misses, 1)
     precision = tp / np.maximum(tp + fp, 1)
-    envelope = np.maximum.accumulate(precision[::-1], 0)[::-1]
-    num_pos = hits.sum(0)
+    envelope = np.maximum.accumulate(precision[:, ::-1], 1)[:, ::-1]
+    num_pos = hits.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(num_pos > 0, (envelope * hits).sum(0) / num_pos, np.nan)
+        return np.where(num_pos > 0, (envelope * hits).sum(1) / num_pos, np.nan)
 
 
 def cross_validation_ap(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -206,10 +207,9 @@ def lowshot_protocol(
             for c in range(num_classes)
         }
         rows = np.unique(np.concatenate(list(samples.values())))  # solve on the union of sampled rows only
-        position = {row: i for i, row in enumerate(rows)}
         mask = np.zeros((len(rows), len(grid)), dtype=bool)
         for p, (s, c, _) in enumerate(grid):
-            mask[[position[r] for r in samples[(s, c)]], p] = True
+            mask[np.searchsorted(rows, samples[(s, c)]), p] = True
         Y = np.stack([y_train[rows, c] for _, c, _ in grid], 1)
         W, b = solver(train_x[rows], Y, mask, costs[[j for _, _, j in grid]])
         test_scores = test_x @ W + b
