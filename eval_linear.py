@@ -265,7 +265,7 @@ def train_probe(task, hp, args, stream, num_classes, device, state, state_path, 
     """SGD with step decay; evaluates every epoch; resumable from the state file after any epoch."""
     probe = build_probe(task, stream, num_classes, device)
     trained = probe
-    if dist_util.rank_and_world()[1] > 1:
+    if dist_util.current().distributed:
         if device.type == "cuda":  # the heads' BatchNorm normalises over the global batch, as mmselfsup's SyncBN
             probe = trained = torch.nn.SyncBatchNorm.convert_sync_batchnorm(probe)
         trained = DistributedDataParallel(probe, device_ids=[device.index] if device.type == "cuda" else None)
@@ -290,7 +290,7 @@ def train_probe(task, hp, args, stream, num_classes, device, state, state_path, 
         logger.info("%s epoch %d/%d loss %.4f %s", task.name, epoch, hp["epochs"], loss,
                     " ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("top1")))  # fmt: skip
         tracker.log({"probe/epoch": epoch, **{f"probe/{task.name}/{k}": v for k, v in metrics.items() if k != "epoch"}})
-        if not dist_util.rank_and_world()[0] == 0:
+        if not dist_util.current().is_main:
             continue
         state["current"] = {
             "key": task.key,

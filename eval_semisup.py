@@ -229,9 +229,10 @@ def fine_tune(args, hp, model_name, path, key, train, val, device, state, state_
     for param in backbone.parameters():
         param.requires_grad_(True)
     model = FineTuned(backbone, len(train.images.classes)).to(device)
-    rank, world = dist_util.rank_and_world()
+    info = dist_util.current()
+    rank, world = info.rank, info.world_size
     trained: nn.Module = model
-    if world > 1:
+    if info.distributed:
         if device.type == "cuda":
             model = trained = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -310,7 +311,7 @@ def train_epoch(model: nn.Module, batches, targets: torch.Tensor, optimizer: tor
 def all_finite(loss: torch.Tensor) -> bool:
     """Whether the loss is finite on every rank."""
     bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=dist_util.collective_device())
-    if dist_util.rank_and_world()[1] > 1:
+    if dist_util.current().distributed:
         torch.distributed.all_reduce(bad)
     return bad.item() == 0
 
@@ -318,7 +319,7 @@ def all_finite(loss: torch.Tensor) -> bool:
 def broadcast_buffers(model: nn.Module) -> None:
     """Rank 0's buffers (BatchNorm running statistics) on every rank: without SyncBatchNorm each rank's last
     training step updated its own."""
-    if dist_util.rank_and_world()[1] > 1:
+    if dist_util.current().distributed:
         for buffer in model.buffers():
             moved = buffer.to(dist_util.collective_device())
             torch.distributed.broadcast(moved, 0)
@@ -329,11 +330,12 @@ def broadcast_buffers(model: nn.Module) -> None:
 def evaluate(model: nn.Module, val, device: torch.device) -> tuple[float, float]:
     """Top-1 / top-5 (%) on the whole evaluation split, each rank scoring its shard."""
     model.eval()
-    logits, indices = [], []
-    for images, idx in val.eval_batches(dist_util.shard(np.arange(len(val))), 256, device):
-        logits.append(model(images).float().cpu())
-        indices.append(idx)
-    scores = dist_util.gather_rows_by_index(torch.cat(indices), torch.cat(logits), len(val))
+    (scores,) = dist_util.sharded_map(
+        np.arange(len(val)),
+        lambda shard: val.eval_batches(shard, 256, device),
+        lambda images: [model(images).float()],
+        len(val),
+    )
     top1, top5 = topk_accuracy(scores, torch.from_numpy(val.targets), (1, 5))
     return top1, top5
 

@@ -166,11 +166,11 @@ def cached_features(
         logger.info("using cached %s features in %s", model, folder)
     else:
         extract_to_disk(args, model, weights, {"train": train, "test": test}, layers, device, folder)
-        if dist_util.rank_and_world()[0] == 0:
+        if dist_util.current().is_main:
             text = json.dumps(identity, indent=2)
             atomic_write(meta_path, lambda handle: handle.write(text.encode()))
     dist_util.barrier()
-    if dist_util.rank_and_world()[0] != 0:
+    if not dist_util.current().is_main:
         return {}  # the SVMs run on rank 0
     return {
         split: {layer: np.load(folder / f"{model}-{split}-{layer}.npy") for layer in layers}
@@ -184,19 +184,24 @@ def extract_to_disk(args, model: str, weights: str, splits: dict, layers, device
     backbone = load_backbone(weights, args.arch, args.sobel, device)
     pooling = build_tap_pooling(backbone, args.arch, args.image_size, device)
     taps = [TAP_NAMES.index(layer) for layer in layers]
+
+    def probe_taps(images: torch.Tensor, taps: list[int]) -> list[torch.Tensor]:
+        pooled = probe_inputs(backbone, pooling, images)[0]
+        return [pooled[t] for t in taps]
+
     spec = augment_preset("paper", args.image_size)
     for split, labelled in splits.items():
         start = time.perf_counter()
         source = make_source(labelled.images, args.image_size, spec, args.in_memory, args.workers, square=True)
-        indices, parts = [], []
-        for images, idx in source.eval_batches(dist_util.shard(np.arange(len(source))), args.batch_size, device):
-            pooled = probe_inputs(backbone, pooling, images)[0]
-            indices.append(idx)
-            parts.append([torch.flatten(pooled[t], 1).float().cpu() for t in taps])
-        idx = torch.cat(indices)
-        for i, layer in enumerate(layers):
-            array = dist_util.gather_rows_by_index(idx, torch.cat([p[i] for p in parts]), len(source)).numpy()
-            if dist_util.rank_and_world()[0] == 0:
+        columns = dist_util.sharded_map(
+            np.arange(len(source)),
+            lambda shard, source=source: source.eval_batches(shard, args.batch_size, device),
+            lambda images: [torch.flatten(pooled, 1).float() for pooled in probe_taps(images, taps)],
+            len(source),
+        )
+        for layer, column in zip(layers, columns, strict=True):
+            array = column.numpy()
+            if dist_util.current().is_main:
                 path = folder / f"{model}-{split}-{layer}.npy"
                 atomic_write(path, lambda handle, array=array: np.save(handle, array))
         logger.info(

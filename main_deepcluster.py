@@ -551,29 +551,19 @@ def cluster(
 ) -> ClusteringResult:
     """k-means/PIC on rank 0 and broadcast, or the torch backend in place on every rank's shard."""
     if args.clustering == "kmeans" and args.kmeans_backend == "torch" and info.distributed:
-        shard = features[info.rank :: info.world_size].to(device)
-        local = torch_kmeans(shard, args.k, args.kmeans_iters, seed, distributed=True)
-        gathered = dist_util.all_gather_rows(torch.from_numpy(local.assignments).to(device)).cpu().numpy()
-        # all_gather_rows concatenates the shards in rank order; shard r holds rows r, r + W, r + 2W, ...
-        lengths = [len(range(r, len(features), info.world_size)) for r in range(info.world_size)]
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        assignments = np.empty(len(features), dtype=np.int64)
-        for rank in range(info.world_size):
-            assignments[rank :: info.world_size] = gathered[offsets[rank] : offsets[rank + 1]]
+        rows = torch.from_numpy(dist_util.shard(np.arange(len(features)), info, wrap=False))
+        local = torch_kmeans(features[rows].to(device), args.k, args.kmeans_iters, seed, True, rows, len(features))
+        assignments = dist_util.gather_rows_by_index(rows, torch.from_numpy(local.assignments), len(features))
+        assignments = assignments.numpy()
         sizes = cluster_sizes(assignments, args.k)
-        return ClusteringResult(
-            assignments,
-            args.k,
-            int((sizes == 0).sum()),
-            local.reseeded_clusters,
-            local.objective,
-        )
+        return ClusteringResult(assignments, args.k, int((sizes == 0).sum()), local.reseeded_clusters, local.objective)
     result = None
     if info.is_main:
         on_device = args.kmeans_backend == "torch" or args.clustering == "pic"
         result = run_clustering(
             features.to(device) if on_device else features, args.clustering, args.k, seed, args.kmeans_backend,
             args.kmeans_iters, args.pic_neighbors, args.pic_sigma, args.pic_alpha, args.pic_iters,
+            use_gpu=device.type == "cuda",
         )  # fmt: skip
     return dist_util.broadcast_object(result)
 
@@ -610,7 +600,7 @@ def train_one_epoch(
 ) -> dict:
     """Cross-entropy on the pseudo-labels over the sampled images; returns the averages."""
     model: nn.Module = PseudoLabelNet(backbone, head)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if dist_util.current().distributed:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
     total_loss, num_images = 0.0, 0

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from util.augment import augment_preset
 from util.data import default_cache_dir, list_images, make_source, resolve_split, subset_indices
+from util.dist import sharded_map
 from util.feature_streams import probe_inputs
 from util.pretrained import load_backbone
 from util.probes import TAP_NAMES, build_tap_pooling
@@ -40,12 +41,13 @@ def features(pretrained: str, split: str, num: int, layers: list[str]):
     backbone = load_backbone(pretrained, None, None, device)
     pooling = build_tap_pooling(backbone, "resnet18", 32, device)
     source = make_source(images, 32, augment_preset("paper", 32), True, 2, square=True)
-    out = {layer: [] for layer in layers}
-    for batch, _ in source.eval_batches(np.arange(len(source)), 256, device):
-        pooled = probe_inputs(backbone, pooling, batch)[0]
-        for layer in layers:
-            out[layer].append(torch.flatten(pooled[TAP_NAMES.index(layer)], 1).numpy())
-    return {k: l2_normalize_features(np.concatenate(v)) for k, v in out.items()}, labelled.labels
+    columns = sharded_map(
+        np.arange(len(source)),
+        lambda shard: source.eval_batches(shard, 256, device),
+        lambda batch: [torch.flatten(probe_inputs(backbone, pooling, batch)[0][TAP_NAMES.index(x)], 1) for x in layers],
+        len(source),
+    )
+    return {layer: l2_normalize_features(c.numpy()) for layer, c in zip(layers, columns, strict=True)}, labelled.labels
 
 
 def run_protocol(protocol: str, data: tuple, solver, ks: list[int]) -> tuple[float, float]:

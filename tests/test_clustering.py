@@ -149,3 +149,37 @@ def test_pic_splits_but_never_merges_planted_clusters_and_leaves_no_singletons()
     assert np.bincount(result.assignments).min() >= 2, "singletons join their nearest non-singleton neighbour"
     assert purity(labels, result.assignments) == 1.0
     assert 5 <= result.num_clusters < len(labels) // 4
+
+
+@pytest.mark.parametrize("block_elements", [100, 2**24])  # blocks of 10 x 10 (uneven at 997 rows), or one
+def test_knn_graph_in_blocks_finds_the_true_neighbours(block_elements):
+    """Against a brute-force float64 reference: the nnn returned similarities are the true nnn best, up to float32
+    rounding of the dot products (<= 1e-5 for unit vectors of 16 dims), never the point itself, nearest first."""
+    from util.clustering import knn_graph
+
+    x = torch.nn.functional.normalize(torch.randn(997, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    idx, sq = knn_graph(x, 7, block_elements=block_elements)
+    sims = (x.double() @ x.double().T).fill_diagonal_(-float("inf"))
+    true_best = sims.topk(7, dim=1).values
+    np.testing.assert_allclose(1 - sq.double() / 2, true_best, atol=1e-5)
+    np.testing.assert_allclose(sims.gather(1, idx), true_best, atol=1e-5)  # they are those points
+    assert not (idx == torch.arange(997)[:, None]).any()
+    assert all(len(set(row)) == 7 for row in idx.tolist())
+
+
+def test_pca_fit_in_chunks_equals_the_dense_float64_reference(monkeypatch):
+    """The covariance is accumulated over float64 chunks (bounded memory); against numpy's dense float64 PCA on
+    data with well-separated variances, the whitening matrices agree (up to each column's sign) to 1e-8, far above
+    float64 summation-order effects and far below anything that matters."""
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(3000, 12, generator=gen) * torch.linspace(0.5, 6.0, 12)) @ torch.linalg.qr(
+        torch.randn(12, 12, generator=gen)
+    )[0] + 3.0
+    monkeypatch.setattr(PCAWhitening, "CHUNK_ELEMENTS", 12 * 7)  # chunks of 7 rows, uneven at the end
+    pca = PCAWhitening(5).fit(x)
+    data = x.double().numpy()
+    values, vectors = np.linalg.eigh(np.cov(data, rowvar=False))
+    expected = vectors[:, ::-1][:, :5] / np.sqrt(values[::-1][:5])
+    got = pca.projection.numpy()
+    np.testing.assert_allclose(got * np.sign(got[0] / expected[0]), expected, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(pca.mean.numpy(), data.mean(0), rtol=1e-12)

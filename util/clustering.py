@@ -7,12 +7,14 @@ with k-means (or PIC); the resulting assignments become the pseudo-labels of the
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from util.blas import import_faiss
 from util.errors import UserError
 
 logger = logging.getLogger("deepcluster")
@@ -21,6 +23,8 @@ logger = logging.getLogger("deepcluster")
 # ----------------------------------------------------------------------------------------------- PCA
 class PCAWhitening:
     """PCA to `dim` dimensions with whitening (eigenvalue power -0.5), as faiss.PCAMatrix(d, dim, -0.5)."""
+
+    CHUNK_ELEMENTS = 2**24  # rows of x are converted to float64 this many values at a time (128 MB)
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
@@ -46,13 +50,17 @@ class PCAWhitening:
                 self.dim,
                 in_dim,
             )
-        x64 = x.double()
-        self.mean = x64.mean(0)
-        centered = x64 - self.mean
-        if num >= in_dim:  # covariance (D, D)
-            eigvals, eigvecs = torch.linalg.eigh(centered.T @ centered / (num - 1))  # ascending
+        chunk = max(1, self.CHUNK_ELEMENTS // in_dim)
+        self.mean = sum(x[i : i + chunk].double().sum(0) for i in range(0, num, chunk)) / num
+        if num >= in_dim:  # covariance (D, D), accumulated over centred float64 chunks: never a float64 copy of x
+            covariance = torch.zeros(in_dim, in_dim, dtype=torch.float64, device=x.device)
+            for i in range(0, num, chunk):
+                centered = x[i : i + chunk].double() - self.mean
+                covariance.addmm_(centered.T, centered)
+            eigvals, eigvecs = torch.linalg.eigh(covariance / (num - 1))  # ascending
             eigvals, eigvecs = eigvals.flip(0)[:out_dim], eigvecs.flip(1)[:, :out_dim]
         else:  # fewer samples than dimensions: eigen-decompose the (M, M) Gram matrix instead, far cheaper
+            centered = x.double() - self.mean
             gram_vals, gram_vecs = torch.linalg.eigh(centered @ centered.T / (num - 1))
             eigvals, gram_vecs = gram_vals.flip(0)[:out_dim], gram_vecs.flip(1)[:, :out_dim]
             eigvecs = centered.T @ gram_vecs / (eigvals.clamp_min(1e-30) * (num - 1)).sqrt()
@@ -66,7 +74,8 @@ class PCAWhitening:
         if self.mean is None or self.projection is None:
             raise RuntimeError("PCAWhitening.apply called before fit")
         mean, proj = self.mean.to(x.device), self.projection.to(x.device)
-        return ((x.double() - mean) @ proj).float()
+        chunk = max(1, self.CHUNK_ELEMENTS // x.shape[1])
+        return torch.cat([((x[i : i + chunk].double() - mean) @ proj).float() for i in range(0, max(1, len(x)), chunk)])
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -90,9 +99,10 @@ class ClusteringResult:
 
 
 def pseudo_labels(assignments: np.ndarray) -> tuple[np.ndarray, int]:
-    """Assignments -> labels 0..K'-1 over the non-empty clusters only (DESIGN step 4)."""
-    _, labels = np.unique(assignments, return_inverse=True)
-    return labels.astype(np.int64), int(labels.max()) + 1
+    """Assignments -> labels 0..K'-1 over the non-empty clusters only, in cluster order (DESIGN step 4); O(N + K)."""
+    nonempty = np.bincount(assignments) > 0
+    labels = (np.cumsum(nonempty) - 1)[assignments]
+    return labels.astype(np.int64), int(nonempty.sum())
 
 
 def cluster_sizes(assignments: np.ndarray, num_clusters: int) -> np.ndarray:
@@ -108,8 +118,10 @@ def check_k(num_points: int, k: int) -> None:
 
 
 def faiss_kmeans(x: torch.Tensor, k: int, niter: int, seed: int, use_gpu: bool = False) -> ClusteringResult:
-    """faiss k-means on all points (no subsampling), k-means as in the paper. x: (N, d) float32 on the host."""
-    import faiss
+    """faiss k-means on all points (no subsampling), k-means as in the paper. x: (N, d) float32 (copied to the
+    host: faiss takes numpy arrays). use_gpu: the assignment step on the current CUDA device, which needs faiss-gpu
+    (faiss-cpu, or faiss-gpu without a visible GPU, runs on the CPU and says so once)."""
+    faiss = import_faiss()
 
     x_np = np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
     num, dim = x_np.shape
@@ -119,6 +131,8 @@ def faiss_kmeans(x: torch.Tensor, k: int, niter: int, seed: int, use_gpu: bool =
     clus.seed = int(seed) % (2**31)
     clus.max_points_per_centroid = num + 1  # never subsample (faiss default: 256 points per centroid)
     clus.min_points_per_centroid = 1  # silence the "too few points" warning for small k-means
+    if use_gpu and faiss.get_num_gpus() == 0:
+        _warn_once("k-means runs on the CPU: this faiss has no GPU support (install faiss-gpu) or sees no GPU")
     if use_gpu and faiss.get_num_gpus() > 0:
         res = faiss.StandardGpuResources()
         cfg = faiss.GpuIndexFlatConfig()
@@ -147,9 +161,9 @@ def _assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int) -> tuple[torch
     return torch.cat(assignments), torch.cat(sq_dists)
 
 
-def _all_reduce(tensor: torch.Tensor, distributed: bool) -> torch.Tensor:
+def _all_reduce(tensor: torch.Tensor, distributed: bool, maximum: bool = False) -> torch.Tensor:
     if distributed:
-        dist.all_reduce(tensor)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if maximum else dist.ReduceOp.SUM)
     return tensor
 
 
@@ -159,29 +173,42 @@ def torch_kmeans(
     niter: int,
     seed: int,
     distributed: bool = False,
+    rows: torch.Tensor | None = None,
+    num_total: int | None = None,
     chunk_elements: int = 2**26,
 ) -> ClusteringResult:
-    """Lloyd k-means in torch on x's device. x: (n, d) float32, the local shard when `distributed`.
+    """Lloyd k-means in torch on x's device. x: (n, d) float32, the local shard when `distributed`, whose dataset
+    indices are `rows` (n,) of `num_total` points in all (default: all of them, in order).
 
-    Distributed: centroids are identical on every rank, per-cluster sums and counts are all-reduced, so ranks
-    cluster their shards in place. Empty clusters are re-seeded by splitting the largest cluster (as faiss does).
-    Returns the assignments of the local rows.
+    The result does not depend on how the points are sharded: the initial centroids are the same k dataset
+    indices whatever the shards (drawn from `seed` over num_total), the per-cluster sums are exact (fixed point,
+    see _exact_cluster_sums) and so independent of their order, and counts are integers; each point's
+    assignment then depends only on it and the centroids. Empty clusters are re-seeded by splitting the largest
+    cluster (as faiss does), with the same random draws on every rank. Returns the assignments of the local rows.
     """
     num_local, dim = x.shape
-    num_total = int(_all_reduce(torch.tensor([num_local], device=x.device), distributed).item())
+    rows = torch.arange(num_local) if rows is None else rows.cpu()
+    num_total = num_local if num_total is None else num_total
     check_k(num_total, k)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    centroids = _init_centroids(x, k, gen, distributed)
-    chunk = max(1, chunk_elements // k)
+    chosen = torch.randperm(num_total, generator=gen)[:k]  # dataset indices of the initial centroids
+    position = torch.full((num_total,), -1, dtype=torch.long)
+    position[rows] = torch.arange(num_local)
+    mine = position[chosen] >= 0
+    centroids = torch.zeros(k, dim, device=x.device)
+    centroids[mine.to(x.device)] = x[position[chosen][mine].to(x.device)]
+    _all_reduce(centroids, distributed)  # each row comes from the one rank holding it; the others add zeros
+    largest = _all_reduce(x.abs().max().reshape(1).float(), distributed, maximum=True)
+    scale = _fixed_point_scale(float(largest), num_total)
+    chunk = max(1, chunk_elements // max(k, dim))
     reseeded = 0
     for _ in range(niter):
         assignments, _ = _assign(x, centroids, chunk)
-        sums = torch.zeros(k, dim, device=x.device, dtype=torch.float64).index_add_(0, assignments, x.double())
-        counts = torch.bincount(assignments, minlength=k).double()
-        _all_reduce(sums, distributed)
-        _all_reduce(counts, distributed)
+        sums = _all_reduce(_exact_cluster_sums(x, assignments, k, scale, chunk), distributed)
+        counts = _all_reduce(torch.bincount(assignments, minlength=k), distributed).double()
         nonempty = counts > 0
-        centroids = torch.where(nonempty[:, None], sums / counts.clamp_min(1)[:, None], centroids.double()).float()
+        means = sums.double() / scale / counts.clamp_min(1)[:, None]
+        centroids = torch.where(nonempty[:, None], means, centroids.double()).float()
         reseeded += _split_largest(centroids, counts, gen)
     assignments, sq_dists = _assign(x, centroids, chunk)
     counts = _all_reduce(torch.bincount(assignments, minlength=k), distributed)
@@ -195,18 +222,33 @@ def torch_kmeans(
     )
 
 
-def _init_centroids(x: torch.Tensor, k: int, gen: torch.Generator, distributed: bool) -> torch.Tensor:
-    """k distinct points drawn at random (from every rank's shard when distributed)."""
-    if not distributed:
-        return x[torch.randperm(x.shape[0], generator=gen)[:k].to(x.device)].clone()
-    world = dist.get_world_size()
-    per_rank = -(-k // world)
-    local = x[torch.randperm(x.shape[0], generator=gen)[:per_rank].to(x.device)]
-    if local.shape[0] < per_rank:  # a tiny shard: repeat rows to keep shapes equal for all_gather
-        local = local[torch.arange(per_rank, device=x.device) % max(1, local.shape[0])]
-    gathered = [torch.empty_like(local) for _ in range(world)]
-    dist.all_gather(gathered, local.contiguous())
-    return torch.cat(gathered)[:k].clone()
+def _fixed_point_scale(largest: float, num_total: int) -> float:
+    """A power of two s such that num_total values of magnitude <= largest, each times s and rounded, sum within
+    int64 (below 2^62): the quantum 1 / s is about 2^-42 for unit-norm features at N = 1.28M, far under float32
+    resolution."""
+    if largest <= 0:
+        return 1.0
+    return 2.0 ** (61 - math.ceil(math.log2(largest * num_total)))
+
+
+def _exact_cluster_sums(x: torch.Tensor, assignments: torch.Tensor, k: int, scale: float, chunk: int) -> torch.Tensor:
+    """Per-cluster sums of the rows of x, (k, d) int64 in units of 1 / scale: integer additions are exact and
+    associative, so any split of the rows across ranks or chunks gives the same sums, bit for bit. Computed in
+    row chunks (never a float64 or int64 copy of all of x)."""
+    sums = torch.zeros(k, x.shape[1], dtype=torch.long, device=x.device)
+    for start in range(0, x.shape[0], chunk):
+        fixed = torch.round(x[start : start + chunk].double() * scale).long()
+        sums.index_add_(0, assignments[start : start + chunk], fixed)
+    return sums
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
 
 
 def _split_largest(centroids: torch.Tensor, counts: torch.Tensor, gen: torch.Generator) -> int:
@@ -223,15 +265,32 @@ def _split_largest(centroids: torch.Tensor, counts: torch.Tensor, gen: torch.Gen
 
 
 # ---------------------------------------------------------------------------- power iteration clustering
-def knn_graph(x: torch.Tensor, num_neighbors: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest neighbours (excluding self) of L2-normalised rows. Returns (indices, sq_dists), each (N, nnn)."""
+def knn_graph(x: torch.Tensor, num_neighbors: int, block_elements: int = 2**24) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest neighbours (excluding self) of L2-normalised rows. Returns (indices, sq_dists), each (N, nnn),
+    nearest first.
+
+    Exact (brute force), in bounded memory: similarities are computed block by block, at most `block_elements`
+    (64 MB in float32) at a time, and every query row keeps only its best nnn candidates; memory is
+    O(N nnn + block_elements) whatever N (a dense query-block x N matrix would be 21 GB per 4096 rows at
+    ImageNet size)."""
+    num = x.shape[0]
+    side = max(num_neighbors + 1, math.isqrt(block_elements))
     indices, sq_dists = [], []
-    for start in range(0, x.shape[0], chunk):
-        sims = x[start : start + chunk] @ x.T  # (B, N) cosine similarities
-        rows = torch.arange(start, start + sims.shape[0], device=x.device)
-        sims[torch.arange(sims.shape[0]), rows] = -float("inf")
-        best, idx = sims.topk(num_neighbors, dim=1)
-        indices.append(idx)
+    for q in range(0, num, side):
+        queries = x[q : q + side]
+        best = torch.full((queries.shape[0], 0), -float("inf"), device=x.device)
+        best_idx = torch.zeros((queries.shape[0], 0), dtype=torch.long, device=x.device)
+        for d in range(0, num, side):
+            sims = queries @ x[d : d + side].T  # (Bq, Bd) cosine similarities
+            rows = torch.arange(q, q + queries.shape[0], device=x.device)
+            self_col = rows - d
+            inside = (self_col >= 0) & (self_col < sims.shape[1])
+            sims[inside.nonzero().flatten(), self_col[inside]] = -float("inf")  # never its own neighbour
+            top, idx = sims.topk(min(num_neighbors, sims.shape[1]), dim=1)
+            merged, merged_idx = torch.cat([best, top], 1), torch.cat([best_idx, idx + d], 1)
+            best, pick = merged.topk(min(num_neighbors, merged.shape[1]), dim=1)
+            best_idx = merged_idx.gather(1, pick)
+        indices.append(best_idx)
         sq_dists.append((2 - 2 * best).clamp_min(0))  # |a - b|^2 = 2 - 2 <a, b> for unit vectors
     return torch.cat(indices), torch.cat(sq_dists)
 
@@ -322,10 +381,12 @@ def run_clustering(
     pic_sigma: float = 0.2,
     pic_alpha: float = 0.001,
     pic_iters: int = 200,
+    use_gpu: bool = False,
 ) -> ClusteringResult:
-    """Cluster (N, d) preprocessed features with k-means (faiss or torch backend) or PIC."""
+    """Cluster (N, d) preprocessed features with k-means (faiss or torch backend, each on the features' device;
+    faiss on the GPU when use_gpu) or PIC."""
     if method == "pic":
         return power_iteration_clustering(features, pic_neighbors, pic_sigma, pic_alpha, pic_iters)
     if backend == "faiss":
-        return faiss_kmeans(features, k, niter, seed, use_gpu=features.is_cuda)
+        return faiss_kmeans(features, k, niter, seed, use_gpu=use_gpu)
     return torch_kmeans(features, k, niter, seed)

@@ -6,7 +6,9 @@ import datetime
 import logging
 import os
 import subprocess
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,8 +114,16 @@ def init_distributed(device: str) -> DistInfo:
     return info
 
 
-def barrier() -> None:
+def current() -> DistInfo:
+    """This process's place in the initialised process group (rank 0 of 1 when there is none): the one way the
+    code asks "am I rank 0" or "how many processes"."""
     if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo()
+
+
+def barrier() -> None:
+    if current().distributed:
         dist.barrier()
 
 
@@ -124,7 +134,7 @@ def cleanup() -> None:
 
 def broadcast_object(obj, src: int = 0):
     """Broadcast a picklable object from src to every rank (identity when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not current().distributed:
         return obj
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
@@ -133,7 +143,7 @@ def broadcast_object(obj, src: int = 0):
 
 def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate (n_r, ...) tensors of every rank (n_r may differ) in rank order."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not current().distributed:
         return tensor
     sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
@@ -145,23 +155,23 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes, strict=True)])
 
 
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+def shard_positions(num: int, info: DistInfo | None = None, wrap: bool = True) -> np.ndarray:
+    """The positions 0..num-1 this rank handles: every world-th one from its rank. With `wrap`, the list is first
+    wrapped around to a multiple of the world size, so every rank gets as many (and runs the same number of
+    collectives); a position p >= num then stands for p - num, a duplicate whose rows are written twice,
+    identically. The one split formula of the code base."""
+    info = info or current()
+    stop = -(-num // info.world_size) * info.world_size if wrap and num else num
+    return np.arange(info.rank, stop, info.world_size)
 
 
-def shard(indices: np.ndarray) -> np.ndarray:
-    """This rank's share of `indices`: wrapped around to a multiple of the world size, then every world-th item,
-    so every rank gets the same number of items (and runs the same number of collectives)."""
-    rank, world = rank_and_world()
-    if world == 1:
-        return indices
-    return np.resize(indices, -(-len(indices) // world) * world)[rank::world]
+def shard(indices: np.ndarray, info: DistInfo | None = None, wrap: bool = True) -> np.ndarray:
+    """This rank's share of `indices` (see shard_positions)."""
+    return np.asarray(indices)[shard_positions(len(indices), info, wrap) % max(1, len(indices))]
 
 
 def gather_rows_by_index(idx: torch.Tensor, values: torch.Tensor, num: int) -> torch.Tensor:
-    """Rows computed on every rank's shard -> the (num, ...) tensor in dataset order, on every rank."""
+    """Rows computed on every rank's shard -> the (num, ...) tensor in dataset order, on every rank, on the host."""
     device = collective_device()
     idx_all = all_gather_rows(idx.to(device)).cpu()
     values_all = all_gather_rows(values.to(device)).cpu()
@@ -170,8 +180,27 @@ def gather_rows_by_index(idx: torch.Tensor, values: torch.Tensor, num: int) -> t
     return out
 
 
+def sharded_map(
+    indices: np.ndarray,
+    batches: Callable[[np.ndarray], Iterable[tuple[Any, torch.Tensor]]],
+    fn: Callable[[Any], Sequence[torch.Tensor]],
+    num: int,
+    info: DistInfo | None = None,
+) -> list[torch.Tensor]:
+    """The sharded pass: `fn` over this rank's share of `indices`, batch by batch, and the rows of every rank put
+    back in dataset order. batches(shard) yields (inputs, dataset indices (B,)); fn(inputs) returns tensors of B
+    rows each; returns, for each of them, the (num, ...) tensor of all rows on every rank, on the host (rows of
+    indices not in `indices` are left uninitialised)."""
+    local_idx, outputs = [], []
+    for inputs, idx in batches(shard(indices, info)):
+        local_idx.append(idx)
+        outputs.append([t.cpu() for t in fn(inputs)])
+    idx = torch.cat(local_idx)
+    return [gather_rows_by_index(idx, torch.cat([out[j] for out in outputs]), num) for j in range(len(outputs[0]))]
+
+
 def collective_device() -> torch.device:
     """Where tensors must live for collectives: the current GPU under NCCL, else the CPU (gloo)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+    if current().distributed and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from models import Backbone
 from util.data import ImageSource
-from util.dist import gather_rows_by_index, rank_and_world, shard
+from util.dist import current, shard, sharded_map
 from util.probes import TapPooling
 
 # One batch of probe inputs: the five pooled taps (B, C_i, s_i, s_i), the global average of the last tap (B, C5),
@@ -49,8 +49,8 @@ class LiveFeatures:
     def train_epoch(self, epoch: int) -> Iterator[ProbeBatch]:
         gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
         order = shard(torch.randperm(len(self.train), generator=gen).numpy())
-        rank, world = rank_and_world()
-        batches = self.train.train_batches(order, self.batch_size, self.device, gen, rank, world)
+        info = current()
+        batches = self.train.train_batches(order, self.batch_size, self.device, gen, info.rank, info.world_size)
         for images, idx in tqdm(batches, desc=f"probe epoch {epoch}", disable=not self.progress, leave=False):
             pooled, avg = probe_inputs(self.backbone, self.pooling, images)
             yield pooled, avg, self.train_labels[idx].to(self.device), idx
@@ -63,11 +63,13 @@ class LiveFeatures:
     def avgpool_features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, C5) globally averaged last-tap features of the deterministic view, with labels, for kNN."""
         source = self.train if split == "train" else self.val
-        indices, feats = [], []
-        for images, idx in source.eval_batches(shard(np.arange(len(source))), 2 * self.batch_size, self.device):
-            indices.append(idx)
-            feats.append(probe_inputs(self.backbone, self.pooling, images)[1].cpu())
-        return gather_rows_by_index(torch.cat(indices), torch.cat(feats), len(source)), torch.from_numpy(source.targets)
+        (feats,) = sharded_map(
+            np.arange(len(source)),
+            lambda shard: source.eval_batches(shard, 2 * self.batch_size, self.device),
+            lambda images: [probe_inputs(self.backbone, self.pooling, images)[1]],
+            len(source),
+        )
+        return feats, torch.from_numpy(source.targets)
 
 
 class CachedFeatures:
@@ -94,19 +96,20 @@ class CachedFeatures:
     def _extract(
         self, backbone: Backbone, pooling: TapPooling, source: ImageSource, progress: bool, desc: str
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        indices, pooled_parts, avg_parts = [], [], []
-        batches = source.eval_batches(shard(np.arange(len(source))), 2 * self.batch_size, self.device)
-        for images, idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        def pooled_half_and_average(images: torch.Tensor) -> list[torch.Tensor]:
             pooled, avg = probe_inputs(backbone, pooling, images)
-            indices.append(idx)
-            pooled_parts.append([p.half().cpu() for p in pooled])
-            avg_parts.append(avg.cpu())
-        idx = torch.cat(indices)
-        pooled_all = [
-            gather_rows_by_index(idx, torch.cat([part[t] for part in pooled_parts]), len(source))
-            for t in range(len(pooled_parts[0]))
-        ]
-        return pooled_all, gather_rows_by_index(idx, torch.cat(avg_parts), len(source))
+            return [*(p.half() for p in pooled), avg]
+
+        *pooled, avg = sharded_map(
+            np.arange(len(source)),
+            lambda shard: tqdm(self._eval_batches(source, shard), desc, disable=not progress, leave=False),
+            pooled_half_and_average,
+            len(source),
+        )
+        return pooled, avg
+
+    def _eval_batches(self, source: ImageSource, indices: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return source.eval_batches(indices, 2 * self.batch_size, self.device)
 
     def _batches(self, pooled, avg, labels, order: torch.Tensor, drop_last: bool) -> Iterator[ProbeBatch]:
         size = self.batch_size

@@ -8,10 +8,9 @@ monitor never holds N x D training features and costs one extra pass over the he
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from util.dist import all_gather_rows
+from util.dist import all_gather_rows, current
 
 
 def l2n(x: torch.Tensor) -> torch.Tensor:
@@ -52,8 +51,8 @@ class StreamingKnn:
 
     def all_reduce(self) -> StreamingKnn:
         """Distributed: merge every rank's running neighbours (each rank streamed its own shard)."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            world = dist.get_world_size()
+        world = current().world_size
+        if world > 1:
             sims = all_gather_rows(self.sims.T.contiguous()).reshape(world, self.sims.shape[1], -1)
             labels = all_gather_rows(self.labels.T.contiguous()).reshape(world, self.labels.shape[1], -1)
             self._merge(sims.permute(2, 0, 1).flatten(1), labels.permute(2, 0, 1).flatten(1))

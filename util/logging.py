@@ -56,17 +56,20 @@ def provenance() -> dict:
     import torchvision
 
     try:
-        import faiss
+        from util.blas import faiss_blas_kernels, import_faiss
 
+        faiss = import_faiss()
         faiss_version = getattr(faiss, "__version__", "unknown")
+        faiss_blas = faiss_blas_kernels() or "not OpenBLAS"
     except ImportError:  # the torch k-means backend needs no faiss
-        faiss_version = "not installed"
+        faiss_version = faiss_blas = "not installed"
     return {
         "git_sha": git_sha(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "faiss": faiss_version,
+        "faiss_blas_kernels": faiss_blas,
         "numpy": numpy.__version__,
         "cuda": torch.version.cuda or "none",
         "command": " ".join(sys.argv),

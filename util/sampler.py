@@ -15,8 +15,7 @@ def uniform_cluster_indices(pseudo_labels: np.ndarray, num_samples: int, seed: i
     when it is large enough, each of them at least once then the rest with replacement when it is smaller.
     """
     rng = np.random.default_rng(seed)
-    clusters = [np.flatnonzero(pseudo_labels == c) for c in range(int(pseudo_labels.max()) + 1)]
-    clusters = [members for members in clusters if members.size > 0]
+    clusters = [members for members in cluster_members(pseudo_labels) if members.size > 0]
     per_cluster = -(-num_samples // len(clusters))
     draws = []
     for members in clusters:
@@ -28,6 +27,15 @@ def uniform_cluster_indices(pseudo_labels: np.ndarray, num_samples: int, seed: i
     indices = np.concatenate(draws)
     rng.shuffle(indices)
     return indices[:num_samples]
+
+
+def cluster_members(pseudo_labels: np.ndarray) -> list[np.ndarray]:
+    """The image indices of every cluster 0..max, each in increasing order, in O(N) (one stable counting sort)
+    rather than one pass over the N labels per cluster (O(N K): 1.3e10 comparisons per ImageNet epoch)."""
+    labels = np.asarray(pseudo_labels)
+    small = labels.astype(np.uint16) if labels.max() < 2**16 else labels  # numpy radix-sorts 16-bit integers
+    order = np.argsort(small, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(labels))[:-1])
 
 
 class UniformClusterSampler(torch.utils.data.Sampler[int]):

@@ -1,0 +1,113 @@
+"""ImageNet-shaped clustering on synthetic features, through the functions the epoch uses: streaming PCA
+(fit on a sample, then every chunk reduced as it arrives) -> k-means -> the uniform-over-clusters sampler, with the
+time of every phase and the peak host memory above the start (resident set size).
+
+The features (default 1.28M x 2048, ResNet-50's avgpool size) are generated chunk by chunk and never all held: a
+mixture of 1,000 Gaussian blobs through a ReLU (non-negative, like pooled ReLU activations). Smaller N or fewer
+k-means iterations may be timed and the rest extrapolated (per iteration, linear in N); the output says which.
+    .venv/bin/python benchmarks/bench_scale.py                      # 1.28M x 2048, PCA 256, k=10,000
+    .venv/bin/python benchmarks/bench_scale.py --num 200000 --kmeans-iters 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from util.clustering import PCAWhitening, l2_normalize, run_clustering
+from util.sampler import uniform_cluster_indices
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kilobytes on Linux
+
+
+def current_rss_gb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**30
+
+
+def feature_chunks(num: int, dim: int, chunk: int, seed: int = 0):
+    """(rows, dim) float32 chunks of the synthetic features, generated on demand."""
+    centres = torch.randn(1000, dim, generator=torch.Generator().manual_seed(seed))
+    for start in range(0, num, chunk):
+        gen = torch.Generator().manual_seed(seed + 1 + start)
+        rows = min(chunk, num - start)
+        blob = torch.randint(0, 1000, (rows,), generator=gen)
+        yield torch.relu(centres[blob] + 2.0 * torch.randn(rows, dim, generator=gen))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num", type=int, default=1_281_167)
+    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--pca-dim", type=int, default=256)
+    parser.add_argument("--pca-fit-samples", type=int, default=100_000)
+    parser.add_argument("--k", type=int, default=10_000)
+    parser.add_argument("--kmeans-iters", type=int, default=20)
+    parser.add_argument("--backend", default="faiss", choices=["faiss", "torch"])
+    parser.add_argument("--chunk", type=int, default=8192, help="rows per streamed chunk (a batch of extraction)")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    base = current_rss_gb()
+    print(
+        f"{args.num} x {args.dim} synthetic features, PCA {args.pca_dim} fit on {args.pca_fit_samples}, "
+        f"k={args.k} ({args.backend}), {args.kmeans_iters} iterations, {torch.get_num_threads()} threads"
+    )
+    rows = []
+    start = time.perf_counter()
+    pca, reduced, buffered = PCAWhitening(args.pca_dim), [], []
+    fit_seconds = 0.0
+    for chunk in feature_chunks(args.num, args.dim, args.chunk):
+        if pca.mean is None:
+            buffered.append(chunk)
+            if sum(len(b) for b in buffered) >= min(args.pca_fit_samples, args.num):
+                fit_start = time.perf_counter()
+                sample = torch.cat(buffered)
+                pca.fit(sample[: args.pca_fit_samples])
+                reduced += [pca.apply(b) for b in buffered]
+                buffered, sample = [], None
+                fit_seconds = time.perf_counter() - fit_start
+        else:
+            reduced.append(pca.apply(chunk))
+    features = l2_normalize(torch.cat(reduced))
+    reduced = []
+    rows.append(("generate + streaming PCA", time.perf_counter() - start, f"of which fit {fit_seconds:.1f} s"))
+    rows.append(("  peak memory so far", peak_rss_gb() - base, "GB above start"))
+    start = time.perf_counter()
+    result = run_clustering(features, "kmeans", args.k, seed=0, backend=args.backend, niter=args.kmeans_iters)
+    rows.append(
+        (
+            f"k-means ({args.kmeans_iters} iterations)",
+            time.perf_counter() - start,
+            f"{(time.perf_counter() - start) / max(1, args.kmeans_iters):.1f} s per iteration incl. final assignment",
+        )
+    )
+    start = time.perf_counter()
+    sample = uniform_cluster_indices(result.assignments, args.num, seed=0)
+    rows.append(("uniform sampler", time.perf_counter() - start, f"{len(sample)} indices"))
+    rows.append(("peak memory above start", peak_rss_gb() - base, f"features {features.numel() * 4 / 2**30:.2f} GB"))
+    for name, value, note in rows:
+        print(f"{name:34} {value:8.2f}  {note}")
+    full = 1_281_167
+    if args.num < full:
+        print(
+            f"(N = {args.num}: PCA, k-means and the sampler scale about linearly in N; x{full / args.num:.1f} "
+            "for ImageNet, not measured)"
+        )
+    print(
+        f"empty clusters {result.empty_clusters}, sizes min {np.bincount(result.assignments).min()} "
+        f"max {np.bincount(result.assignments).max()}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The sharded primitives with 3 gloo processes on uneven shards (odd N) against one process: gathered rows,
+streaming PCA, the sharded map and torch k-means must give exactly the single-process results."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from util import dist as dist_util
+from util.augment import augment_preset
+from util.data import ImageList, ImageSource
+
+pytestmark = pytest.mark.slow
+
+NUM = 101  # 34 + 34 + 33 over 3 processes, and one wrapped-around duplicate
+
+
+def tiny_source() -> ImageSource:
+    gen = torch.Generator().manual_seed(0)
+    memory = torch.randint(0, 256, (NUM, 3, 10, 10), dtype=torch.uint8, generator=gen)
+    images = ImageList(Path("."), [f"{i}.jpg" for i in range(NUM)], np.arange(NUM) % 3, ["a", "b", "c"])
+    return ImageSource(images, 8, augment_preset("paper", 8), memory, 0)
+
+
+def per_image(images: torch.Tensor) -> torch.Tensor:
+    """A feature of each image that does not depend on which others share its batch."""
+    flat = images.flatten(1)
+    return torch.stack([flat[:, i::24].mean(1) for i in range(24)], 1) + flat[:, :24] ** 2
+
+
+def _run(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    from util.clustering import torch_kmeans
+    from util.features import extract_features
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    if world > 1:
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    source, cpu = tiny_source(), torch.device("cpu")
+    result = {
+        "raw": extract_features(per_image, source, 8, cpu),
+        "pca_streamed": extract_features(per_image, source, 8, cpu, pca_dim=6, pca_fit_samples=40),
+        "pca_all": extract_features(per_image, source, 5, cpu, pca_dim=6),
+    }
+    (mapped,) = dist_util.sharded_map(
+        np.arange(NUM), lambda shard: source.eval_batches(shard, 7, cpu), lambda x: [per_image(x)], NUM
+    )
+    result["mapped"] = mapped
+    info = dist_util.current()
+    rows = torch.from_numpy(dist_util.shard(np.arange(NUM), info, wrap=False))
+    points = result["pca_streamed"]
+    local = torch_kmeans(points[rows], 9, 15, seed=4, distributed=info.distributed, rows=rows, num_total=NUM)
+    result["kmeans"] = dist_util.gather_rows_by_index(rows, torch.from_numpy(local.assignments), NUM)
+    result["reseeded"] = local.reseeded_clusters
+    if rank == 0:
+        torch.save(result, out)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+def test_three_uneven_processes_equal_one(tmp_path):
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    _run(0, 1, port, str(tmp_path / "one.pt"))
+    mp.spawn(_run, args=(3, port, str(tmp_path / "three.pt")), nprocs=3, join=True)
+    one, three = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "three.pt")
+    for key in ("raw", "pca_streamed", "pca_all", "mapped", "kmeans"):
+        assert torch.equal(one[key], three[key]), key
+    assert one["reseeded"] == three["reseeded"]
+    assert torch.equal(one["raw"], one["mapped"])  # the two sharded passes agree
+    assert len(torch.unique(one["kmeans"])) > 1
+
+
+def test_streaming_pca_is_fit_on_the_first_images_of_the_extraction_order():
+    """--pca-fit-samples M: the PCA is fit on exactly the first M images of the fixed order (whatever the batch
+    size), then applied to every image."""
+    from util.clustering import PCAWhitening, l2_normalize
+    from util.features import extract_features, extraction_order
+
+    source, cpu = tiny_source(), torch.device("cpu")
+    raw = extract_features(per_image, source, 8, cpu)
+    expected = l2_normalize(PCAWhitening(6).fit(raw[extraction_order(NUM)[:40]]).apply(raw))
+    for batch_size in (8, 13):
+        streamed = extract_features(per_image, source, batch_size, cpu, pca_dim=6, pca_fit_samples=40)
+        torch.testing.assert_close(streamed, expected, rtol=0, atol=1e-6)
+
+
+def test_shard_positions_cover_every_position_once_plus_wrapped_duplicates():
+    for num in (1, 2, 7, 101):
+        for world in (1, 2, 3, 8):
+            shards = [dist_util.shard_positions(num, dist_util.DistInfo(r, world)) for r in range(world)]
+            assert len({len(s) for s in shards}) == 1  # equal shards
+            every = np.concatenate(shards)
+            assert sorted(every[every < num]) == list(range(num)) and (every >= num).sum() < world
+            unwrapped = [dist_util.shard_positions(num, dist_util.DistInfo(r, world), wrap=False) for r in range(world)]
+            assert sorted(np.concatenate(unwrapped)) == list(range(num))
