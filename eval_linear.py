@@ -30,13 +30,13 @@ from util.augment import augment_preset
 from util.checkpoint import load_checkpoint, save_checkpoint
 from util.data import ImageSource, build_source, evaluation_split
 from util.errors import UserError, script_entry
-from util.feature_streams import CachedFeatures, LiveFeatures
+from util.eval.feature_streams import CachedFeatures, LiveFeatures
+from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_arch, weights_identities
+from util.eval.probes import TAP_NAMES, AvgPoolHead, MultiHead, build_tap_pooling
+from util.eval.results import protocol_notes, publish, row_identity
 from util.knn import knn_predict, l2n
 from util.logging import interactive, provenance
 from util.metrics import topk_accuracy
-from util.pretrained import load_backbone, networks_to_evaluate, resolve_arch, weights_identities
-from util.probes import TAP_NAMES, AvgPoolHead, MultiHead, build_tap_pooling
-from util.results import protocol_notes, publish, row_identity
 from util.runtime import start_run
 from util.tracking import Tracker, init_tracker
 
@@ -180,8 +180,13 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(
             f"train and val class folders differ ({len(train.images.classes)} vs {len(val.images.classes)}): fix --data"
         )
-    logger.info("%d train / %d val images, %d classes, %s", len(train), len(val), num_classes,
-                "cached features (fast mode)" if args.cached_features else "live features (protocol)")  # fmt: skip
+    logger.info(
+        "%d train / %d val images, %d classes, %s",
+        len(train),
+        len(val),
+        num_classes,
+        "cached features (fast mode)" if args.cached_features else "live features (protocol)",
+    )
 
     # ---- the weights' content hashes key every task; resume or reuse only tasks with the same key
     networks = networks_to_evaluate(args.pretrained, args.baseline)
@@ -269,8 +274,9 @@ def train_probe(task, hp, args, stream, num_classes, device, state, state_path, 
         if device.type == "cuda":  # the heads' BatchNorm normalises over the global batch, as mmselfsup's SyncBN
             probe = trained = torch.nn.SyncBatchNorm.convert_sync_batchnorm(probe)
         trained = DistributedDataParallel(probe, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.SGD(probe.parameters(), lr=hp["lr"], momentum=args.momentum, weight_decay=hp["wd"],
-                                nesterov=hp["nesterov"])  # fmt: skip
+    optimizer = torch.optim.SGD(
+        probe.parameters(), lr=hp["lr"], momentum=args.momentum, weight_decay=hp["wd"], nesterov=hp["nesterov"]
+    )
     milestones = [max(1, round(f * hp["epochs"])) for f in hp["milestones"]]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
     history: list[dict] = []
@@ -287,8 +293,14 @@ def train_probe(task, hp, args, stream, num_classes, device, state, state_path, 
         scheduler.step()
         metrics = {"epoch": epoch, "loss": loss, **probe_accuracy(task, probe, stream)}
         history.append(metrics)
-        logger.info("%s epoch %d/%d loss %.4f %s", task.name, epoch, hp["epochs"], loss,
-                    " ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("top1")))  # fmt: skip
+        logger.info(
+            "%s epoch %d/%d loss %.4f %s",
+            task.name,
+            epoch,
+            hp["epochs"],
+            loss,
+            " ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("top1")),
+        )
         tracker.log({"probe/epoch": epoch, **{f"probe/{task.name}/{k}": v for k, v in metrics.items() if k != "epoch"}})
         if not dist_util.current().is_main:
             continue
@@ -356,8 +368,9 @@ def probe_accuracy(task: Task, probe: torch.nn.Module, stream) -> dict:
 def knn_eval(stream, num_classes: int, k: int, temperature: float, device: torch.device) -> dict:
     train_feats, train_labels = stream.avgpool_features("train")
     val_feats, val_labels = stream.avgpool_features("val")
-    scores = knn_predict(l2n(train_feats).to(device), train_labels.to(device), l2n(val_feats).to(device),
-                         num_classes, k, temperature)  # fmt: skip
+    scores = knn_predict(
+        l2n(train_feats).to(device), train_labels.to(device), l2n(val_feats).to(device), num_classes, k, temperature
+    )
     top1, top5 = topk_accuracy(scores.cpu(), val_labels, (1, 5))
     logger.info("knn (k=%d, T=%.2f): top1 %.2f top5 %.2f", k, temperature, top1, top5)
     return {"knn_top1": top1, "knn_top5": top5}

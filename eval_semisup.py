@@ -41,12 +41,13 @@ from util.augment import augment_preset
 from util.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from util.data import build_source, default_cache_dir, evaluation_split, list_images, make_source, resolve_split
 from util.errors import UserError, script_entry
+from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_arch, weights_identities
+from util.eval.results import protocol_notes, publish, row_identity
+from util.eval.semisup import PRESETS, percent_subset, preset_regime, read_subset_file, subset_listing
 from util.logging import provenance
 from util.metrics import topk_accuracy
-from util.pretrained import load_backbone, networks_to_evaluate, resolve_arch, weights_identities
-from util.results import protocol_notes, publish, row_identity
 from util.runtime import start_run
-from util.semisup import PRESETS, percent_subset, preset_regime, read_subset_file, subset_listing
+from util.seeds import derive_seed
 from util.tracking import init_tracker
 
 logger = logging.getLogger("deepcluster")
@@ -253,15 +254,19 @@ def fine_tune(args, hp, model_name, path, key, train, val, device, state, state_
         history, start = current["history"], current["epoch"]
         logger.info("resumed %s at epoch %d", model_name, start)
     for epoch in range(start, hp["epochs"]):
-        gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)  # the epoch's order and views
-        torch.manual_seed(args.seed * 100_003 + epoch)  # views drawn in this process (--workers 0): exact resume
+        gen = torch.Generator().manual_seed(derive_seed(args.seed, "finetune-epoch", epoch))  # order and views
+        torch.manual_seed(
+            derive_seed(args.seed, "finetune-epoch", epoch)
+        )  # views drawn in this process (--workers 0): exact resume
         order = torch.randperm(len(train), generator=gen).numpy()
         usable = len(order) // args.batch_size * args.batch_size
         mine = order[:usable].reshape(-1, args.batch_size)[:, rank::world].reshape(-1)  # this rank's part of each
         batches = train.train_batches(mine, args.batch_size // world, device, gen, rank, world)
         loss = train_epoch(trained, batches, torch.from_numpy(train.targets), optimizer)
         scheduler.step()
-        broadcast_buffers(model)  # the BatchNorm statistics every rank scores with are rank 0's, the saved ones
+        dist_util.broadcast_buffers(
+            model
+        )  # the BatchNorm statistics every rank scores with are rank 0's, the saved ones
         top1, top5 = evaluate(model, val, device)
         history.append({"epoch": epoch, "loss": loss, "top1": top1, "top5": top5})
         logger.info("%s epoch %d/%d loss %.4f top1 %.2f top5 %.2f", model_name, epoch, hp["epochs"], loss, top1, top5)
@@ -314,16 +319,6 @@ def all_finite(loss: torch.Tensor) -> bool:
     if dist_util.current().distributed:
         torch.distributed.all_reduce(bad)
     return bad.item() == 0
-
-
-def broadcast_buffers(model: nn.Module) -> None:
-    """Rank 0's buffers (BatchNorm running statistics) on every rank: without SyncBatchNorm each rank's last
-    training step updated its own."""
-    if dist_util.current().distributed:
-        for buffer in model.buffers():
-            moved = buffer.to(dist_util.collective_device())
-            torch.distributed.broadcast(moved, 0)
-            buffer.copy_(moved)
 
 
 @torch.no_grad()

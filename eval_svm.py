@@ -23,15 +23,15 @@ from util.augment import augment_preset
 from util.checkpoint import atomic_write
 from util.data import make_source
 from util.errors import UserError, script_entry
-from util.feature_streams import probe_inputs
+from util.eval.feature_streams import probe_inputs
+from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_arch, weights_identities
+from util.eval.probes import TAP_NAMES, build_tap_pooling
+from util.eval.results import protocol_notes, publish, row_identity
+from util.eval.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, l2_normalize_features, lowshot_protocol
+from util.eval.voc import LabelledSplit, svm_splits
 from util.logging import provenance
-from util.pretrained import load_backbone, networks_to_evaluate, resolve_arch, weights_identities
-from util.probes import TAP_NAMES, build_tap_pooling
-from util.results import protocol_notes, publish, row_identity
 from util.runtime import start_run
-from util.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, l2_normalize_features, lowshot_protocol
 from util.tracking import Tracker, init_tracker
-from util.voc import LabelledSplit, svm_splits
 
 logger = logging.getLogger("deepcluster")
 
@@ -69,10 +69,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--layers", default=",".join(TAP_NAMES), help="comma-separated taps (default: all five)")
     group.add_argument("--protocol", choices=("full", "lowshot", "all"), default="all")
     group.add_argument(
-        "--solver", choices=("batched", "liblinear"), default="batched",
+        "--solver",
+        choices=("batched", "liblinear"),
+        default="batched",
         help="batched (default): all problems at once in torch, on --device; liblinear: scikit-learn LinearSVC, the "
         "reference. On CIFAR-10 features they agree to 0.02 mAP; batched is 13-27x faster on 2 CPU cores",
-    )  # fmt: skip
+    )
     group.add_argument("--costs", default=None, help="comma-separated SVM costs (default: 1,10,100 and 2^-4..2^-19)")
     group.add_argument("--lowshot-samples", type=int, default=5, help="independent samples per k (protocol: 5)")
     group.add_argument(
@@ -85,33 +87,41 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_list(text: str, kind: type, name: str) -> list:
+def parse_list(text: str, kind: type, name: str, positive: bool = False) -> list:
     try:
         values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
         raise UserError(f"{name} {text!r} is not a comma-separated list of {kind.__name__}s") from err
     if not values:
         raise UserError(f"{name} is empty")
+    if positive and min(values) <= 0:
+        raise UserError(f"{name} {text!r}: every value must be positive")
     return values
 
 
 def main(args: argparse.Namespace) -> None:
-    # ---- set-up
-    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
-    args.arch, args.sobel, _ = resolve_arch(args.pretrained, args.arch, args.sobel)
+    # ---- set-up: the flags checked before anything is created
     layers = parse_list(args.layers, str, "--layers")
     unknown = [layer for layer in layers if layer not in TAP_NAMES]
     if unknown:
         raise UserError(f"--layers {','.join(unknown)} unknown: choose from {','.join(TAP_NAMES)}")
-    costs = parse_list(args.costs, float, "--costs") if args.costs else list(DEFAULT_COSTS)
-    ks = parse_list(args.lowshot_ks, int, "--lowshot-ks")
+    costs = parse_list(args.costs, float, "--costs", positive=True) if args.costs else list(DEFAULT_COSTS)
+    ks = parse_list(args.lowshot_ks, int, "--lowshot-ks", positive=True)
+    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
+    args.arch, args.sobel, _ = resolve_arch(args.pretrained, args.arch, args.sobel)
     args.image_size = args.image_size or (32 if args.data == "cifar10" else 224)
     args.in_memory = (args.data == "cifar10") if args.in_memory is None else args.in_memory
 
     # ---- data and W&B
     train, test = svm_splits(args.data, args.subset, Path(args.data_cache))
-    logger.info("%d train / %d test images, %d classes; layers %s; solver %s",
-                len(train.images), len(test.images), len(train.classes), ",".join(layers), args.solver)  # fmt: skip
+    logger.info(
+        "%d train / %d test images, %d classes; layers %s; solver %s",
+        len(train.images),
+        len(test.images),
+        len(train.classes),
+        ",".join(layers),
+        args.solver,
+    )
     tracker = init_tracker(args, output_dir, "eval_svm", {**vars(args), **provenance()}, info.is_main)
 
     # ---- per network: features (cached on disk), full SVM per layer, low-shot on the best layer
@@ -211,8 +221,10 @@ def extract_to_disk(args, model: str, weights: str, splits: dict, layers, device
 
 def evaluate(args, feats, train: LabelledSplit, test: LabelledSplit, layers, costs, ks, solver) -> dict:
     out: dict = {}
-    normalised = {layer: (l2_normalize_features(feats["train"][layer]), l2_normalize_features(feats["test"][layer]))
-                  for layer in layers}  # fmt: skip
+    normalised = {
+        layer: (l2_normalize_features(feats["train"][layer]), l2_normalize_features(feats["test"][layer]))
+        for layer in layers
+    }
     if args.protocol in ("full", "all"):
         for layer in layers:
             start = time.perf_counter()
@@ -231,8 +243,12 @@ def evaluate(args, feats, train: LabelledSplit, test: LabelledSplit, layers, cos
             )
             for k, value in low.items():
                 out[f"{layer}_lowshot_k{k}_map"], out[f"{layer}_lowshot_k{k}_std"] = value["map"], value["std"]
-            logger.info("low-shot SVM %s: %s (%.1fs)", layer, " ".join(f"k={k} {v['map']:.2f}" for k, v in low.items()),
-                        time.perf_counter() - start)  # fmt: skip
+            logger.info(
+                "low-shot SVM %s: %s (%.1fs)",
+                layer,
+                " ".join(f"k={k} {v['map']:.2f}" for k, v in low.items()),
+                time.perf_counter() - start,
+            )
         if "best_layer" not in out:
             out["best_layer"] = max(layers, key=lambda layer: np.mean([out[f"{layer}_lowshot_k{k}_map"] for k in ks]))
         for k in ks:

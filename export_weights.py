@@ -25,9 +25,9 @@ import torch
 
 from util.checkpoint import atomic_write
 from util.errors import UserError, script_entry
-from util.export import FORMATS, check_exportable, torchvision_state, write_export
+from util.eval.export import FORMATS, check_exportable, torchvision_state, write_export
+from util.eval.pretrained import RANDOM, load_backbone, resolve_arch, weights_sha256
 from util.logging import setup_logging
-from util.pretrained import RANDOM, load_backbone, resolve_arch, weights_sha256
 
 logger = logging.getLogger("deepcluster")
 

@@ -39,7 +39,7 @@ def _build(arch: str, pretrained: str | None, sobel: bool | None, progress: bool
     import torch
 
     from models import build_model
-    from util.pretrained import load_backbone
+    from util.eval.pretrained import load_backbone
 
     if pretrained is None:
         return build_model(arch, bool(sobel))

@@ -39,22 +39,25 @@ from util.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
-from util.clustering import (
+from util.data import ImageSource, build_source, resolve_split
+from util.errors import UserError, script_entry
+from util.faults import kill_point
+from util.knn import StreamingKnn, l2n
+from util.logging import JsonLog, interactive, provenance
+from util.metrics import ari, cluster_accuracy, nmi, purity, topk_accuracy
+from util.pretrain.clustering import (
     ClusteringResult,
     check_k,
+    check_pic_neighbors,
     cluster_sizes,
     pseudo_labels,
     run_clustering,
     torch_kmeans,
 )
-from util.data import ImageSource, build_source, resolve_split
-from util.errors import UserError, script_entry
-from util.features import extract_features
-from util.knn import StreamingKnn, l2n
-from util.logging import JsonLog, interactive, provenance
-from util.metrics import ari, cluster_accuracy, nmi, purity, topk_accuracy
+from util.pretrain.features import extract_features
+from util.pretrain.sampler import UniformClusterSampler
 from util.runtime import start_run
-from util.sampler import UniformClusterSampler
+from util.seeds import derive_seed
 from util.tracking import Tracker, init_tracker
 
 logger = logging.getLogger("deepcluster")
@@ -96,10 +99,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_data_args(parser)
     group = parser.add_argument_group("clustering")
     group.add_argument(
-        "--k", type=positive_int, default=None,
+        "--k",
+        type=positive_int,
+        default=None,
         help="number of clusters; over-cluster, about 10x the number of classes (paper: 10000 on ImageNet; "
         "default: 100 for cifar10, 10000 otherwise)",
-    )  # fmt: skip
+    )
     group.add_argument(
         "--pca-dim",
         type=positive_int,
@@ -107,10 +112,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="PCA-whitening dimension (paper: 256)",
     )
     group.add_argument(
-        "--pca-fit-samples", type=int, default=100_000,
+        "--pca-fit-samples",
+        type=int,
+        default=100_000,
         help="fit PCA on this many features (a fixed random sample) and reduce the rest on the fly, so the host never "
         "holds N x D features; 0 = fit on all (the paper). Identical to the paper whenever N <= this number",
-    )  # fmt: skip
+    )
     group.add_argument(
         "--clustering",
         choices=("kmeans", "pic"),
@@ -282,16 +289,34 @@ def main(args: argparse.Namespace) -> None:
     logger.info("args: %s", " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
     logger.info(
         "effective batch %d (%d x %d processes); k=%d; device %s",
-        args.batch_size * info.world_size, args.batch_size, info.world_size, args.k, device,
-    )  # fmt: skip
+        args.batch_size * info.world_size,
+        args.batch_size,
+        info.world_size,
+        args.k,
+        device,
+    )
 
     # ---- data
     source = build_source(
-        args.data, "train", args.image_size, augment_preset(args.aug, args.image_size),
-        args.subset, args.in_memory, args.workers, Path(args.data_cache),
-    )  # fmt: skip
+        data=args.data,
+        split="train",
+        crop=args.image_size,
+        augment=augment_preset(args.aug, args.image_size),
+        subset=args.subset,
+        in_memory=args.in_memory,
+        workers=args.workers,
+        cache_dir=Path(args.data_cache),
+    )
     if args.clustering == "kmeans":
         check_k(len(source), args.k)
+    else:
+        check_pic_neighbors(len(source), args.pic_neighbors)
+    per_epoch = max(1, round(args.reassign * len(source)))  # the images an epoch trains on, all processes together
+    if per_epoch // info.world_size < args.batch_size:
+        raise UserError(
+            f"--batch-size {args.batch_size} x {info.world_size} process(es) is larger than the {per_epoch} images an "
+            f"epoch trains on ({len(source)} images x --reassign {args.reassign:g}): lower --batch-size"
+        )
     if len(source) <= args.pca_dim:
         raise UserError(
             f"{len(source)} images are too few for --pca-dim {args.pca_dim}: use more images or a smaller --pca-dim"
@@ -345,6 +370,7 @@ def main(args: argparse.Namespace) -> None:
             # record written after the checkpoint it restarts from, so every epoch is logged exactly once.
             log.append(record)
             save_assignments(output_dir, epoch, state.assignments, record["num_clusters"])
+            kill_point("after-log")
             save_checkpoint(checkpoint_state(args, backbone, optimizer, state), checkpoint_path(output_dir))
             log_epoch(tracker, record, state.assignments)
         dist_util.barrier()
@@ -400,6 +426,7 @@ def run_epoch(
     # 0. the monitor's held-out features, when due: (M, D) raw backbone features
     start = time.perf_counter()
     backbone.eval()
+    dist_util.broadcast_buffers(backbone)  # every rank extracts with rank 0's BatchNorm statistics, the saved ones
     monitor, held_out_feats = None, None
     if inputs.held_out is not None and (epoch % args.knn_every == 0 or not train):
         held_out_feats = extract_features(backbone, inputs.held_out, args.extract_batch_size, device)
@@ -504,7 +531,7 @@ def train_on_labels(
     sampler = UniformClusterSampler(labels, num_samples, args.seed, epoch, info.rank, info.world_size)
     head = new_head(backbone.feature_dim, num_classes, inputs.device)
     head_optimizer = torch.optim.SGD(head.parameters(), lr=args.head_lr, momentum=0.0, weight_decay=args.wd)
-    gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
+    gen = torch.Generator().manual_seed(derive_seed(args.seed, "pretrain-batches", epoch))
     batches = inputs.source.train_batches(
         np.asarray(sampler.indices), args.batch_size, inputs.device, gen, info.rank, info.world_size
     )
@@ -561,10 +588,18 @@ def cluster(
     if info.is_main:
         on_device = args.kmeans_backend == "torch" or args.clustering == "pic"
         result = run_clustering(
-            features.to(device) if on_device else features, args.clustering, args.k, seed, args.kmeans_backend,
-            args.kmeans_iters, args.pic_neighbors, args.pic_sigma, args.pic_alpha, args.pic_iters,
+            features.to(device) if on_device else features,
+            method=args.clustering,
+            k=args.k,
+            seed=seed,
+            backend=args.kmeans_backend,
+            niter=args.kmeans_iters,
+            pic_neighbors=args.pic_neighbors,
+            pic_sigma=args.pic_sigma,
+            pic_alpha=args.pic_alpha,
+            pic_iters=args.pic_iters,
             use_gpu=device.type == "cuda",
-        )  # fmt: skip
+        )
     return dist_util.broadcast_object(result)
 
 
@@ -618,6 +653,7 @@ def train_one_epoch(
         loss.backward()
         for optimizer in optimizers:
             optimizer.step()
+        kill_point("mid-step")
         total_loss += loss.item() * len(idx)
         num_images += len(idx)
     if num_images == 0:

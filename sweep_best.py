@@ -17,8 +17,8 @@ from pathlib import Path
 
 from util.checkpoint import atomic_write
 from util.errors import UserError, script_entry
+from util.eval.results import format_table
 from util.logging import setup_logging
-from util.results import format_table
 
 
 def get_args_parser() -> argparse.ArgumentParser:

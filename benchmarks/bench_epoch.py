@@ -26,10 +26,10 @@ import main_deepcluster as mdc
 from models import build_model
 from util.augment import augment_preset
 from util.checkpoint import checkpoint_path, save_assignments, save_checkpoint
-from util.clustering import pseudo_labels
 from util.data import build_source
 from util.dist import DistInfo
-from util.features import extract_features
+from util.pretrain.clustering import pseudo_labels
+from util.pretrain.features import extract_features
 
 
 def deepcluster_epoch(args, source, device, out: Path) -> dict:

@@ -47,7 +47,7 @@ def run_one(method: str, num: int, dim: int, k: int, iters: int, device: str) ->
         kmeans.train(x, index)
         index.search(x, 1)
     elif method == "torch":
-        from util.clustering import torch_kmeans
+        from util.pretrain.clustering import torch_kmeans
 
         points = torch.from_numpy(x).to(device)
         start = time.perf_counter()

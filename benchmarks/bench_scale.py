@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from util.clustering import PCAWhitening, l2_normalize, run_clustering
-from util.sampler import uniform_cluster_indices
+from util.pretrain.clustering import PCAWhitening, l2_normalize, run_clustering
+from util.pretrain.sampler import uniform_cluster_indices
 
 
 def peak_rss_gb() -> float:

@@ -32,9 +32,23 @@ def main() -> None:
     runs = {}
     for labels in ("dataset", "clusters"):
         out = args.output_dir / f"labels-from-{labels}"
-        cmd = [sys.executable, str(REPO / "main_deepcluster.py"), "--data", "cifar10", "--subset", str(args.subset),
-               "--epochs", str(args.epochs), "--labels-from", labels, "--wandb-mode", "disabled",
-               "--output-dir", str(out), *args.extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            str(REPO / "main_deepcluster.py"),
+            "--data",
+            "cifar10",
+            "--subset",
+            str(args.subset),
+            "--epochs",
+            str(args.epochs),
+            "--labels-from",
+            labels,
+            "--wandb-mode",
+            "disabled",
+            "--output-dir",
+            str(out),
+            *args.extra,
+        ]
         print("$", " ".join(cmd[1:]), flush=True)
         start = time.perf_counter()
         if subprocess.run(cmd, cwd=REPO).returncode != 0:

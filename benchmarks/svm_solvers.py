@@ -1,4 +1,4 @@
-"""Batched (torch, util/newton_svm.py) vs liblinear SVM solvers on the same CIFAR-10 features, side by side.
+"""Batched (torch, util/eval/newton_svm.py) vs liblinear SVM solvers on the same CIFAR-10 features, side by side.
 
     .venv/bin/python benchmarks/svm_solvers.py --pretrained runs/cifar10-demo/checkpoint.pth
 
@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from util.augment import augment_preset
 from util.data import default_cache_dir, list_images, make_source, resolve_split, subset_indices
 from util.dist import sharded_map
-from util.feature_streams import probe_inputs
-from util.pretrained import load_backbone
-from util.probes import TAP_NAMES, build_tap_pooling
-from util.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, l2_normalize_features, lowshot_protocol
-from util.voc import folder_split
+from util.eval.feature_streams import probe_inputs
+from util.eval.pretrained import load_backbone
+from util.eval.probes import TAP_NAMES, build_tap_pooling
+from util.eval.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, l2_normalize_features, lowshot_protocol
+from util.eval.voc import folder_split
 
 
 @torch.inference_mode()
@@ -81,10 +81,14 @@ def main() -> None:
     for name in ("batched", "liblinear"):  # one small solve each first: library start-up is not solver time
         first = train_x[layers[0]][:200]
         get_solver(name, args.device)(first, np.where(train_y[:200] > 0, 1.0, -1.0), train_y[:200] != 0, np.ones(10))
-    print(f"CIFAR-10 {args.train} train / {args.test} test images, {len(DEFAULT_COSTS)} costs, "
-          f"{torch.get_num_threads()} threads, batched on {args.device}")  # fmt: skip
-    print(f"{'layer':9} {'protocol':10} {'dims':>5} {'liblinear mAP':>13} {'batched mAP':>11} {'diff':>6} "
-          f"{'liblinear s':>11} {'batched s':>9} {'speed-up':>8}")  # fmt: skip
+    print(
+        f"CIFAR-10 {args.train} train / {args.test} test images, {len(DEFAULT_COSTS)} costs, "
+        f"{torch.get_num_threads()} threads, batched on {args.device}"
+    )
+    print(
+        f"{'layer':9} {'protocol':10} {'dims':>5} {'liblinear mAP':>13} {'batched mAP':>11} {'diff':>6} "
+        f"{'liblinear s':>11} {'batched s':>9} {'speed-up':>8}"
+    )
     for layer in layers:
         for protocol in ("full", "lowshot"):
             runs = {}

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import submitit
 
 from slurm.job import REPO_ROOT, SCRIPTS, ScriptJob, load_script, script_parser
+from util.errors import UserError, run_main
 
 
 def launcher_parser() -> argparse.ArgumentParser:
@@ -52,11 +53,30 @@ def launcher_parser() -> argparse.ArgumentParser:
         help="one array element per value of script flag --NAME; each writes to OUTPUT_DIR/NAME=V. Repeat it for a "
         "grid (every combination; OUTPUT_DIR/NAME1=V1+NAME2=V2); sweep_best.py picks the best element",
     )
-    parser.add_argument("--cluster", choices=("auto", "slurm", "local"), default="auto",
-                        help="auto: SLURM when sbatch is on PATH, else local processes")  # fmt: skip
+    parser.add_argument(
+        "--cluster",
+        choices=("auto", "slurm", "local"),
+        default="auto",
+        help="auto: SLURM when sbatch is on PATH, else local processes",
+    )
     parser.add_argument("--wait", action="store_true", help="block until every job ends; exit 1 if one failed")
     parser.add_argument("--dry-run", action="store_true", help="check every flag and print the jobs; submit nothing")
     return parser
+
+
+def check_resources(opts: argparse.Namespace) -> None:
+    """Counts that sbatch would reject later, or accept with a surprise, refused now."""
+    for flag, value, least in (
+        ("--nodes", opts.nodes, 1),
+        ("--gpus-per-node", opts.gpus_per_node, 0),
+        ("--tasks-per-node", opts.tasks_per_node, 1),
+        ("--cpus-per-task", opts.cpus_per_task, 1),
+        ("--mem-gb", opts.mem_gb, 1),
+        ("--timeout-min", opts.timeout_min, 1),
+        ("--max-requeues", opts.max_requeues, 0),
+    ):
+        if value is not None and value < least:
+            raise UserError(f"{flag} {value}: must be at least {least}")
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -69,7 +89,7 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
 def make_executor(opts: argparse.Namespace) -> submitit.AutoExecutor:
     cluster = None if opts.cluster == "auto" else opts.cluster
     if cluster == "slurm" and shutil.which("sbatch") is None:
-        sys.exit("error: --cluster slurm but sbatch is not on PATH: load Slurm or use --cluster local")
+        raise UserError("--cluster slurm but sbatch was not found on PATH: load Slurm or use --cluster local")
     executor = submitit.AutoExecutor(folder=opts.job_dir, cluster=cluster, slurm_max_num_timeout=opts.max_requeues)
     gpus = opts.gpus_per_node
     tasks = opts.tasks_per_node or max(1, gpus)
@@ -98,11 +118,13 @@ def sweep_argvs(script_args: argparse.Namespace, argv: list[str], sweeps: list[s
     axes = []
     for sweep in sweeps:
         if "=" not in sweep:
-            sys.exit(f"error: --sweep {sweep!r} must read NAME=V1,V2,... (e.g. lr=0.01,0.1)")
+            raise UserError(f"--sweep {sweep!r} must read NAME=V1,V2,... (e.g. lr=0.01,0.1)")
         name, values = sweep.split("=", 1)
         if not hasattr(script_args, name.replace("-", "_")):
-            sys.exit(f"error: --sweep {name}: the script has no flag --{name.replace('_', '-')}")
+            raise UserError(f"--sweep {name}: the script has no flag --{name.replace('_', '-')}")
         axes.append([(name, value) for value in values.split(",") if value])
+        if not axes[-1]:
+            raise UserError(f"--sweep {sweep!r} lists no value: write NAME=V1,V2,...")
     base = Path(script_args.output_dir)
     argvs = []
     for combination in itertools.product(*axes):
@@ -115,6 +137,7 @@ def sweep_argvs(script_args: argparse.Namespace, argv: list[str], sweeps: list[s
 def main(argv: list[str] | None = None) -> int:
     launcher_argv, script_argv = split_argv(sys.argv[1:] if argv is None else argv)
     opts = launcher_parser().parse_args(launcher_argv)
+    check_resources(opts)
     module = load_script(opts.script)
     parser = script_parser(module)
     script_args = parser.parse_args(script_argv)  # rejects bad script flags before submitting
@@ -126,11 +149,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"would submit {opts.script} {' '.join(one)} on {opts.nodes} node(s)", flush=True)
         return 0
     executor = make_executor(opts)
-    if len(argvs) > 1:
-        with executor.batch():
-            jobs = [executor.submit(ScriptJob(opts.script, one)) for one in argvs]
-    else:
-        jobs = [executor.submit(ScriptJob(opts.script, argvs[0]))]
+    try:
+        if len(argvs) > 1:
+            with executor.batch():
+                jobs = [executor.submit(ScriptJob(opts.script, one)) for one in argvs]
+        else:
+            jobs = [executor.submit(ScriptJob(opts.script, argvs[0]))]
+    except UserError:
+        raise
+    except Exception as err:  # sbatch's own failure (no config, bad partition, ...): one line
+        reason = " ".join(str(err).split())[:300]
+        raise UserError(
+            f"submission failed ({type(err).__name__}: {reason}): check the partition and that "
+            "sinfo works here (SLURM_CONF), or use --cluster local"
+        ) from err
     for job, one in zip(jobs, argvs, strict=True):
         print(f"submitted {opts.script} as job {job.job_id}; logs: {job.paths.stdout}", flush=True)
         print(f"  output: {parser.parse_args(one).output_dir}", flush=True)
@@ -148,4 +180,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(lambda: sys.exit(main()))

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from util.eval.voc import VOC_CLASSES
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
@@ -98,3 +100,38 @@ def wandb_summary(run_dir: Path) -> dict:
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+def make_voc(root, per_class_files=True, num_train=12, num_test=10):
+    """A tiny VOCdevkit/VOC2007 layout with real JPEGs, annotations and difficult flags."""
+    main = root / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "Annotations").mkdir()
+    rng = np.random.default_rng(0)
+    splits = {
+        "trainval": [f"{i:06d}" for i in range(num_train)],
+        "test": [f"{i:06d}" for i in range(100, 100 + num_test)],
+    }
+    truth = {}
+    for ids in splits.values():
+        for n, image_id in enumerate(ids):
+            cls = n % 3  # classes 0..2 only: aeroplane, bicycle, bird
+            difficult = n % 5 == 4
+            colour = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]][cls]) + rng.normal(0, 10, (40, 40, 3))
+            Image.fromarray(np.clip(colour, 0, 255).astype(np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
+            xml = (
+                f"<annotation><object><name>{VOC_CLASSES[cls]}</name><difficult>{int(difficult)}</difficult>"
+                "</object></annotation>"
+            )
+            (root / "Annotations" / f"{image_id}.xml").write_text(xml)
+            truth[image_id] = (cls, difficult)
+    for split, ids in splits.items():
+        (main / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        if per_class_files:
+            for c, name in enumerate(VOC_CLASSES):
+                lines = [
+                    f"{i} {0 if truth[i][1] and truth[i][0] == c else (1 if truth[i][0] == c else -1)}" for i in ids
+                ]
+                (main / f"{name}_{split}.txt").write_text("\n".join(lines) + "\n")
+    return root

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from util.clustering import (
+from util.errors import UserError
+from util.metrics import nmi
+from util.pretrain.clustering import (
     PCAWhitening,
     faiss_kmeans,
     l2_normalize,
@@ -12,8 +14,6 @@ from util.clustering import (
     run_clustering,
     torch_kmeans,
 )
-from util.errors import UserError
-from util.metrics import nmi
 
 
 def planted(num_clusters=8, per_cluster=60, dim=32, spread=0.05, seed=0):
@@ -131,7 +131,7 @@ def test_pca_whitening_with_fewer_samples_than_dimensions():
 def test_pic_links_follow_the_weighted_gain_not_the_highest_neighbour():
     """Point 0 has two uphill neighbours: 1 (w=1, gain 1 x 0.4) and 2 (w=0.5, gain 0.5 x 0.5). The original rule
     follows the largest w_ij (v_j - v_i), so 0 joins 1, although 2 has the larger v."""
-    from util.clustering import _resolve_parents
+    from util.pretrain.clustering import _resolve_parents
 
     v = torch.tensor([0.1, 0.5, 0.6])
     src, dst = torch.tensor([0, 1, 0, 2]), torch.tensor([1, 0, 2, 0])
@@ -155,7 +155,7 @@ def test_pic_splits_but_never_merges_planted_clusters_and_leaves_no_singletons()
 def test_knn_graph_in_blocks_finds_the_true_neighbours(block_elements):
     """Against a brute-force float64 reference: the nnn returned similarities are the true nnn best, up to float32
     rounding of the dot products (<= 1e-5 for unit vectors of 16 dims), never the point itself, nearest first."""
-    from util.clustering import knn_graph
+    from util.pretrain.clustering import knn_graph
 
     x = torch.nn.functional.normalize(torch.randn(997, 16, generator=torch.Generator().manual_seed(0)), dim=1)
     idx, sq = knn_graph(x, 7, block_elements=block_elements)

@@ -16,9 +16,9 @@ import torchvision
 from tests.helpers import PYTHON, REPO, run_script, script_env, wandb_records, wandb_run_dir
 from util.augment import augment_preset
 from util.data import build_source
-from util.feature_streams import LiveFeatures
-from util.pretrained import load_backbone
-from util.probes import build_tap_pooling
+from util.eval.feature_streams import LiveFeatures
+from util.eval.pretrained import load_backbone
+from util.eval.probes import build_tap_pooling
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +29,24 @@ FAST = ["--batch-size", "32", "--workers", "0", "--image-size", "32", "--seed", 
 def checkpoint(tmp_path_factory, tiny_folder):
     """A real main_deepcluster.py checkpoint (1 epoch on the tiny folder)."""
     tmp = tmp_path_factory.mktemp("pre")
-    args = ["--data", str(tiny_folder), "--output-dir", str(tmp / "run"), "--arch", "resnet18", "--k", "6",
-            "--pca-dim", "16", "--batch-size", "16", "--epochs", "1", "--workers", "0"]  # fmt: skip
+    args = [
+        "--data",
+        str(tiny_folder),
+        "--output-dir",
+        str(tmp / "run"),
+        "--arch",
+        "resnet18",
+        "--k",
+        "6",
+        "--pca-dim",
+        "16",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+    ]
     proc = run_script("main_deepcluster.py", args, tmp)
     assert proc.returncode == 0, proc.stderr
     return tmp / "run" / "checkpoint.pth"
@@ -42,8 +58,18 @@ def evaluate(tmp_path, *args, **kwargs):
 
 def test_all_protocols_cached_with_random_baseline(tmp_path, tiny_split_folder, checkpoint):
     out = tmp_path / "eval"
-    proc = evaluate(tmp_path, "--pretrained", str(checkpoint), "--data", str(tiny_split_folder), "--epochs", "3",
-                    "--cached-features", "--output-dir", str(out))  # fmt: skip
+    proc = evaluate(
+        tmp_path,
+        "--pretrained",
+        str(checkpoint),
+        "--data",
+        str(tiny_split_folder),
+        "--epochs",
+        "3",
+        "--cached-features",
+        "--output-dir",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text())
     for prefix in ("", "random_init_"):
@@ -68,8 +94,23 @@ def test_all_protocols_cached_with_random_baseline(tmp_path, tiny_split_folder, 
 def test_probe_learns_on_separable_images(tmp_path, tiny_split_folder):
     """Live protocol path (augmented crops through the frozen net): far above the 25 % chance level."""
     out = tmp_path / "eval"
-    proc = evaluate(tmp_path, "--pretrained", "random", "--arch", "resnet18", "--data", str(tiny_split_folder),
-                    "--protocol", "multihead", "--epochs", "6", "--lr", "0.05", "--output-dir", str(out))  # fmt: skip
+    proc = evaluate(
+        tmp_path,
+        "--pretrained",
+        "random",
+        "--arch",
+        "resnet18",
+        "--data",
+        str(tiny_split_folder),
+        "--protocol",
+        "multihead",
+        "--epochs",
+        "6",
+        "--lr",
+        "0.05",
+        "--output-dir",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text())
     assert max(results[f"random_init_feature{i}_top1"] for i in range(1, 6)) >= 75.0
@@ -96,8 +137,20 @@ def test_backbone_stays_frozen(tiny_split_folder, checkpoint):
 
 
 def test_interrupted_evaluation_resumes_to_the_same_numbers(tmp_path, tiny_split_folder, checkpoint):
-    common = ["--pretrained", str(checkpoint), "--data", str(tiny_split_folder), "--protocol", "multihead",
-              "--epochs", "8", "--cached-features", "--baseline", "none", "--deterministic"]  # fmt: skip
+    common = [
+        "--pretrained",
+        str(checkpoint),
+        "--data",
+        str(tiny_split_folder),
+        "--protocol",
+        "multihead",
+        "--epochs",
+        "8",
+        "--cached-features",
+        "--baseline",
+        "none",
+        "--deterministic",
+    ]
     ref = tmp_path / "ref"
     assert evaluate(tmp_path, *common, "--output-dir", str(ref)).returncode == 0
     out = tmp_path / "killed"
@@ -131,8 +184,21 @@ def test_interrupted_evaluation_resumes_to_the_same_numbers(tmp_path, tiny_split
 def test_torchvision_state_dict_loads_and_drops_the_classifier(tmp_path, tiny_split_folder):
     path = tmp_path / "tv.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    proc = evaluate(tmp_path, "--pretrained", str(path), "--arch", "resnet18", "--data", str(tiny_split_folder),
-                    "--protocol", "knn", "--baseline", "none", "--output-dir", str(tmp_path / "o"))  # fmt: skip
+    proc = evaluate(
+        tmp_path,
+        "--pretrained",
+        str(path),
+        "--arch",
+        "resnet18",
+        "--data",
+        str(tiny_split_folder),
+        "--protocol",
+        "knn",
+        "--baseline",
+        "none",
+        "--output-dir",
+        str(tmp_path / "o"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "tv.pth: torchvision layout" in proc.stderr and "2 dropped (fc.* (2))" in proc.stderr
 
@@ -217,8 +283,10 @@ def test_knn_equals_an_independent_computation_on_the_features(tiny_split_folder
     backbone = load_backbone(str(checkpoint), None, None, device)
     pooling = build_tap_pooling(backbone, "resnet18", 32, device)
     spec = augment_preset("paper", 32)
-    sources = [build_source(str(tiny_split_folder), split, 32, spec, None, False, 0, tiny_split_folder)
-               for split in ("train", "val")]  # fmt: skip
+    sources = [
+        build_source(str(tiny_split_folder), split, 32, spec, None, False, 0, tiny_split_folder)
+        for split in ("train", "val")
+    ]
     stream = LiveFeatures(backbone, pooling, sources[0], sources[1], 32, device, seed=0)
     (train, train_y), val = stream.avgpool_features("train"), stream.avgpool_features("val")[0]
     scores = knn_predict(train, train_y, val, 4, k=20, temperature=0.07).numpy()

@@ -12,8 +12,20 @@ from tests.helpers import read_jsonl, run_script, script_env
 from tests.test_bad_inputs import assert_user_error
 from util.knn import StreamingKnn, knn_predict
 
-TINY = ["--arch", "resnet18", "--k", "6", "--pca-dim", "16", "--batch-size", "16", "--image-size", "32",
-        "--workers", "0"]  # fmt: skip
+TINY = [
+    "--arch",
+    "resnet18",
+    "--k",
+    "6",
+    "--pca-dim",
+    "16",
+    "--batch-size",
+    "16",
+    "--image-size",
+    "32",
+    "--workers",
+    "0",
+]
 
 
 def brute_force_knn(train, train_labels, test, num_classes, k, temperature):
@@ -49,8 +61,17 @@ def test_monitor_logs_the_floor_and_agrees_with_eval_linear(tmp_path, tiny_split
     """The monitor's epoch-0 kNN is the random network's and equals eval_linear's random_init_knn_top1; its final
     record equals eval_linear's kNN of the saved checkpoint (independent extraction, all training images)."""
     out = tmp_path / "run"
-    args = ["--data", str(tiny_split_folder / "train"), "--knn-data", str(tiny_split_folder / "val"),
-            "--epochs", "2", "--output-dir", str(out), *TINY]  # fmt: skip
+    args = [
+        "--data",
+        str(tiny_split_folder / "train"),
+        "--knn-data",
+        str(tiny_split_folder / "val"),
+        "--epochs",
+        "2",
+        "--output-dir",
+        str(out),
+        *TINY,
+    ]
     proc = run_script("main_deepcluster.py", args, tmp_path)
     assert proc.returncode == 0, proc.stderr
     records = read_jsonl(out / "log.jsonl")
@@ -59,9 +80,26 @@ def test_monitor_logs_the_floor_and_agrees_with_eval_linear(tmp_path, tiny_split
     assert "(floor " in proc.stderr
 
     evaluated = tmp_path / "eval"
-    proc = run_script("eval_linear.py", ["--pretrained", str(out / "checkpoint.pth"), "--data", str(tiny_split_folder),
-                                         "--protocol", "knn", "--image-size", "32", "--batch-size", "16",
-                                         "--workers", "0", "--output-dir", str(evaluated)], tmp_path)  # fmt: skip
+    proc = run_script(
+        "eval_linear.py",
+        [
+            "--pretrained",
+            str(out / "checkpoint.pth"),
+            "--data",
+            str(tiny_split_folder),
+            "--protocol",
+            "knn",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--workers",
+            "0",
+            "--output-dir",
+            str(evaluated),
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     results = json.loads((evaluated / "results.json").read_text())
     one_image = 100.0 / 60  # 60 held-out images: the two extractions may differ in the last float bits only
@@ -85,9 +123,30 @@ def test_true_labels_sanity_check_lifts_knn_far_above_the_floor(tmp_path):
     CIFAR-10 images lift the kNN top-1 on the 10,000 test images well above the random network's."""
     env = script_env(tmp_path)
     out = tmp_path / "run"
-    args = ["--data", "cifar10", "--subset", "1000", "--labels-from", "dataset", "--epochs", "3", "--reassign", "3",
-            "--k", "10", "--pca-dim", "32", "--batch-size", "64", "--seed", "0", "--wandb-mode", "disabled",
-            "--output-dir", str(out)]  # fmt: skip
+    args = [
+        "--data",
+        "cifar10",
+        "--subset",
+        "1000",
+        "--labels-from",
+        "dataset",
+        "--epochs",
+        "3",
+        "--reassign",
+        "3",
+        "--k",
+        "10",
+        "--pca-dim",
+        "32",
+        "--batch-size",
+        "64",
+        "--seed",
+        "0",
+        "--wandb-mode",
+        "disabled",
+        "--output-dir",
+        str(out),
+    ]
     proc = run_script("main_deepcluster.py", args, tmp_path, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     records = read_jsonl(out / "log.jsonl")
@@ -99,8 +158,11 @@ def test_monitor_bad_inputs(tmp_path, tiny_folder, tiny_split_folder):
     base = ["--output-dir", str(tmp_path / "o"), "--epochs", "1", *TINY]
     proc = run_script("main_deepcluster.py", ["--data", str(tiny_folder), "--knn-every", "1", *base], tmp_path)
     assert_user_error(proc, "--knn-every needs a labelled held-out split", "--knn-data")
-    proc = run_script("main_deepcluster.py", ["--data", str(tiny_split_folder / "train"), "--knn-data",
-                                              str(tiny_folder), *base], tmp_path)  # fmt: skip
+    proc = run_script(
+        "main_deepcluster.py",
+        ["--data", str(tiny_split_folder / "train"), "--knn-data", str(tiny_folder), *base],
+        tmp_path,
+    )
     assert_user_error(proc, "other class folders")
     proc = run_script("main_deepcluster.py", ["--data", str(tiny_folder), "--reassign", "0", *base], tmp_path)
     assert_user_error(proc, "--reassign 0.0 must be positive")

@@ -52,7 +52,7 @@ def test_sobel_on_a_step_edge_gives_the_known_x_response_and_no_y_response():
 
 def test_resnet50_multihead_taps_pool_to_the_protocol_dims_at_224():
     """mmselfsup's multi-head protocol: 9216 / 9216 / 8192 / 9216 / 8192 dims at 224 px."""
-    from util.probes import build_tap_pooling
+    from util.eval.probes import build_tap_pooling
 
     model = build_model("resnet50").eval()
     pooling = build_tap_pooling(model, "resnet50", 224, torch.device("cpu"))

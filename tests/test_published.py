@@ -9,8 +9,8 @@ import torchvision
 from torch import nn
 
 from util.errors import UserError
-from util.pretrained import load_backbone
-from util.published import convert_checkpoint
+from util.eval.pretrained import load_backbone
+from util.eval.published import convert_checkpoint
 
 CPU = torch.device("cpu")
 
@@ -40,8 +40,14 @@ class OriginalNet(nn.Module):
                     continue
                 layers += [nn.Conv2d(channels, item[0], *item[1:]), nn.BatchNorm2d(item[0]), nn.ReLU(True)]
                 channels = item[0]
-            self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(True),
-                                            nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(True))  # fmt: skip
+            self.classifier = nn.Sequential(
+                nn.Dropout(0.5),
+                nn.Linear(256 * 6 * 6, 4096),
+                nn.ReLU(True),
+                nn.Dropout(0.5),
+                nn.Linear(4096, 4096),
+                nn.ReLU(True),
+            )
         else:
             for item in [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]:
                 if item == "M":
@@ -49,8 +55,9 @@ class OriginalNet(nn.Module):
                     continue
                 layers += [nn.Conv2d(channels, item, 3, padding=1), nn.BatchNorm2d(item), nn.ReLU(True)]
                 channels = item
-            self.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(0.5),
-                                            nn.Linear(4096, 4096), nn.ReLU(True))  # fmt: skip
+            self.classifier = nn.Sequential(
+                nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(True)
+            )
         self.features = nn.Sequential(*layers)
         self.top_layer = nn.Linear(4096, 10)
         self.sobel = original_sobel()
@@ -119,8 +126,12 @@ def test_swav_deepclusterv2_checkpoint_loads_without_its_heads(tmp_path):
     net = torchvision.models.resnet18(weights=None)
     randomise(net, seed=3)
     state = {f"module.{k}": v for k, v in net.state_dict().items() if not k.startswith("fc.")}
-    state.update({"module.projection_head.0.weight": torch.zeros(2048, 512),
-                  "module.prototypes.prototypes0.weight": torch.zeros(3000, 128)})  # fmt: skip
+    state.update(
+        {
+            "module.projection_head.0.weight": torch.zeros(2048, 512),
+            "module.prototypes.prototypes0.weight": torch.zeros(3000, 128),
+        }
+    )
     path = tmp_path / "deepclusterv2_800ep_pretrain.pth.tar"
     torch.save(state, path)
     ours = load_backbone(str(path), "resnet18", None, CPU)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from util.clustering import pseudo_labels
-from util.sampler import UniformClusterSampler, cluster_members, uniform_cluster_indices
+from util.pretrain.clustering import pseudo_labels
+from util.pretrain.sampler import UniformClusterSampler, cluster_members, uniform_cluster_indices
 
 
 def test_sampler_is_balanced_over_clusters():

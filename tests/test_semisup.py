@@ -15,7 +15,7 @@ from tests.helpers import run_script, script_env, wandb_run_dir, wandb_summary
 from util.augment import eval_transform
 from util.data import list_images, load_image
 from util.errors import UserError
-from util.semisup import percent_subset, read_subset_file, subset_listing
+from util.eval.semisup import percent_subset, read_subset_file, subset_listing
 
 TINY = ["--arch", "resnet18", "--batch-size", "16", "--epochs", "2", "--workers", "0", "--image-size", "32"]
 

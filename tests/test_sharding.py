@@ -35,8 +35,8 @@ def per_image(images: torch.Tensor) -> torch.Tensor:
 def _run(rank: int, world: int, port: int, out: str) -> None:
     import os
 
-    from util.clustering import torch_kmeans
-    from util.features import extract_features
+    from util.pretrain.clustering import torch_kmeans
+    from util.pretrain.features import extract_features
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -58,6 +58,12 @@ def _run(rank: int, world: int, port: int, out: str) -> None:
     local = torch_kmeans(points[rows], 9, 15, seed=4, distributed=info.distributed, rows=rows, num_total=NUM)
     result["kmeans"] = dist_util.gather_rows_by_index(rows, torch.from_numpy(local.assignments), NUM)
     result["reseeded"] = local.reseeded_clusters
+    wide = torch.nn.functional.normalize(torch.randn(NUM, 256, generator=torch.Generator().manual_seed(5)), dim=1)
+    local = torch_kmeans(wide[rows], 40, 10, seed=6, distributed=info.distributed, rows=rows, num_total=NUM)
+    result["kmeans_256d"] = dist_util.gather_rows_by_index(rows, torch.from_numpy(local.assignments), NUM)
+    pair = torch.from_numpy(dist_util.shard(np.arange(2), info, wrap=False))  # with 3 processes, rank 2 has none
+    local = torch_kmeans(wide[pair], 2, 5, seed=1, distributed=info.distributed, rows=pair, num_total=2)
+    result["kmeans_empty_rank"] = dist_util.gather_rows_by_index(pair, torch.from_numpy(local.assignments), 2)
     if rank == 0:
         torch.save(result, out)
     if world > 1:
@@ -70,10 +76,10 @@ def test_three_uneven_processes_equal_one(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    _run(0, 1, port, str(tmp_path / "one.pt"))
+    mp.spawn(_run, args=(1, port, str(tmp_path / "one.pt")), nprocs=1, join=True)  # threads and env stay here
     mp.spawn(_run, args=(3, port, str(tmp_path / "three.pt")), nprocs=3, join=True)
     one, three = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "three.pt")
-    for key in ("raw", "pca_streamed", "pca_all", "mapped", "kmeans"):
+    for key in ("raw", "pca_streamed", "pca_all", "mapped", "kmeans", "kmeans_256d", "kmeans_empty_rank"):
         assert torch.equal(one[key], three[key]), key
     assert one["reseeded"] == three["reseeded"]
     assert torch.equal(one["raw"], one["mapped"])  # the two sharded passes agree
@@ -83,8 +89,8 @@ def test_three_uneven_processes_equal_one(tmp_path):
 def test_streaming_pca_is_fit_on_the_first_images_of_the_extraction_order():
     """--pca-fit-samples M: the PCA is fit on exactly the first M images of the fixed order (whatever the batch
     size), then applied to every image."""
-    from util.clustering import PCAWhitening, l2_normalize
-    from util.features import extract_features, extraction_order
+    from util.pretrain.clustering import PCAWhitening, l2_normalize
+    from util.pretrain.features import extract_features, extraction_order
 
     source, cpu = tiny_source(), torch.device("cpu")
     raw = extract_features(per_image, source, 8, cpu)

@@ -15,15 +15,29 @@ from tests.helpers import PYTHON, REPO, read_jsonl, script_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
-TINY = ["--arch", "resnet18", "--k", "6", "--pca-dim", "16", "--batch-size", "16", "--image-size", "32",
-        "--workers", "0", "--in-memory"]  # fmt: skip
+TINY = [
+    "--arch",
+    "resnet18",
+    "--k",
+    "6",
+    "--pca-dim",
+    "16",
+    "--batch-size",
+    "16",
+    "--image-size",
+    "32",
+    "--workers",
+    "0",
+    "--in-memory",
+]
 
 
 @pytest.fixture(scope="module")
 def slurm_env(tmp_path_factory) -> dict:
     """Start (or find) the local cluster; a machine where it cannot start fails here, saying why."""
-    proc = subprocess.run(["bash", str(REPO / "slurm" / "local_cluster.sh"), "start"], capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(REPO / "slurm" / "local_cluster.sh"), "start"], capture_output=True, text=True, timeout=600
+    )
     if proc.returncode != 0:
         pytest.fail(f"the local Slurm cluster could not be started:\n{proc.stderr[-2000:]}")
     conf = re.search(r"export SLURM_CONF=(\S+)", proc.stdout).group(1)
@@ -33,8 +47,14 @@ def slurm_env(tmp_path_factory) -> dict:
 
 
 def submit(env: dict, args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, str(REPO / "slurm" / "submit.py"), *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [PYTHON, str(REPO / "slurm" / "submit.py"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def sacct_state(env: dict, job_id: str) -> str:
@@ -73,9 +93,28 @@ def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path, tiny_folder):
 
     out, jobs = tmp_path / "run", tmp_path / "jobs"
     epochs = 8
-    proc = submit(slurm_env, ["main_deepcluster.py", "--cpus-per-task", "2", "--mem-gb", "4", "--timeout-min", "10",
-                              "--job-dir", str(jobs / "%j"), "--", *TINY, "--data", str(tiny_folder),
-                              "--epochs", str(epochs), "--output-dir", str(out)])  # fmt: skip
+    proc = submit(
+        slurm_env,
+        [
+            "main_deepcluster.py",
+            "--cpus-per-task",
+            "2",
+            "--mem-gb",
+            "4",
+            "--timeout-min",
+            "10",
+            "--job-dir",
+            str(jobs / "%j"),
+            "--",
+            *TINY,
+            "--data",
+            str(tiny_folder),
+            "--epochs",
+            str(epochs),
+            "--output-dir",
+            str(out),
+        ],
+    )
     assert proc.returncode == 0, proc.stderr
     job_id = job_ids(proc.stdout)[0]
     deadline = time.time() + 300
@@ -123,16 +162,43 @@ def test_job_array_sweep(slurm_env, tmp_path, tiny_folder):
 
 
 def test_failing_job_reports_the_remote_traceback(slurm_env, tmp_path):
-    proc = submit(slurm_env, ["main_deepcluster.py", "--cpus-per-task", "1", "--mem-gb", "2", "--job-dir",
-                              str(tmp_path / "jobs" / "%j"), "--wait", "--", *TINY, "--data",
-                              str(tmp_path / "missing"), "--output-dir", str(tmp_path / "run")])  # fmt: skip
+    proc = submit(
+        slurm_env,
+        [
+            "main_deepcluster.py",
+            "--cpus-per-task",
+            "1",
+            "--mem-gb",
+            "2",
+            "--job-dir",
+            str(tmp_path / "jobs" / "%j"),
+            "--wait",
+            "--",
+            *TINY,
+            "--data",
+            str(tmp_path / "missing"),
+            "--output-dir",
+            str(tmp_path / "run"),
+        ],
+    )
     assert proc.returncode == 1
     assert "failed" in proc.stderr and "Traceback" in proc.stderr and "does not exist" in proc.stderr
 
 
 def test_launcher_rejects_bad_script_flags_before_submitting(slurm_env, tmp_path):
-    proc = submit(slurm_env, ["main_deepcluster.py", "--job-dir", str(tmp_path / "jobs"), "--", "--arch", "nope",
-                              "--output-dir", str(tmp_path / "o")])  # fmt: skip
+    proc = submit(
+        slurm_env,
+        [
+            "main_deepcluster.py",
+            "--job-dir",
+            str(tmp_path / "jobs"),
+            "--",
+            "--arch",
+            "nope",
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+    )
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
     assert not Path(tmp_path / "jobs").exists()
 
@@ -141,9 +207,20 @@ def test_launcher_rejects_bad_script_flags_before_submitting(slurm_env, tmp_path
 def test_recipes_parse(tmp_path, recipe):
     """Every recipe's launcher and script flags are valid (checked by --dry-run, nothing is submitted)."""
     env = script_env(tmp_path)
-    env.update(DRY_RUN="1", IMAGENET=str(tmp_path), DATA=str(tmp_path), VOC2007=str(tmp_path),
-               CKPT=str(tmp_path / "checkpoint.pth"), PATH=f"{Path(PYTHON).parent}:{env['PATH']}")  # fmt: skip
-    proc = subprocess.run(["bash", str(REPO / "slurm" / "recipes" / recipe), str(tmp_path / "out")], env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    env.update(
+        DRY_RUN="1",
+        IMAGENET=str(tmp_path),
+        DATA=str(tmp_path),
+        VOC2007=str(tmp_path),
+        CKPT=str(tmp_path / "checkpoint.pth"),
+        PATH=f"{Path(PYTHON).parent}:{env['PATH']}",
+    )
+    proc = subprocess.run(
+        ["bash", str(REPO / "slurm" / "recipes" / recipe), str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "would submit" in proc.stdout

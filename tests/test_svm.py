@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
 from sklearn.metrics import average_precision_score
 
-from tests.helpers import run_script
-from util import newton_svm
+from tests.helpers import make_voc, run_script
 from util.errors import UserError
-from util.svm import (
+from util.eval import newton_svm
+from util.eval.svm import (
     DEFAULT_COSTS,
     full_protocol,
     get_solver,
@@ -24,7 +23,7 @@ from util.svm import (
     lowshot_sample,
     voc_ap,
 )
-from util.voc import VOC_CLASSES, voc_split
+from util.eval.voc import voc_split
 
 
 def test_voc_ap_hand_computed():
@@ -81,7 +80,7 @@ def test_batched_solver_matches_liblinear_objective(dim):
 
 
 def distance_bound_reference(x, y, mask, costs, W, b):
-    """|grad P(u)| / |u| written out problem by problem, independently of util/newton_svm.py."""
+    """|grad P(u)| / |u| written out problem by problem, independently of util/eval/newton_svm.py."""
     bounds = []
     for p in range(y.shape[1]):
         rows = mask[:, p]
@@ -308,39 +307,6 @@ def test_lowshot_protocol_reports_mean_and_std():
     assert result[4]["map"] >= result[1]["map"] - 5 and result[1]["std"] >= 0
 
 
-def make_voc(root, per_class_files=True, num_train=12, num_test=10):
-    """A tiny VOCdevkit/VOC2007 layout with real JPEGs, annotations and difficult flags."""
-    main = root / "ImageSets" / "Main"
-    main.mkdir(parents=True)
-    (root / "JPEGImages").mkdir()
-    (root / "Annotations").mkdir()
-    rng = np.random.default_rng(0)
-    splits = {
-        "trainval": [f"{i:06d}" for i in range(num_train)],
-        "test": [f"{i:06d}" for i in range(100, 100 + num_test)],
-    }
-    truth = {}
-    for ids in splits.values():
-        for n, image_id in enumerate(ids):
-            cls = n % 3  # classes 0..2 only: aeroplane, bicycle, bird
-            difficult = n % 5 == 4
-            colour = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]][cls]) + rng.normal(0, 10, (40, 40, 3))
-            Image.fromarray(np.clip(colour, 0, 255).astype(np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
-            xml = (f"<annotation><object><name>{VOC_CLASSES[cls]}</name><difficult>{int(difficult)}</difficult>"
-                   "</object></annotation>")  # fmt: skip
-            (root / "Annotations" / f"{image_id}.xml").write_text(xml)
-            truth[image_id] = (cls, difficult)
-    for split, ids in splits.items():
-        (main / f"{split}.txt").write_text("\n".join(ids) + "\n")
-        if per_class_files:
-            for c, name in enumerate(VOC_CLASSES):
-                lines = [
-                    f"{i} {0 if truth[i][1] and truth[i][0] == c else (1 if truth[i][0] == c else -1)}" for i in ids
-                ]
-                (main / f"{name}_{split}.txt").write_text("\n".join(lines) + "\n")
-    return root
-
-
 @pytest.mark.parametrize("per_class_files", [True, False])
 def test_voc_parsing_with_difficult_flags(tmp_path, per_class_files):
     root = make_voc(tmp_path / "VOC2007", per_class_files)
@@ -365,8 +331,26 @@ def test_voc_bad_inputs(tmp_path):
 def test_eval_svm_on_a_voc_layout_end_to_end(tmp_path):
     root = make_voc(tmp_path / "VOC2007", num_train=30, num_test=15)
     out = tmp_path / "svm"
-    args = ["--pretrained", "random", "--arch", "resnet18", "--data", str(root), "--image-size", "64", "--workers", "0",
-            "--costs", "0.1,1", "--lowshot-ks", "1,2", "--lowshot-samples", "2", "--output-dir", str(out)]  # fmt: skip
+    args = [
+        "--pretrained",
+        "random",
+        "--arch",
+        "resnet18",
+        "--data",
+        str(root),
+        "--image-size",
+        "64",
+        "--workers",
+        "0",
+        "--costs",
+        "0.1,1",
+        "--lowshot-ks",
+        "1,2",
+        "--lowshot-samples",
+        "2",
+        "--output-dir",
+        str(out),
+    ]
     proc = run_script("eval_svm.py", args, tmp_path)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text())
@@ -382,8 +366,24 @@ def test_eval_svm_on_a_voc_layout_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_eval_svm_cifar_style_folder_and_errors(tmp_path, tiny_split_folder):
     out = tmp_path / "svm"
-    args = ["--pretrained", "random", "--arch", "resnet18", "--data", str(tiny_split_folder), "--workers", "0",
-            "--image-size", "32", "--layers", "feature4,feature5", "--costs", "1", "--protocol", "full"]  # fmt: skip
+    args = [
+        "--pretrained",
+        "random",
+        "--arch",
+        "resnet18",
+        "--data",
+        str(tiny_split_folder),
+        "--workers",
+        "0",
+        "--image-size",
+        "32",
+        "--layers",
+        "feature4,feature5",
+        "--costs",
+        "1",
+        "--protocol",
+        "full",
+    ]
     proc = run_script("eval_svm.py", [*args, "--output-dir", str(out)], tmp_path)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text())
@@ -416,9 +416,28 @@ def test_svm_feature_cache_is_keyed_by_the_weights_content(tmp_path, tiny_split_
     """Replacing the checkpoint with other weights of the same path and mtime re-extracts the features."""
     weights = tmp_path / "w.pth"
     out = tmp_path / "svm"
-    args = ["--pretrained", str(weights), "--arch", "resnet18", "--data", str(tiny_split_folder), "--workers", "0",
-            "--image-size", "32", "--layers", "feature5", "--costs", "1", "--protocol", "full", "--baseline", "none",
-            "--output-dir", str(out)]  # fmt: skip
+    args = [
+        "--pretrained",
+        str(weights),
+        "--arch",
+        "resnet18",
+        "--data",
+        str(tiny_split_folder),
+        "--workers",
+        "0",
+        "--image-size",
+        "32",
+        "--layers",
+        "feature5",
+        "--costs",
+        "1",
+        "--protocol",
+        "full",
+        "--baseline",
+        "none",
+        "--output-dir",
+        str(out),
+    ]
     torch.manual_seed(1)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     stamp = weights.stat().st_mtime_ns
@@ -440,7 +459,7 @@ def test_svm_feature_cache_is_keyed_by_the_weights_content(tmp_path, tiny_split_
 
 
 def test_cross_validation_ap_is_sklearns_non_interpolated_ap():
-    from util.svm import cross_validation_ap
+    from util.eval.svm import cross_validation_ap
 
     scores = np.array([5, 4, 3, 2, 1.0])
     labels = np.array([1, -1, -1, 1, 1])  # difficult (0) never reaches CV: training labels are +-1 there
@@ -450,7 +469,7 @@ def test_cross_validation_ap_is_sklearns_non_interpolated_ap():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_cross_validation_ap_equals_sklearn_with_ties(seed):
-    from util.svm import cross_validation_ap
+    from util.eval.svm import cross_validation_ap
 
     rng = np.random.default_rng(seed)
     scores = np.round(rng.normal(size=300), 1)  # many tied scores
@@ -460,7 +479,7 @@ def test_cross_validation_ap_equals_sklearn_with_ties(seed):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_voc_ap_of_every_column_equals_voc_ap_one_by_one(seed):
-    from util.svm import voc_ap_columns
+    from util.eval.svm import voc_ap_columns
 
     rng = np.random.default_rng(seed)
     scores = np.round(rng.normal(size=(200, 7)), 1)  # ties

@@ -28,7 +28,7 @@ def our_checkpoint(path, arch="resnet50", sobel=False, seed=0):
 
 
 def reference_detectron2_keys(state: dict) -> dict[str, str]:
-    """detectron2's torchvision -> detectron2 renaming, written out independently of util/export.py from the rules
+    """detectron2's torchvision -> detectron2 renaming, written out independently of util/eval/export.py from the rules
     in detectron2's tools/convert-torchvision-to-d2.py: the stem (conv1, bn1 -> stem.conv1, stem.conv1.norm), stage
     layerN -> resN+1, in a block bnK -> convK.norm, downsample.0 / .1 -> shortcut / shortcut.norm."""
     out = {}

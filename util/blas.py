@@ -17,6 +17,7 @@ logger = logging.getLogger("deepcluster")
 
 AVX512 = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"}  # what OpenBLAS's SkylakeX kernels use
 AVX2 = {"avx2", "fma"}  # Haswell kernels
+_CHECKED: list[bool] = []  # import_faiss has loaded and checked faiss in this process
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
@@ -45,6 +46,8 @@ def import_faiss():
     unless the user set it), then checked: a warning names the kernels when they are still the generic ones."""
     import sys
 
+    if _CHECKED:
+        return sys.modules["faiss"]
     if "faiss" not in sys.modules and "OPENBLAS_CORETYPE" not in os.environ:
         coretype = coretype_for(cpu_flags())
         if coretype:
@@ -55,6 +58,7 @@ def import_faiss():
                 del os.environ["OPENBLAS_CORETYPE"]
     import faiss
 
+    _CHECKED.append(True)
     kernels = faiss_blas_kernels()
     if kernels == "Prescott" and coretype_for(cpu_flags()):
         logger.warning(

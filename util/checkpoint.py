@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from util.errors import UserError
+from util.faults import write_fault
 
 CHECKPOINT_NAME = "checkpoint.pth"
 
@@ -23,6 +25,18 @@ def checkpoint_path(output_dir: str | Path) -> Path:
 
 def atomic_write(path: Path, write: Any) -> None:
     """Call write(file_object) on a temp file in path's folder, fsync, then rename over path."""
+    try:
+        _atomic_write(path, write)
+    except OSError as err:
+        kept = f"the previous {path.name} is kept and loadable" if path.is_file() else f"no {path.name} existed yet"
+        fix = "free space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the folder"
+        raise UserError(
+            f"cannot write {path} ({err.strerror or err}): {kept}; {fix} and rerun the same command (a run resumes "
+            "from its last checkpoint)"
+        ) from err
+
+
+def _atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -44,8 +58,30 @@ def atomic_write(path: Path, write: Any) -> None:
         os.close(dir_fd)
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes that a killed process left in `folder` (and its assignments/):
+    `.NAME.XXXXXXXX` for the files a pretraining run writes (checkpoint.pth, log.jsonl, assignments/epoch_*.npy).
+    Called by the process that owns the folder, at its start: one run per output folder."""
+    removed = []
+    for sub in (folder, folder / "assignments"):
+        for path in sub.glob(".*.*") if sub.is_dir() else []:
+            target, _, suffix = path.name[1:].rpartition(".")
+            ours = target in (CHECKPOINT_NAME, "log.jsonl") or (target.startswith("epoch_") and target.endswith(".npy"))
+            if ours and len(suffix) == 8 and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
-    atomic_write(path, lambda handle: torch.save(state, handle))
+    """Atomically: a kill or a failed write leaves the previous checkpoint as it was. A failed write (a full disk,
+    a lost mount) is one line saying so, exit 2."""
+
+    def write(handle) -> None:
+        torch.save(state, handle)
+        write_fault("checkpoint-write")  # fault-matrix tests only (util/faults.py)
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: str | Path) -> dict:

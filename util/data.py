@@ -25,6 +25,7 @@ from util.augment import (
     train_transform,
 )
 from util.errors import UserError
+from util.seeds import derive_seed
 
 logger = logging.getLogger("deepcluster")
 
@@ -243,7 +244,8 @@ class ImageSource:
                 idx = torch.from_numpy(indices[b * batch_size : (b + 1) * batch_size])
                 yield augment(self.memory[idx].to(device, non_blocking=True), gen, rank, world_size), idx
             return
-        torch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) + 7919 * rank
+        draw = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        torch_seed = derive_seed(rank, "loader-rank", draw)  # rank * 7919 + the epoch's draw
         dataset = torch.utils.data.Subset(ImageDataset(self.images, train_transform(self.augment)), indices.tolist())
         yield from self._loader(dataset, batch_size, device, drop_last=True, seed=torch_seed)
 

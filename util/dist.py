@@ -103,6 +103,8 @@ def init_distributed(device: str) -> DistInfo:
         world_size=info.world_size,
         timeout=datetime.timedelta(minutes=30),
     )
+    global _STARTED
+    _STARTED = info
     logger.info(
         "distributed: rank %d / %d (local %d) via %s:%s",
         info.rank,
@@ -114,10 +116,15 @@ def init_distributed(device: str) -> DistInfo:
     return info
 
 
+_STARTED: DistInfo | None = None  # what init_distributed found (its local rank is SLURM's or torchrun's)
+
+
 def current() -> DistInfo:
     """This process's place in the initialised process group (rank 0 of 1 when there is none): the one way the
     code asks "am I rank 0" or "how many processes"."""
     if dist.is_available() and dist.is_initialized():
+        if _STARTED is not None and _STARTED.world_size == dist.get_world_size():
+            return _STARTED
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     return DistInfo()
 
@@ -176,7 +183,7 @@ def gather_rows_by_index(idx: torch.Tensor, values: torch.Tensor, num: int) -> t
     idx_all = all_gather_rows(idx.to(device)).cpu()
     values_all = all_gather_rows(values.to(device)).cpu()
     out = torch.empty((num, *values_all.shape[1:]), dtype=values_all.dtype)
-    out[idx_all] = values_all  # wrapped-around duplicates write identical rows
+    out[idx_all] = values_all  # callers drop wrapped-around duplicates first: each row is written once
     return out
 
 
@@ -195,8 +202,22 @@ def sharded_map(
     for inputs, idx in batches(shard(indices, info)):
         local_idx.append(idx)
         outputs.append([t.cpu() for t in fn(inputs)])
-    idx = torch.cat(local_idx)
-    return [gather_rows_by_index(idx, torch.cat([out[j] for out in outputs]), num) for j in range(len(outputs[0]))]
+    real = torch.from_numpy(shard_positions(len(indices), info) < len(indices))  # not the wrapped-around duplicates
+    idx = torch.cat(local_idx)[real]
+    return [
+        gather_rows_by_index(idx, torch.cat([out[j] for out in outputs])[real], num) for j in range(len(outputs[0]))
+    ]
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank: without SyncBatchNorm each rank's last
+    training step updated its own, so ranks evaluating or extracting features would each use different ones (and a
+    run resumed from rank 0's checkpoint would differ from one never interrupted)."""
+    if current().distributed:
+        for buffer in model.buffers():
+            moved = buffer.to(collective_device())
+            dist.broadcast(moved, 0)
+            buffer.copy_(moved)
 
 
 def collective_device() -> torch.device:

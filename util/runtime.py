@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from util.checkpoint import remove_stale_temporaries
 from util.dist import DistInfo, init_distributed
 from util.errors import UserError
 from util.logging import setup_logging
@@ -57,6 +58,7 @@ def prepare_output_dir(path: str, is_main: bool) -> Path:
         probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
+        remove_stale_temporaries(out)  # of a run killed inside an atomic write
     except OSError as err:
         raise UserError(
             f"--output-dir {out} is not writable ({err.strerror}): choose a folder you can write to"

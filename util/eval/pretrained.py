@@ -11,7 +11,7 @@ import torch
 from models import ARCHS, Backbone, build_model
 from util.checkpoint import load_checkpoint, load_state_strict
 from util.errors import UserError
-from util.published import add_missing_bn_counters, convert_checkpoint, detect_layout
+from util.eval.published import add_missing_bn_counters, convert_checkpoint, detect_layout
 
 logger = logging.getLogger("deepcluster")
 
@@ -47,7 +47,7 @@ def resolve_arch(pretrained: str, arch: str | None, sobel: bool | None) -> tuple
 
 
 def load_backbone(pretrained: str, arch: str | None, sobel: bool | None, device: torch.device) -> Backbone:
-    """Build the backbone and load its weights strictly (any layout of util/published.py, with a printed report of
+    """Build the backbone and load its weights strictly (any layout of util/eval/published.py, with a printed report of
     the kept, renamed and dropped keys); frozen (no grad) and in eval mode."""
     arch, sobel, ckpt = resolve_arch(pretrained, arch, sobel)
     model = build_model(arch, sobel)

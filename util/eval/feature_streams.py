@@ -11,7 +11,8 @@ from tqdm import tqdm
 from models import Backbone
 from util.data import ImageSource
 from util.dist import current, shard, sharded_map
-from util.probes import TapPooling
+from util.eval.probes import TapPooling
+from util.seeds import derive_seed
 
 # One batch of probe inputs: the five pooled taps (B, C_i, s_i, s_i), the global average of the last tap (B, C5),
 # the class labels (B,) and the dataset indices (B,). Distributed: every rank sees its shard of the data.
@@ -47,7 +48,7 @@ class LiveFeatures:
         self.val_labels = torch.from_numpy(val.targets)
 
     def train_epoch(self, epoch: int) -> Iterator[ProbeBatch]:
-        gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "probe-epoch", epoch))
         order = shard(torch.randperm(len(self.train), generator=gen).numpy())
         info = current()
         batches = self.train.train_batches(order, self.batch_size, self.device, gen, info.rank, info.world_size)
@@ -120,7 +121,7 @@ class CachedFeatures:
             yield pooled_batch, avg[idx].to(self.device), labels[idx].to(self.device), idx
 
     def train_epoch(self, epoch: int) -> Iterator[ProbeBatch]:
-        gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "probe-epoch", epoch))
         order = torch.from_numpy(shard(torch.randperm(len(self.train_labels), generator=gen).numpy()))
         yield from self._batches(self.train_pooled, self.train_avg, self.train_labels, order, drop_last=True)
 

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from util.clustering import PCAWhitening, l2_normalize
 from util.data import ImageSource
 from util.dist import all_gather_rows, broadcast_object, current, gather_rows_by_index, shard_positions
 from util.errors import UserError
+from util.pretrain.clustering import PCAWhitening, l2_normalize
 
 EXTRACTION_ORDER_SEED = 12345  # fixed: the order never depends on --seed
 
@@ -70,12 +70,18 @@ def extract_features(
             done += _fit_and_reduce(pca, raw_buffer, fit_target, device)
             raw_buffer = []
     bar.close()
-    out = gather_rows_by_index(torch.cat([d[0] for d in done]), torch.cat([d[1] for d in done]), num)
+    real = torch.from_numpy(~is_padding)  # rows in extraction order, as `done` holds them
+    out = gather_rows_by_index(torch.cat([d[0] for d in done])[real], torch.cat([d[1] for d in done])[real], num)
     if not torch.isfinite(out).all():
         raise UserError(
             "features contain NaN or inf: the network diverged; lower --lr or restart from an earlier checkpoint"
         )
     return l2_normalize(out) if pca is not None else out
+
+
+def _failure(error: Exception) -> UserError:
+    """What the other ranks raise when rank 0's PCA fit failed (a picklable one-line error)."""
+    return error if isinstance(error, UserError) else UserError(f"rank 0 failed to fit the PCA: {error!r}")
 
 
 def _fit_and_reduce(
@@ -96,14 +102,16 @@ def _fit_and_reduce(
         sample = all_gather_rows(sample.to(device)).cpu()
         sample_positions = all_gather_rows(sample_positions.to(device)).cpu()
     sample = sample[torch.argsort(sample_positions)]
-    fitted: tuple | UserError | None = None
+    fitted: tuple | Exception | None = None
     if current().is_main:
         try:
             fitted = pca.fit(sample).mean, pca.projection
-        except UserError as error:  # every rank must learn of it, not wait for a broadcast that never comes
+        except Exception as error:  # noqa: BLE001 - every rank must learn of it, not wait for a broadcast forever
             fitted = error
-    fitted = broadcast_object(fitted)
-    if isinstance(fitted, UserError):
+    shared = broadcast_object(fitted if not isinstance(fitted, Exception) else _failure(fitted))
+    if isinstance(fitted, Exception):
         raise fitted
-    pca.mean, pca.projection = fitted
+    if isinstance(shared, UserError):
+        raise shared
+    pca.mean, pca.projection = shared
     return [(idx, pca.apply(feats)) for idx, feats, _ in buffer]

@@ -110,6 +110,14 @@ def cluster_sizes(assignments: np.ndarray, num_clusters: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- k-means
+def check_pic_neighbors(num_points: int, num_neighbors: int) -> None:
+    if num_points <= num_neighbors:
+        raise UserError(
+            f"PIC needs more than --pic-neighbors {num_neighbors} images, got {num_points}: use more images or a "
+            "smaller --pic-neighbors"
+        )
+
+
 def check_k(num_points: int, k: int) -> None:
     if k < 2:
         raise UserError(f"--k {k} is too small: k-means needs at least 2 clusters")
@@ -147,17 +155,27 @@ def faiss_kmeans(x: torch.Tensor, k: int, niter: int, seed: int, use_gpu: bool =
     return ClusteringResult(assignments, k, int((sizes == 0).sum()), None, float(dists.mean()))
 
 
-def _assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centroid of every row. Returns (assignments (N,), squared distances (N,))."""
+ASSIGN_BLOCK = 768  # rows per matrix product of the assignment step, always (a multiple of common BLAS tile heights)
+
+
+def _assign(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of every row. Returns (assignments (N,), squared distances (N,)).
+
+    The scores come from products of exactly ASSIGN_BLOCK rows (the last block zero-padded), whatever N: BLAS
+    libraries pick their kernels by the shape of the product (measured with MKL: a product of 1-5 rows gives
+    other low bits than a larger one), so a fixed shape keeps each row's scores, and its assignment, the same
+    however the points are split across processes. (No BLAS promises this; it holds for the libraries tested.)"""
     half_sq_norms = 0.5 * (centroids * centroids).sum(1)  # (k,)
-    assignments, sq_dists = [], []
-    for start in range(0, x.shape[0], chunk):
-        block = x[start : start + chunk]
+    assignments, sq_dists = [torch.zeros(0, dtype=torch.long, device=x.device)], [x.new_zeros(0)]
+    block = x.new_zeros(ASSIGN_BLOCK, x.shape[1])
+    for start in range(0, x.shape[0], ASSIGN_BLOCK):
+        rows = x[start : start + ASSIGN_BLOCK]
+        block[: len(rows)] = rows
+        block[len(rows) :] = 0
         # argmax of <x, c> - |c|^2 / 2 == argmin of |x - c|^2; max(1) is much faster than argmin on CPU.
-        scores = torch.addmm(-half_sq_norms, block, centroids.T)  # (B, k)
-        best, idx = scores.max(1)
+        best, idx = torch.addmm(-half_sq_norms, block, centroids.T)[: len(rows)].max(1)
         assignments.append(idx)
-        sq_dists.append(((block * block).sum(1) - 2 * best).clamp_min(0))
+        sq_dists.append(((rows * rows).sum(1) - 2 * best).clamp_min(0))
     return torch.cat(assignments), torch.cat(sq_dists)
 
 
@@ -198,19 +216,20 @@ def torch_kmeans(
     centroids = torch.zeros(k, dim, device=x.device)
     centroids[mine.to(x.device)] = x[position[chosen][mine].to(x.device)]
     _all_reduce(centroids, distributed)  # each row comes from the one rank holding it; the others add zeros
-    largest = _all_reduce(x.abs().max().reshape(1).float(), distributed, maximum=True)
+    largest = x.abs().amax() if num_local else x.new_zeros(())  # a rank may hold no point (more ranks than points)
+    largest = _all_reduce(largest.reshape(1).float(), distributed, maximum=True)
     scale = _fixed_point_scale(float(largest), num_total)
     chunk = max(1, chunk_elements // max(k, dim))
     reseeded = 0
     for _ in range(niter):
-        assignments, _ = _assign(x, centroids, chunk)
+        assignments, _ = _assign(x, centroids)
         sums = _all_reduce(_exact_cluster_sums(x, assignments, k, scale, chunk), distributed)
         counts = _all_reduce(torch.bincount(assignments, minlength=k), distributed).double()
         nonempty = counts > 0
         means = sums.double() / scale / counts.clamp_min(1)[:, None]
         centroids = torch.where(nonempty[:, None], means, centroids.double()).float()
         reseeded += _split_largest(centroids, counts, gen)
-    assignments, sq_dists = _assign(x, centroids, chunk)
+    assignments, sq_dists = _assign(x, centroids)
     counts = _all_reduce(torch.bincount(assignments, minlength=k), distributed)
     total_sq = _all_reduce(sq_dists.double().sum().reshape(1), distributed)
     return ClusteringResult(
@@ -228,7 +247,7 @@ def _fixed_point_scale(largest: float, num_total: int) -> float:
     resolution."""
     if largest <= 0:
         return 1.0
-    return 2.0 ** (61 - math.ceil(math.log2(largest * num_total)))
+    return 2.0 ** min(900, 61 - math.ceil(math.log2(largest * num_total)))  # capped for (absurdly) tiny data
 
 
 def _exact_cluster_sums(x: torch.Tensor, assignments: torch.Tensor, k: int, scale: float, chunk: int) -> torch.Tensor:
@@ -313,8 +332,7 @@ def power_iteration_clustering(
     sampler never repeats one image N/K times. The number of clusters is found, not chosen.
     """
     num = x.shape[0]
-    if num <= num_neighbors:
-        raise UserError(f"PIC needs more than --pic-neighbors {num_neighbors} images, got {num}")
+    check_pic_neighbors(num, num_neighbors)
     nbr, sq = knn_graph(x, num_neighbors)
     rows = torch.arange(num, device=x.device).repeat_interleave(num_neighbors)
     cols, weights = nbr.flatten(), torch.exp(-sq.flatten() / sigma**2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,10 @@ import numpy as np
 from util.data import ImageList, list_images, resolve_split, subset_indices
 from util.errors import UserError
 
-VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+VOC_CLASSES = tuple(
+    "aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse motorbike person pottedplant "
+    "sheep sofa train tvmonitor".split()
+)
 
 
 @dataclass
@@ -60,7 +61,7 @@ def voc_split(root: Path, split: str) -> LabelledSplit:
         for image_id, row in index.items():
             labels[row] = _labels_from_xml(root / "Annotations" / f"{image_id}.xml")
     paths = [str(root / "JPEGImages" / f"{image_id}.jpg") for image_id in ids]
-    missing_images = [p for p in paths[:50] if not Path(p).is_file()]
+    missing_images = [p for p in paths if not os.path.isfile(p)]
     if missing_images:
         raise UserError(f"VOC image {missing_images[0]} is missing: check the JPEGImages folder")
     images = ImageList(root, paths, np.zeros(len(ids), dtype=np.int64), list(VOC_CLASSES))
@@ -72,7 +73,11 @@ def _labels_from_xml(path: Path) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"VOC annotation {path} is missing and there are no per-class files: check the devkit")
     row = np.full(len(VOC_CLASSES), -1, dtype=np.int8)
-    for obj in ET.parse(path).getroot().iter("object"):
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as err:
+        raise UserError(f"{path} is not valid XML ({err}): restore it from the VOC2007 devkit") from err
+    for obj in root.iter("object"):
         name = obj.findtext("name", "").strip()
         if name not in VOC_CLASSES:
             raise UserError(f"{path} names an unknown class {name!r}: not a VOC2007 annotation")

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from util.seeds import derive_seed
+
 
 def uniform_cluster_indices(pseudo_labels: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
     """About `num_samples` image indices drawn uniformly over clusters, shuffled.
@@ -60,7 +62,9 @@ class UniformClusterSampler(torch.utils.data.Sampler[int]):
             rank,
             world_size,
         )
-        global_indices = uniform_cluster_indices(pseudo_labels, num_samples, seed=seed * 100003 + epoch)
+        global_indices = uniform_cluster_indices(
+            pseudo_labels, num_samples, seed=derive_seed(seed, "cluster-sampler", epoch)
+        )
         padded = -(-global_indices.size // world_size) * world_size
         global_indices = np.resize(global_indices, padded)
         self.indices = global_indices[rank::world_size]

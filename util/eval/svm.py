@@ -2,8 +2,9 @@
 
 Every SVM is the L2-regularised squared-hinge problem of liblinear with a regularised bias (intercept scaling 1):
     min_w  1/2 |w|^2 + C sum_i s_i max(0, 1 - y_i (w . x_i + b))^2,   s_i = 2 for positives, 1 for negatives.
-`liblinear` solves one problem at a time with scikit-learn's LinearSVC (the reference); `batched` (util/newton_svm.py)
-solves every (class, cost, fold or sample) problem at once in torch with Newton-CG, on the CPU or a GPU.
+`liblinear` solves one problem at a time with scikit-learn's LinearSVC (the reference); `batched`
+(util/eval/newton_svm.py) solves every (class, cost, fold or sample) problem at once in torch with Newton-CG, on the
+CPU or a GPU.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from util.newton_svm import POSITIVE_WEIGHT, batched_solver
+from util.eval.newton_svm import POSITIVE_WEIGHT, batched_solver
 
 logger = logging.getLogger("deepcluster")
 

@@ -1,0 +1,283 @@
+"""The bad-input matrix: over the three scripts and the launcher, every case is one line (what is wrong, how to fix
+it), exit code 2, no traceback, and nothing in the output folder created or changed. All cases run in one Python
+process (tests/run_cases.py: each exactly as `python SCRIPT ARGS`, with its own environment), so torch is imported
+once. test_bad_inputs.py holds the cases that need a run to get somewhere first (a NaN loss mid-training, a
+checkpoint of another architecture, an unreadable image in a DataLoader worker)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import PYTHON, REPO, make_voc, script_env
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--arch", "resnet18", "--k", "6", "--pca-dim", "16", "--batch-size", "16", "--workers", "0", "--epochs", "1"]
+EVAL = ["--image-size", "32", "--workers", "0"]
+
+
+def cases(data: dict[str, Path], out: Path) -> list[tuple[str, str, list[str], dict, list[str]]]:
+    """(name, script, args, environment, fragments the error line must hold)."""
+    tiny, split, voc = str(data["tiny"]), str(data["split"]), data["voc"]
+    pre = ["--data", tiny, *TINY, "--output-dir", str(out)]
+    lin = ["--pretrained", "random", "--arch", "resnet18", "--data", split, *EVAL, "--output-dir", str(out)]
+    svm = [*lin[:4], "--data", split, *EVAL, "--output-dir", str(out)]
+    sub = ["slurm/submit.py", "main_deepcluster.py"]
+    return [
+        # main_deepcluster.py
+        ("data is a file", "main_deepcluster.py", [*pre, "--data", str(data["file"])], {}, ["is not a folder"]),
+        ("data missing", "main_deepcluster.py", [*pre, "--data", str(out / "nope")], {}, ["does not exist"]),
+        ("data empty", "main_deepcluster.py", [*pre, "--data", str(data["empty"])], {}, ["holds no images"]),
+        ("k = 1", "main_deepcluster.py", [*pre, "--k", "1"], {}, ["--k 1 is too small"]),
+        ("k > images", "main_deepcluster.py", [*pre, "--k", "500"], {}, ["--k 500 is larger than the 90 images"]),
+        ("pca-dim > images", "main_deepcluster.py", [*pre, "--pca-dim", "256"], {}, ["too few for --pca-dim 256"]),
+        ("batch > images", "main_deepcluster.py", [*pre, "--batch-size", "500"], {}, ["--batch-size 500", "90"]),
+        ("unknown device", "main_deepcluster.py", [*pre, "--device", "tpu"], {}, ["--device tpu", "cuda:N"]),
+        (
+            "alexnet on 32 px",
+            "main_deepcluster.py",
+            [*pre, "--arch", "alexnet", "--image-size", "32"],
+            {},
+            ["--image-size 63"],
+        ),
+        (
+            "vgg16 on 16 px",
+            "main_deepcluster.py",
+            [*pre, "--arch", "vgg16", "--image-size", "16"],
+            {},
+            ["--arch vgg16 cannot run on 16 px", "--image-size"],
+        ),
+        (
+            "damaged checkpoint",
+            "main_deepcluster.py",
+            [*pre, "--resume", str(data["damaged"])],
+            {},
+            ["damaged or not a checkpoint"],
+        ),
+        ("resume missing", "main_deepcluster.py", [*pre, "--resume", str(out / "none.pth")], {}, ["does not exist"]),
+        (
+            "partial SLURM env",
+            "main_deepcluster.py",
+            pre,
+            {"SLURM_PROCID": "0", "SLURM_NTASKS": "2"},
+            ["partial SLURM environment", "SLURM_LOCALID"],
+        ),
+        (
+            "partial torchrun env",
+            "main_deepcluster.py",
+            pre,
+            {"RANK": "0", "WORLD_SIZE": "2"},
+            ["partial torchrun environment", "MASTER_ADDR"],
+        ),
+        (
+            "PIC too few images",
+            "main_deepcluster.py",
+            [*pre, "--data", str(data["few"]), "--clustering", "pic", "--pca-dim", "2", "--batch-size", "2"],
+            {},
+            ["PIC needs more than --pic-neighbors 5 images", "--pic-neighbors"],
+        ),
+        ("lr zero", "main_deepcluster.py", [*pre, "--lr", "0"], {}, ["must be positive"]),
+        ("negative epochs", "main_deepcluster.py", [*pre, "--epochs", "-1"], {}, ["--epochs", "positive"]),
+        ("sync-bn on cpu", "main_deepcluster.py", [*pre, "--sync-bn"], {}, ["--sync-bn needs CUDA"]),
+        ("output is a file", "main_deepcluster.py", [*pre, "--output-dir", str(data["file"])], {}, ["is a file"]),
+        # eval_linear.py
+        (
+            "random without arch",
+            "eval_linear.py",
+            [a for a in lin if a not in ("--arch", "resnet18")],
+            {},
+            ["--pretrained random needs --arch"],
+        ),
+        ("pretrained missing", "eval_linear.py", [*lin, "--pretrained", str(out / "x.pth")], {}, ["does not exist"]),
+        (
+            "pretrained damaged",
+            "eval_linear.py",
+            [*lin, "--pretrained", str(data["damaged"])],
+            {},
+            ["damaged or not a checkpoint"],
+        ),
+        (
+            "sobel mismatch",
+            "eval_linear.py",
+            [*lin, "--pretrained", str(data["checkpoint"]), "--sobel"],
+            {},
+            ["trained with sobel=False", "drop --sobel"],
+        ),
+        ("no val folder", "eval_linear.py", [*lin, "--data", tiny], {}, ["needs train/ and val/ (or test/)"]),
+        (
+            "NaN probe loss",
+            "eval_linear.py",
+            [
+                *lin,
+                "--protocol",
+                "multihead",
+                "--lr",
+                "1e38",
+                "--epochs",
+                "3",
+                "--batch-size",
+                "8",
+                "--output-dir",
+                str(out.parent / "nan"),
+            ],  # fails mid-training: its own folder, W&B log included
+            {},
+            ["probe loss is nan", "lower --lr"],
+        ),
+        # eval_svm.py
+        ("costs not numbers", "eval_svm.py", [*svm, "--costs", "1,abc"], {}, ["--costs '1,abc'"]),
+        ("costs not positive", "eval_svm.py", [*svm, "--costs", "1,-1"], {}, ["--costs", "positive"]),
+        (
+            "lowshot k zero",
+            "eval_svm.py",
+            [*svm, "--protocol", "lowshot", "--lowshot-ks", "0,2"],
+            {},
+            ["--lowshot-ks", "positive"],
+        ),
+        (
+            "lowshot k not integers",
+            "eval_svm.py",
+            [*svm, "--protocol", "lowshot", "--lowshot-ks", "1,x"],
+            {},
+            ["--lowshot-ks '1,x'"],
+        ),
+        ("svm no val folder", "eval_svm.py", [*svm, "--data", tiny], {}, ["neither a VOC2007 folder"]),
+        (
+            "VOC image missing",
+            "eval_svm.py",
+            [*svm, "--data", str(voc["no-jpeg"])],
+            {},
+            ["VOC image", "000007.jpg is missing"],
+        ),
+        (
+            "VOC annotation missing",
+            "eval_svm.py",
+            [*svm, "--data", str(voc["no-xml"])],
+            {},
+            ["VOC annotation", "000003.xml is missing"],
+        ),
+        (
+            "VOC unknown class",
+            "eval_svm.py",
+            [*svm, "--data", str(voc["bad-class"])],
+            {},
+            ["unknown class 'spaceship'"],
+        ),
+        (
+            "VOC broken XML",
+            "eval_svm.py",
+            [*svm, "--data", str(voc["broken-xml"])],
+            {},
+            ["000004.xml is not valid XML"],
+        ),
+        # slurm/submit.py
+        ("sweep without =", *sub[:1], [*sub[1:], "--sweep", "lr", "--", *pre], {}, ["--sweep 'lr' must read NAME="]),
+        (
+            "sweep unknown flag",
+            *sub[:1],
+            [*sub[1:], "--sweep", "nosuch=1,2", "--", *pre],
+            {},
+            ["the script has no flag --nosuch"],
+        ),
+        ("sweep empty values", *sub[:1], [*sub[1:], "--sweep", "lr=", "--", *pre], {}, ["--sweep 'lr='"]),
+        ("nodes zero", *sub[:1], [*sub[1:], "--nodes", "0", "--", *pre], {}, ["--nodes", "at least 1"]),
+        (
+            "no sbatch",
+            *sub[:1],
+            [*sub[1:], "--cluster", "slurm", "--", *pre],
+            {"PATH": str(data["empty"])},
+            ["sbatch", "not found"],
+        ),
+        ("bad script flags", *sub[:1], [*sub[1:], "--", *pre, "--k", "abc"], {}, ["--k"]),
+    ]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    from tests.helpers import make_image_folder
+
+    root = tmp_path_factory.mktemp("matrix")
+    found = {
+        "tiny": make_image_folder(root / "tiny", num_classes=3, per_class=30),
+        "few": make_image_folder(root / "few", num_classes=2, per_class=2),
+        "split": root / "split",
+        "file": root / "a-file",
+        "damaged": root / "damaged.pth",
+        "empty": root / "empty",
+    }
+    make_image_folder(root / "split" / "train", num_classes=4, per_class=10, seed=1)
+    make_image_folder(root / "split" / "val", num_classes=4, per_class=5, seed=2)
+    found["file"].write_text("x")
+    found["damaged"].write_bytes(b"not a checkpoint")
+    (root / "empty" / "cls").mkdir(parents=True)
+    voc = {}
+    for name in ("no-jpeg", "no-xml", "bad-class", "broken-xml"):
+        voc[name] = make_voc(root / name / "VOC2007", per_class_files=name == "no-jpeg", num_train=12, num_test=10)
+    (voc["no-jpeg"] / "JPEGImages" / "000007.jpg").unlink()
+    (voc["no-xml"] / "Annotations" / "000003.xml").unlink()
+    xml = voc["bad-class"] / "Annotations" / "000005.xml"
+    xml.write_text("<annotation><object><name>spaceship</name><difficult>0</difficult></object></annotation>")
+    (voc["broken-xml"] / "Annotations" / "000004.xml").write_text("<annotation><object>")
+    found["voc"] = voc
+    import torch
+
+    from models import build_model
+
+    found["checkpoint"] = root / "weights.pth"
+    torch.save(
+        {"arch": "resnet18", "sobel": False, "backbone": build_model("resnet18", False).state_dict(), "epoch": 1},
+        found["checkpoint"],
+    )
+    return found
+
+
+def folder_digest(path: Path) -> str:
+    if not path.exists():
+        return "absent"
+    digest = hashlib.sha256()
+    for item in sorted(path.rglob("*")):
+        digest.update(str(item.relative_to(path)).encode())
+        if item.is_file():
+            digest.update(item.read_bytes())
+    return digest.hexdigest()
+
+
+def test_every_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, data):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("a previous run's file")
+    table = cases(data, out)
+    assert len(table) >= 30
+    before = folder_digest(out)
+    env = script_env(tmp_path)
+    payload = [{"script": script, "args": args, "env": extra} for _, script, args, extra, _ in table]
+    proc = subprocess.run(
+        [PYTHON, str(REPO / "tests" / "run_cases.py")],
+        input=json.dumps(payload),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr
+    failures = []
+    for (name, _, _, _, fragments), result in zip(table, json.loads(proc.stdout), strict=True):
+        errors = [line for line in result["stderr"].splitlines() if "error:" in line]
+        ok = (
+            result["code"] == 2
+            and len(errors) == 1
+            and "Traceback" not in result["stderr"]
+            and all(fragment in errors[0] for fragment in fragments)
+        )
+        if not ok:
+            failures.append(f"{name}: exit {result['code']}: {result['stderr'].strip()[-400:]}")
+    assert not failures, "\n".join(failures)
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert folder_digest(out) == before, f"a failed command wrote into the output folder: {written}"
+    shutil.rmtree(out)

@@ -1,0 +1,1 @@
+"""Pretraining only: feature extraction for clustering, PCA-whitening, k-means / PIC, the uniform sampler."""

@@ -1,0 +1,18 @@
+"""The random streams a run derives from --seed: one place, one rule."""
+
+from __future__ import annotations
+
+# Every random stream derived from --seed: derived = seed * multiplier + index (an epoch, or a draw). The multipliers
+# are those the runs have always used, so every result is unchanged by this table.
+SEED_STREAMS = {
+    "probe-epoch": 7919,  # the linear probes' epoch order and augmentations (eval_linear.py)
+    "loader-rank": 7919,  # a DataLoader's torch seed: rank * 7919 + the epoch's draw from its generator
+    "cluster-sampler": 100_003,  # the uniform-over-clusters sample of an epoch (main_deepcluster.py)
+    "finetune-epoch": 100_003,  # the semi-supervised fine-tuning epoch's order and views (eval_semisup.py)
+    "pretrain-batches": 1_000_003,  # the pretraining epoch's batch augmentations (main_deepcluster.py)
+}
+
+
+def derive_seed(seed: int, stream: str, index: int) -> int:
+    """The seed of one random stream (SEED_STREAMS): seed * multiplier + index (an epoch, or a draw)."""
+    return seed * SEED_STREAMS[stream] + index
