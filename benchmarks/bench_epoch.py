@@ -70,9 +70,23 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=10_000, help="CIFAR-10 training images")
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the best time is kept")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--reassign", default="2", help="dataset passes per clustering (cifar10 default 2; paper 1)")
     own = parser.parse_args()
     args = mdc.finalize_args(
-        mdc.get_args_parser().parse_args(["--data", "cifar10", "--subset", str(own.subset), "--knn-every", "0"])
+        mdc.get_args_parser().parse_args(
+            [
+                "--data",
+                "cifar10",
+                "--subset",
+                str(own.subset),
+                "--knn-every",
+                "0",
+                "--reassign",
+                own.reassign,
+                "--output-dir",
+                "unused",
+            ]
+        )
     )
     device = torch.device(own.device)
     torch.manual_seed(0)

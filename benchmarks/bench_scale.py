@@ -2,8 +2,9 @@
 (fit on a sample, then every chunk reduced as it arrives) -> k-means -> the uniform-over-clusters sampler, with the
 time of every phase and the peak host memory above the start (resident set size).
 
-The features (default 1.28M x 2048, ResNet-50's avgpool size) are generated chunk by chunk and never all held: a
-mixture of 1,000 Gaussian blobs through a ReLU (non-negative, like pooled ReLU activations). Smaller N or fewer
+The features (default 1.28M x 2048, ResNet-50's avgpool size) are generated batch by batch and never all held: a
+mixture of 1,000 Gaussian blobs through a ReLU (non-negative, like pooled ReLU activations), fed to the epoch's own
+extract_features (identity network), so its buffering and storage are what is measured. Smaller N or fewer
 k-means iterations may be timed and the rest extrapolated (per iteration, linear in N); the output says which.
     .venv/bin/python benchmarks/bench_scale.py                      # 1.28M x 2048, PCA 256, k=10,000
     .venv/bin/python benchmarks/bench_scale.py --num 200000 --kmeans-iters 5
@@ -22,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from util.pretrain.clustering import PCAWhitening, l2_normalize, run_clustering
+from util.pretrain.clustering import run_clustering
+from util.pretrain.features import extract_features
 from util.pretrain.sampler import uniform_cluster_indices
 
 
@@ -35,14 +37,23 @@ def current_rss_gb() -> float:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**30
 
 
-def feature_chunks(num: int, dim: int, chunk: int, seed: int = 0):
-    """(rows, dim) float32 chunks of the synthetic features, generated on demand."""
-    centres = torch.randn(1000, dim, generator=torch.Generator().manual_seed(seed))
-    for start in range(0, num, chunk):
-        gen = torch.Generator().manual_seed(seed + 1 + start)
-        rows = min(chunk, num - start)
-        blob = torch.randint(0, 1000, (rows,), generator=gen)
-        yield torch.relu(centres[blob] + 2.0 * torch.randn(rows, dim, generator=gen))
+class SyntheticFeatures:
+    """An ImageSource stand-in whose "images" are already feature rows (extract_features' forward is then the
+    identity): a mixture of 1,000 Gaussian blobs through a ReLU, generated per batch, never all held."""
+
+    def __init__(self, num: int, dim: int, seed: int = 0) -> None:
+        self.num, self.dim, self.seed = num, dim, seed
+        self.centres = torch.randn(1000, dim, generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self) -> int:
+        return self.num
+
+    def eval_batches(self, indices: np.ndarray, batch_size: int, device: torch.device):
+        for start in range(0, len(indices), batch_size):
+            idx = torch.from_numpy(indices[start : start + batch_size])
+            gen = torch.Generator().manual_seed(self.seed + 1 + start)
+            rows = self.centres[idx % 1000] + 2.0 * torch.randn(len(idx), self.dim, generator=gen)
+            yield torch.relu(rows).to(device), idx
 
 
 def main() -> None:
@@ -64,23 +75,15 @@ def main() -> None:
     )
     rows = []
     start = time.perf_counter()
-    pca, reduced, buffered = PCAWhitening(args.pca_dim), [], []
-    fit_seconds = 0.0
-    for chunk in feature_chunks(args.num, args.dim, args.chunk):
-        if pca.mean is None:
-            buffered.append(chunk)
-            if sum(len(b) for b in buffered) >= min(args.pca_fit_samples, args.num):
-                fit_start = time.perf_counter()
-                sample = torch.cat(buffered)
-                pca.fit(sample[: args.pca_fit_samples])
-                reduced += [pca.apply(b) for b in buffered]
-                buffered, sample = [], None
-                fit_seconds = time.perf_counter() - fit_start
-        else:
-            reduced.append(pca.apply(chunk))
-    features = l2_normalize(torch.cat(reduced))
-    reduced = []
-    rows.append(("generate + streaming PCA", time.perf_counter() - start, f"of which fit {fit_seconds:.1f} s"))
+    features = extract_features(
+        lambda x: x,
+        SyntheticFeatures(args.num, args.dim),
+        args.chunk,
+        torch.device("cpu"),
+        pca_dim=args.pca_dim,
+        pca_fit_samples=args.pca_fit_samples,
+    )
+    rows.append(("generate + streaming PCA", time.perf_counter() - start, "extract_features, PCA fit on a sample"))
     rows.append(("  peak memory so far", peak_rss_gb() - base, "GB above start"))
     start = time.perf_counter()
     result = run_clustering(features, "kmeans", args.k, seed=0, backend=args.backend, niter=args.kmeans_iters)

@@ -183,3 +183,13 @@ def test_pca_fit_in_chunks_equals_the_dense_float64_reference(monkeypatch):
     got = pca.projection.numpy()
     np.testing.assert_allclose(got * np.sign(got[0] / expected[0]), expected, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(pca.mean.numpy(), data.mean(0), rtol=1e-12)
+
+
+def test_pca_fit_on_row_blocks_equals_the_fit_on_their_concatenation(monkeypatch):
+    """A buffer of batches is fit without concatenating it; the float64 statistics are accumulated over the same
+    chunks as for one tensor, so the result is bit for bit the same."""
+    x = torch.randn(103, 9, generator=torch.Generator().manual_seed(4)) * torch.linspace(1, 3, 9)
+    monkeypatch.setattr(PCAWhitening, "CHUNK_ELEMENTS", 9 * 10)  # chunks of 10 rows across batches of 7
+    blocks = list(torch.split(x, 7))
+    a, b = PCAWhitening(4).fit(x), PCAWhitening(4).fit(blocks)
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.projection, b.projection)

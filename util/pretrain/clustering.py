@@ -31,14 +31,16 @@ class PCAWhitening:
         self.mean: torch.Tensor | None = None  # (D,)
         self.projection: torch.Tensor | None = None  # (D, dim)
 
-    def fit(self, x: torch.Tensor) -> PCAWhitening:
-        """x: (M, D) features; statistics in float64 for stability."""
-        num, in_dim = x.shape
+    def fit(self, x: torch.Tensor | list[torch.Tensor]) -> PCAWhitening:
+        """x: (M, D) features, or a list of row blocks of them (so a caller's buffer need not be concatenated);
+        statistics in float64 for stability."""
+        parts = list(x) if isinstance(x, list | tuple) else [x]
+        num, in_dim = sum(len(p) for p in parts), parts[0].shape[1]
         if num <= self.dim:
             raise UserError(
                 f"{num} images are too few for --pca-dim {self.dim}: use more images or a smaller --pca-dim"
             )
-        if not torch.isfinite(x).all():
+        if not all(bool(torch.isfinite(p).all()) for p in parts):
             raise UserError(
                 "features contain NaN or inf: the network diverged; lower --lr or restart from an earlier checkpoint"
             )
@@ -51,16 +53,17 @@ class PCAWhitening:
                 in_dim,
             )
         chunk = max(1, self.CHUNK_ELEMENTS // in_dim)
-        self.mean = sum(x[i : i + chunk].double().sum(0) for i in range(0, num, chunk)) / num
+        chunks = list(_row_chunks(parts, chunk))  # the same chunks as one concatenated tensor: same float64 sums
+        self.mean = sum(c.double().sum(0) for c in chunks) / num
         if num >= in_dim:  # covariance (D, D), accumulated over centred float64 chunks: never a float64 copy of x
-            covariance = torch.zeros(in_dim, in_dim, dtype=torch.float64, device=x.device)
-            for i in range(0, num, chunk):
-                centered = x[i : i + chunk].double() - self.mean
+            covariance = torch.zeros(in_dim, in_dim, dtype=torch.float64, device=parts[0].device)
+            for c in chunks:
+                centered = c.double() - self.mean
                 covariance.addmm_(centered.T, centered)
             eigvals, eigvecs = torch.linalg.eigh(covariance / (num - 1))  # ascending
             eigvals, eigvecs = eigvals.flip(0)[:out_dim], eigvecs.flip(1)[:, :out_dim]
         else:  # fewer samples than dimensions: eigen-decompose the (M, M) Gram matrix instead, far cheaper
-            centered = x.double() - self.mean
+            centered = torch.cat(parts).double() - self.mean
             gram_vals, gram_vecs = torch.linalg.eigh(centered @ centered.T / (num - 1))
             eigvals, gram_vecs = gram_vals.flip(0)[:out_dim], gram_vecs.flip(1)[:, :out_dim]
             eigvecs = centered.T @ gram_vecs / (eigvals.clamp_min(1e-30) * (num - 1)).sqrt()
@@ -76,6 +79,23 @@ class PCAWhitening:
         mean, proj = self.mean.to(x.device), self.projection.to(x.device)
         chunk = max(1, self.CHUNK_ELEMENTS // x.shape[1])
         return torch.cat([((x[i : i + chunk].double() - mean) @ proj).float() for i in range(0, max(1, len(x)), chunk)])
+
+
+def _row_chunks(parts: list[torch.Tensor], rows: int):
+    """Consecutive blocks of exactly `rows` rows (the last shorter) of the concatenation of `parts`, without
+    concatenating them: a block is a view when it lies in one part, else a small copy of its pieces."""
+    pieces, held = [], 0
+    for part in parts:
+        start = 0
+        while start < len(part):
+            take = min(rows - held, len(part) - start)
+            pieces.append(part[start : start + take])
+            held, start = held + take, start + take
+            if held == rows:
+                yield pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+                pieces, held = [], 0
+    if pieces:
+        yield pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:

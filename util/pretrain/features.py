@@ -49,7 +49,17 @@ def extract_features(
     fit_target = num if pca_fit_samples <= 0 else min(pca_fit_samples, num)
     pca = PCAWhitening(pca_dim) if pca_dim else None
     raw_buffer: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]] = []  # (indices, raw, positions) until fit
-    done: list[tuple[torch.Tensor, torch.Tensor]] = []  # (indices, final features)
+    single = not current().distributed
+    # Single process: (N, d) rows by dataset index, written as they arrive (the only copy of the features).
+    # Distributed: this shard's rows in extraction order, gathered at the end.
+    store: torch.Tensor | None = None
+
+    def keep(idx: torch.Tensor, feats: torch.Tensor, first: int) -> None:
+        nonlocal store
+        if store is None:
+            store = torch.empty((num if single else len(order), feats.shape[1]), dtype=torch.float32)
+        store[idx if single else slice(first, first + len(idx))] = feats.cpu()
+
     bar = tqdm(total=len(order), desc=desc, disable=not progress, leave=False, unit="img")
     seen = 0
     for images, idx in source.eval_batches(order, batch_size, device):
@@ -59,24 +69,35 @@ def extract_features(
             real = torch.from_numpy(~is_padding[seen : seen + len(idx)])
             on_raw_batch(feats[real.to(feats.device)], idx[real])
         if pca is None:
-            done.append((idx, feats.cpu()))
+            keep(idx, feats, seen)
         elif pca.mean is not None:
-            done.append((idx, pca.apply(feats).cpu()))
+            keep(idx, pca.apply(feats), seen)
         else:
             raw_buffer.append((idx, feats.cpu(), positions[seen : seen + len(idx)]))
         seen += len(idx)
         # every rank has now seen its first `seen` positions, in lockstep: all positions below seen x world
         if raw_buffer and seen * current().world_size >= fit_target:
-            done += _fit_and_reduce(pca, raw_buffer, fit_target, device)
-            raw_buffer = []
+            _fit(pca, raw_buffer, fit_target, device)
+            first = seen - sum(len(b[0]) for b in raw_buffer)
+            while raw_buffer:  # reduced and released batch by batch: the raw rows and the store barely overlap
+                b_idx, b_raw, _ = raw_buffer.pop(0)
+                keep(b_idx, pca.apply(b_raw), first)
+                first += len(b_idx)
     bar.close()
-    real = torch.from_numpy(~is_padding)  # rows in extraction order, as `done` holds them
-    out = gather_rows_by_index(torch.cat([d[0] for d in done])[real], torch.cat([d[1] for d in done])[real], num)
-    if not torch.isfinite(out).all():
+    if single:
+        out = store
+    else:  # rows in extraction order; the wrapped-around duplicates are not gathered
+        real = ~is_padding
+        out = gather_rows_by_index(torch.from_numpy(order[real]), store[torch.from_numpy(real)], num)
+    step = max(1, 2**24 // out.shape[1])
+    if not all(bool(torch.isfinite(out[i : i + step]).all()) for i in range(0, num, step)):
         raise UserError(
             "features contain NaN or inf: the network diverged; lower --lr or restart from an earlier checkpoint"
         )
-    return l2_normalize(out) if pca is not None else out
+    if pca is not None:  # L2-normalised in place, a chunk at a time: no second copy of the features
+        for i in range(0, num, step):
+            out[i : i + step] = l2_normalize(out[i : i + step])
+    return out
 
 
 def _failure(error: Exception) -> UserError:
@@ -84,24 +105,23 @@ def _failure(error: Exception) -> UserError:
     return error if isinstance(error, UserError) else UserError(f"rank 0 failed to fit the PCA: {error!r}")
 
 
-def _fit_and_reduce(
+def _fit(
     pca: PCAWhitening,
     buffer: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]],
     fit_target: int,
     device: torch.device,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+) -> None:
     """Fit the PCA on exactly the first `fit_target` images of the extraction order, in that order, whatever the
     batch size and the number of processes (gathered from every rank's buffer), on rank 0 alone, and broadcast it
-    (ranks whose BLAS differ could otherwise rotate near-equal eigenvectors differently); then reduce the local
-    buffer."""
-    raw = torch.cat([b[1] for b in buffer])
-    positions = torch.from_numpy(np.concatenate([b[2] for b in buffer]))
-    in_sample = positions < fit_target
-    sample, sample_positions = raw[in_sample], positions[in_sample]
-    if current().distributed:
-        sample = all_gather_rows(sample.to(device)).cpu()
-        sample_positions = all_gather_rows(sample_positions.to(device)).cpu()
-    sample = sample[torch.argsort(sample_positions)]
+    (ranks whose BLAS differ could otherwise rotate near-equal eigenvectors differently)."""
+    # The buffer's rows at positions < fit_target, whole batches as they are (no copy in a single process)
+    sample = [
+        feats if (pos < fit_target).all() else feats[torch.from_numpy(pos < fit_target)] for _, feats, pos in buffer
+    ]
+    if current().distributed:  # gathered rank by rank, then put in extraction order
+        positions = torch.from_numpy(np.concatenate([pos[pos < fit_target] for _, _, pos in buffer]))
+        positions = all_gather_rows(positions.to(device)).cpu()
+        sample = all_gather_rows(torch.cat(sample).to(device)).cpu()[torch.argsort(positions)]
     fitted: tuple | Exception | None = None
     if current().is_main:
         try:
@@ -114,4 +134,3 @@ def _fit_and_reduce(
     if isinstance(shared, UserError):
         raise shared
     pca.mean, pca.projection = shared
-    return [(idx, pca.apply(feats)) for idx, feats, _ in buffer]
