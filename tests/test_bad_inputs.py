@@ -13,22 +13,7 @@ from tests.helpers import make_image_folder, read_jsonl, run_script
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "--arch",
-    "resnet18",
-    "--k",
-    "6",
-    "--pca-dim",
-    "16",
-    "--batch-size",
-    "16",
-    "--workers",
-    "0",
-    "--epochs",
-    "1",
-    "--image-size",
-    "32",
-]
+TINY = "--arch resnet18 --k 6 --pca-dim 16 --batch-size 16 --workers 0 --epochs 1 --image-size 32".split()
 
 
 def pretrain(tmp_path, *args):

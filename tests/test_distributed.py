@@ -14,23 +14,7 @@ from util.metrics import nmi
 
 pytestmark = pytest.mark.slow
 
-COMMON = [
-    "--arch",
-    "resnet18",
-    "--k",
-    "6",
-    "--pca-dim",
-    "16",
-    "--image-size",
-    "32",
-    "--workers",
-    "0",
-    "--in-memory",
-    "--epochs",
-    "2",
-    "--seed",
-    "3",
-]
+COMMON = "--arch resnet18 --k 6 --pca-dim 16 --image-size 32 --workers 0 --in-memory --epochs 2 --seed 3".split()
 
 
 def torchrun(tmp_path, script: str, args: list[str]) -> subprocess.CompletedProcess:

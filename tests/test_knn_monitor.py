@@ -12,20 +12,7 @@ from tests.helpers import read_jsonl, run_script, script_env
 from tests.test_bad_inputs import assert_user_error
 from util.knn import StreamingKnn, knn_predict
 
-TINY = [
-    "--arch",
-    "resnet18",
-    "--k",
-    "6",
-    "--pca-dim",
-    "16",
-    "--batch-size",
-    "16",
-    "--image-size",
-    "32",
-    "--workers",
-    "0",
-]
+TINY = "--arch resnet18 --k 6 --pca-dim 16 --batch-size 16 --image-size 32 --workers 0".split()
 
 
 def brute_force_knn(train, train_labels, test, num_classes, k, temperature):

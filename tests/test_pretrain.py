@@ -11,20 +11,7 @@ from tests.helpers import read_jsonl, run_script, script_env, wandb_history, wan
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "--arch",
-    "resnet18",
-    "--k",
-    "6",
-    "--pca-dim",
-    "16",
-    "--batch-size",
-    "16",
-    "--image-size",
-    "32",
-    "--workers",
-    "0",
-]
+TINY = "--arch resnet18 --k 6 --pca-dim 16 --batch-size 16 --image-size 32 --workers 0".split()
 LOG_KEYS = {
     "epoch",
     "loss",

@@ -15,21 +15,7 @@ from tests.helpers import PYTHON, REPO, read_jsonl, script_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
-TINY = [
-    "--arch",
-    "resnet18",
-    "--k",
-    "6",
-    "--pca-dim",
-    "16",
-    "--batch-size",
-    "16",
-    "--image-size",
-    "32",
-    "--workers",
-    "0",
-    "--in-memory",
-]
+TINY = "--arch resnet18 --k 6 --pca-dim 16 --batch-size 16 --image-size 32 --workers 0 --in-memory".split()
 
 
 @pytest.fixture(scope="module")
