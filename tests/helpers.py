@@ -135,3 +135,17 @@ def make_voc(root, per_class_files=True, num_train=12, num_test=10):
                 ]
                 (main / f"{name}_{split}.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a process group's rendezvous."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def random_resnet18(data: Path) -> list[str]:
+    """The evaluation scripts' flags for the random-init ResNet-18 on `data`."""
+    return ["--pretrained", "random", "--arch", "resnet18", "--data", str(data)]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import PYTHON, REPO, read_jsonl, run_script, script_env
+from tests.helpers import PYTHON, REPO, free_port, random_resnet18, read_jsonl, run_script, script_env
 from util.metrics import nmi
 
 pytestmark = pytest.mark.slow
@@ -57,12 +57,7 @@ def test_two_processes_match_one(tmp_path, tiny_folder):
 def test_eval_scripts_run_distributed(tmp_path, tiny_split_folder):
     lin = tmp_path / "lin"
     eval_args = [
-        "--pretrained",
-        "random",
-        "--arch",
-        "resnet18",
-        "--data",
-        str(tiny_split_folder),
+        *random_resnet18(tiny_split_folder),
         "--image-size",
         "32",
         "--workers",
@@ -126,13 +121,10 @@ def _train_steps(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_ddp_step_equals_large_batch_step(tmp_path):
-    import socket
 
     import torch.multiprocessing as mp
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     _train_steps(0, 1, port, str(tmp_path / "one.pth"))
     mp.spawn(_train_steps, args=(2, port, str(tmp_path / "two.pth")), nprocs=2, join=True)
     one, two = torch.load(tmp_path / "one.pth"), torch.load(tmp_path / "two.pth")

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 
-from tests.helpers import PYTHON, REPO, run_script, script_env, wandb_records, wandb_run_dir
+from tests.helpers import PYTHON, REPO, random_resnet18, run_script, script_env, wandb_records, wandb_run_dir
 from util.augment import augment_preset
 from util.data import build_source
 from util.eval.feature_streams import LiveFeatures
@@ -96,12 +96,7 @@ def test_probe_learns_on_separable_images(tmp_path, tiny_split_folder):
     out = tmp_path / "eval"
     proc = evaluate(
         tmp_path,
-        "--pretrained",
-        "random",
-        "--arch",
-        "resnet18",
-        "--data",
-        str(tiny_split_folder),
+        *random_resnet18(tiny_split_folder),
         "--protocol",
         "multihead",
         "--epochs",

@@ -11,7 +11,7 @@ import torch
 
 import eval_semisup
 from models import build_model
-from tests.helpers import run_script, script_env, wandb_run_dir, wandb_summary
+from tests.helpers import random_resnet18, run_script, script_env, wandb_run_dir, wandb_summary
 from util.augment import eval_transform
 from util.data import list_images, load_image
 from util.errors import UserError
@@ -189,12 +189,7 @@ def test_the_semisup_grid_is_one_sweep(tiny_split_folder, tmp_path):
         "--sweep",
         "head_lr_mult=1,10,100",
         "--",
-        "--pretrained",
-        "random",
-        "--arch",
-        "resnet18",
-        "--data",
-        str(tiny_split_folder),
+        *random_resnet18(tiny_split_folder),
         "--percent",
         "10",
         "--output-dir",

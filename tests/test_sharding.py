@@ -3,13 +3,13 @@ streaming PCA, the sharded map and torch k-means must give exactly the single-pr
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.helpers import free_port
 from util import dist as dist_util
 from util.augment import augment_preset
 from util.data import ImageList, ImageSource
@@ -73,9 +73,7 @@ def _run(rank: int, world: int, port: int, out: str) -> None:
 def test_three_uneven_processes_equal_one(tmp_path):
     import torch.multiprocessing as mp
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     mp.spawn(_run, args=(1, port, str(tmp_path / "one.pt")), nprocs=1, join=True)  # threads and env stay here
     mp.spawn(_run, args=(3, port, str(tmp_path / "three.pt")), nprocs=3, join=True)
     one, three = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "three.pt")

@@ -11,7 +11,7 @@ import torch
 import torchvision
 from sklearn.metrics import average_precision_score
 
-from tests.helpers import make_voc, run_script
+from tests.helpers import make_voc, random_resnet18, run_script
 from util.errors import UserError
 from util.eval import newton_svm
 from util.eval.svm import (
@@ -367,12 +367,7 @@ def test_eval_svm_on_a_voc_layout_end_to_end(tmp_path):
 def test_eval_svm_cifar_style_folder_and_errors(tmp_path, tiny_split_folder):
     out = tmp_path / "svm"
     args = [
-        "--pretrained",
-        "random",
-        "--arch",
-        "resnet18",
-        "--data",
-        str(tiny_split_folder),
+        *random_resnet18(tiny_split_folder),
         "--workers",
         "0",
         "--image-size",
