@@ -31,6 +31,7 @@ from util.args import (
 )
 from util.augment import AUGMENT_PRESETS, augment_preset
 from util.checkpoint import (
+    check_same_run,
     checkpoint_path,
     load_checkpoint,
     load_state_strict,
@@ -39,12 +40,12 @@ from util.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
-from util.data import ImageSource, build_source, resolve_split
+from util.data import ImageSource, build_source
 from util.errors import UserError, script_entry
 from util.faults import kill_point
-from util.knn import StreamingKnn, l2n
+from util.knn import StreamingKnn
 from util.logging import JsonLog, interactive, provenance
-from util.metrics import ari, cluster_accuracy, nmi, purity, topk_accuracy
+from util.metrics import ari, cluster_accuracy, nmi, purity
 from util.pretrain.clustering import (
     ClusteringResult,
     check_k,
@@ -54,11 +55,13 @@ from util.pretrain.clustering import (
     run_clustering,
     torch_kmeans,
 )
+from util.pretrain.epoch_log import log_epoch
 from util.pretrain.features import extract_features
+from util.pretrain.monitor import build_held_out, knn_metrics
 from util.pretrain.sampler import UniformClusterSampler
 from util.runtime import start_run
 from util.seeds import derive_seed
-from util.tracking import Tracker, init_tracker
+from util.tracking import init_tracker
 
 logger = logging.getLogger("deepcluster")
 
@@ -388,28 +391,6 @@ class EpochInputs:
     info: dist_util.DistInfo
 
 
-def build_held_out(args: argparse.Namespace, source: ImageSource) -> ImageSource:
-    """The labelled held-out split of the kNN monitor (cifar10: its test split), in the extraction view."""
-    cache = Path(args.data_cache)
-    data, split = (str(resolve_split(args.knn_data, "", cache)), "") if args.knn_data else ("cifar10", "test")
-    held_out = build_source(
-        data,
-        split,
-        crop=args.image_size,
-        augment=augment_preset("paper", args.image_size),  # unused: held-out images are read in the eval view only
-        subset=None,
-        in_memory=args.in_memory,
-        workers=args.workers,
-        cache_dir=cache,
-    )
-    if held_out.images.classes != source.images.classes:
-        raise UserError(
-            f"--knn-data {held_out.images.root} has other class folders than --data ({len(held_out.images.classes)} "
-            f"vs {len(source.images.classes)}): give a held-out split of the same classes"
-        )
-    return held_out
-
-
 def run_epoch(
     args: argparse.Namespace,
     epoch: int,
@@ -452,7 +433,9 @@ def run_epoch(
     )
     time_extract = time.perf_counter() - start
     start = time.perf_counter()
-    knn = knn_metrics(args, monitor, held_out_feats, inputs.held_out.targets, epoch) if monitor is not None else {}
+    knn = {}
+    if monitor is not None:
+        knn = knn_metrics(monitor, held_out_feats, inputs.held_out.targets, args.kmeans_iters, args.seed + epoch)
     time_monitor += time.perf_counter() - start
     if epoch == 0 and "knn_top1" in knn:
         state.knn_floor = knn["knn_top1"]
@@ -546,27 +529,6 @@ def train_on_labels(
         args,
         progress,
     )
-
-
-def knn_metrics(
-    args: argparse.Namespace,
-    monitor: StreamingKnn,
-    held_out_feats: torch.Tensor,
-    held_out_targets: np.ndarray,
-    epoch: int,
-) -> dict:
-    """Weighted kNN top-1/top-5 (%) of the held-out split, and k-means with as many clusters as classes on its
-    L2-normalised features: Hungarian accuracy and NMI (the "k-means accuracy" of IIC's Table 1)."""
-    scores = monitor.all_reduce().scores().cpu()
-    top1, top5 = topk_accuracy(scores, torch.from_numpy(held_out_targets), (1, 5))
-    kmeans = torch_kmeans(l2n(held_out_feats), monitor.num_classes, args.kmeans_iters, seed=args.seed + epoch)
-    assignments = kmeans.assignments
-    return {
-        "knn_top1": top1,
-        "knn_top5": top5,
-        "test_kmeans_acc": 100.0 * cluster_accuracy(held_out_targets, assignments),
-        "test_kmeans_nmi": nmi(assignments, held_out_targets),
-    }
 
 
 def cluster(
@@ -682,33 +644,6 @@ def cluster_metrics(result: ClusteringResult, previous: np.ndarray | None, targe
     }
 
 
-def log_epoch(tracker: Tracker, record: dict, assignments: np.ndarray | None) -> None:
-    """Mirror the JSON record to W&B with the epoch as x-axis, plus the cluster-size histogram."""
-    groups = {"loss": "train", "images_per_s": "train", "epoch_images_per_s": "train"}
-    monitor_keys = ("knn_top1", "knn_top5", "knn_floor", "test_kmeans_acc", "test_kmeans_nmi")
-    groups.update({key: "monitor" for key in monitor_keys})
-    metrics = {"epoch": record["epoch"]}
-    for key, value in record.items():
-        if key != "epoch" and value is not None:
-            prefix = groups.get(key, "time" if key.startswith("time_") else "cluster")
-            metrics[f"{prefix}/{key}"] = value
-    if assignments is not None:  # the clusters the epoch trained on
-        sizes = np.bincount(assignments)
-        histogram = tracker.histogram(sizes[sizes > 0])
-        if histogram is not None:
-            metrics["cluster/size_histogram"] = histogram
-    tracker.log(metrics)
-    summary = {
-        "final_nmi_labels": record["nmi_labels"],
-        "final_knn_top1": record.get("knn_top1"),
-        "knn_floor": record.get("knn_floor"),
-        "epochs_trained": record["epoch"] + (0 if record.get("final") else 1),
-    }
-    if record["loss"] is not None:
-        summary["final_loss"] = record["loss"]
-    tracker.summary({k: v for k, v in summary.items() if v is not None})
-
-
 def checkpoint_state(
     args: argparse.Namespace,
     backbone: Backbone,
@@ -747,16 +682,7 @@ def restore(
     if not args.resume and not path.is_file():
         return state
     ckpt = load_checkpoint(path)
-    saved = ckpt.get("args", {})
-    differing = [
-        f"--{k.replace('_', '-')} {saved.get(k)} (now {getattr(args, k)})"
-        for k in RUN_DEFINING_ARGS
-        if k in saved and saved[k] != getattr(args, k)
-    ]
-    if differing:
-        raise UserError(
-            f"checkpoint {path} was made with {', '.join(differing)}: use the same flags or a new --output-dir"
-        )
+    check_same_run(ckpt.get("args", {}), args, RUN_DEFINING_ARGS, path)
     load_state_strict(backbone, ckpt["backbone"], f"checkpoint {path}")
     optimizer.load_state_dict(ckpt["optimizer"])
     state.epoch = ckpt["epoch"]

@@ -12,7 +12,7 @@ from types import ModuleType
 import submitit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ("main_deepcluster.py", "eval_linear.py", "eval_svm.py", "eval_semisup.py")
+SCRIPTS = ("main_deepcluster.py", "main_deepclusterv2.py", "eval_linear.py", "eval_svm.py", "eval_semisup.py")
 
 
 def load_script(name: str) -> ModuleType:

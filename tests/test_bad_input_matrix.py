@@ -20,6 +20,11 @@ pytestmark = pytest.mark.slow
 
 TINY = ["--arch", "resnet18", "--k", "6", "--pca-dim", "16", "--batch-size", "16", "--workers", "0", "--epochs", "1"]
 EVAL = ["--image-size", "32", "--workers", "0"]
+TINY_V2 = (
+    "--arch resnet18 --image-size 32 --nmb-crops 2 --size-crops 32 --min-scale-crops 0.2 --max-scale-crops 1 "
+    "--nmb-prototypes 8 --batch-size 16 --workers 0 --epochs 1"
+).split()
+V2 = "main_deepclusterv2.py"
 
 
 def cases(data: dict[str, Path], out: Path) -> list[tuple[str, str, list[str], dict, list[str]]]:
@@ -29,6 +34,7 @@ def cases(data: dict[str, Path], out: Path) -> list[tuple[str, str, list[str], d
     lin = ["--pretrained", "random", "--arch", "resnet18", "--data", split, *EVAL, "--output-dir", str(out)]
     svm = [*lin[:4], "--data", split, *EVAL, "--output-dir", str(out)]
     sub = ["slurm/submit.py", "main_deepcluster.py"]
+    v2 = ["--data", tiny, *TINY_V2, "--output-dir", str(out)]
     return [
         # main_deepcluster.py
         ("data is a file", "main_deepcluster.py", [*pre, "--data", str(data["file"])], {}, ["is not a folder"]),
@@ -86,6 +92,27 @@ def cases(data: dict[str, Path], out: Path) -> list[tuple[str, str, list[str], d
         ("negative epochs", "main_deepcluster.py", [*pre, "--epochs", "-1"], {}, ["--epochs", "positive"]),
         ("sync-bn on cpu", "main_deepcluster.py", [*pre, "--sync-bn"], {}, ["--sync-bn needs CUDA"]),
         ("output is a file", "main_deepcluster.py", [*pre, "--output-dir", str(data["file"])], {}, ["is a file"]),
+        # main_deepclusterv2.py
+        (
+            "v2 prototypes > bank",
+            V2,
+            [*v2, "--nmb-prototypes", "500"],
+            {},
+            ["holds 80 images", "lower --nmb-prototypes"],
+        ),
+        ("v2 crop lists", V2, [*v2, "--nmb-crops", "2", "6", "--size-crops", "32"], {}, ["one value per resolution"]),
+        ("v2 assign crop", V2, [*v2, "--crops-for-assign", "0", "5"], {}, ["--crops-for-assign [0, 5]", "0..1"]),
+        ("v2 crop scale", V2, [*v2, "--min-scale-crops", "0"], {}, ["--min-scale-crops"]),
+        ("v2 batch > images", V2, [*v2, "--batch-size", "500"], {}, ["--batch-size 500", "lower --batch-size"]),
+        ("v2 temperature", V2, [*v2, "--temperature", "0"], {}, ["--temperature 0.0 must be positive"]),
+        ("v2 labels, few protos", V2, [*v2, "--labels-from", "dataset", "--nmb-prototypes", "2"], {}, ["3 classes"]),
+        (
+            "v2 resumes v1",
+            V2,
+            [*v2, "--resume", str(data["checkpoint"])],
+            {},
+            ["not a main_deepclusterv2.py checkpoint"],
+        ),
         # eval_linear.py
         (
             "random without arch",

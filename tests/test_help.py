@@ -4,7 +4,14 @@ import pytest
 
 from tests.helpers import run_script
 
-SCRIPTS = ["main_deepcluster.py", "eval_linear.py", "eval_svm.py", "eval_semisup.py", "export_weights.py"]
+SCRIPTS = [
+    "main_deepcluster.py",
+    "main_deepclusterv2.py",
+    "eval_linear.py",
+    "eval_svm.py",
+    "eval_semisup.py",
+    "export_weights.py",
+]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -23,3 +30,9 @@ def test_semisup_help_names_the_presets_and_departures(tmp_path):
     text = " ".join(run_script("eval_semisup.py", ["--help"], tmp_path).stdout.split())
     assert "the LAST epoch is reported" in text and "the BEST epoch is reported" in text
     assert "--percent draws its own per-class subset" in text
+
+
+def test_dcv2_help_names_departures(tmp_path):
+    text = " ".join(run_script("main_deepclusterv2.py", ["--help"], tmp_path).stdout.split())
+    assert "departures from SwAV's main_deepclusterv2.py" in text
+    assert "not one bank per process" in text and "solo-learn's CIFAR recipe, not SwAV's" in text

@@ -1,5 +1,6 @@
 """The sharded primitives with 3 gloo processes on uneven shards (odd N) against one process: gathered rows,
-streaming PCA, the sharded map and torch k-means must give exactly the single-process results."""
+streaming PCA, the sharded map, torch k-means, DeepCluster-v2's spherical k-means and memory bank must give exactly
+the single-process results."""
 
 from __future__ import annotations
 
@@ -35,8 +36,10 @@ def per_image(images: torch.Tensor) -> torch.Tensor:
 def _run(rank: int, world: int, port: int, out: str) -> None:
     import os
 
+    from util.pretrain.bank import MemoryBank
     from util.pretrain.clustering import torch_kmeans
     from util.pretrain.features import extract_features
+    from util.pretrain.spherical import spherical_kmeans
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -64,6 +67,20 @@ def _run(rank: int, world: int, port: int, out: str) -> None:
     pair = torch.from_numpy(dist_util.shard(np.arange(2), info, wrap=False))  # with 3 processes, rank 2 has none
     local = torch_kmeans(wide[pair], 2, 5, seed=1, distributed=info.distributed, rows=pair, num_total=2)
     result["kmeans_empty_rank"] = dist_util.gather_rows_by_index(pair, torch.from_numpy(local.assignments), 2)
+    usable = torch.ones(NUM, dtype=torch.bool)
+    usable[::5] = False
+    spherical = spherical_kmeans(wide, usable, 12, 10, seed=7)  # DeepCluster-v2's k-means of the memory bank
+    result["spherical"], result["spherical_centroids"] = spherical.assignments, spherical.centroids
+    # The memory bank: 3 ranks each write their own batch of a step; one process writes the three in rank order.
+    bank = MemoryBank(2, NUM, 256, cpu)
+    for step in range(3):
+        batches = [torch.arange(step * 9 + r * 3, step * 9 + r * 3 + 4) % 20 for r in range(3)]  # overlapping
+        views = [torch.stack([wide[b] * (step + 1 + 10 * r), -wide[b]]) for r, b in enumerate(batches)]
+        if world > 1:
+            bank.write(batches[rank], views[rank])
+        else:
+            bank.write(torch.cat(batches), torch.cat(views, 1))  # an image in two batches: the later rank's copy
+    result["bank"] = bank.embeddings
     if rank == 0:
         torch.save(result, out)
     if world > 1:
@@ -77,8 +94,10 @@ def test_three_uneven_processes_equal_one(tmp_path):
     mp.spawn(_run, args=(1, port, str(tmp_path / "one.pt")), nprocs=1, join=True)  # threads and env stay here
     mp.spawn(_run, args=(3, port, str(tmp_path / "three.pt")), nprocs=3, join=True)
     one, three = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "three.pt")
-    for key in ("raw", "pca_streamed", "pca_all", "mapped", "kmeans", "kmeans_256d", "kmeans_empty_rank"):
+    keys = ("raw", "pca_streamed", "pca_all", "mapped", "kmeans", "kmeans_256d", "kmeans_empty_rank", "spherical")
+    for key in (*keys, "spherical_centroids", "bank"):
         assert torch.equal(one[key], three[key]), key
+    assert len(torch.unique(one["spherical"])) > 2
     assert one["reseeded"] == three["reseeded"]
     assert torch.equal(one["raw"], one["mapped"])  # the two sharded passes agree
     assert len(torch.unique(one["kmeans"])) > 1

@@ -40,6 +40,7 @@ class AugmentSpec:
     jitter_p: float = 0.0
     grayscale_p: float = 0.0
     lighting: float = 0.0  # std of the AlexNet PCA lighting noise (0: off)
+    blur_p: float = 0.0  # Gaussian blur probability, sigma uniform in BLUR_SIGMA px (SwAV's PIL blur radius)
 
 
 def augment_preset(name: str, size: int) -> AugmentSpec:
@@ -69,6 +70,27 @@ def augment_preset(name: str, size: int) -> AugmentSpec:
 
 
 AUGMENT_PRESETS = ("paper", "mmselfsup", "cifar")  # for pretraining; `linear` is the evaluations' own
+BLUR_SIGMA = (0.1, 2.0)
+BLUR_KERNEL = 13  # taps of the blur kernel: +-3 sigma at the largest sigma
+
+
+def multicrop_specs(
+    nmb_crops: list[int], sizes: list[int], min_scales: list[float], max_scales: list[float], blur: bool
+) -> list[AugmentSpec]:
+    """One spec per crop (SwAV's multi-crop): random resized crop at its size and scale range, flip, colour
+    jitter (0.8, 0.8, 0.8, 0.2) with p=0.8, grayscale p=0.2, and Gaussian blur p=0.5 when `blur` (ImageNet)."""
+    specs = []
+    for count, size, low, high in zip(nmb_crops, sizes, min_scales, max_scales, strict=True):
+        spec = AugmentSpec(
+            size,
+            scale=(low, high),
+            jitter=(0.8, 0.8, 0.8, 0.2),
+            jitter_p=0.8,
+            grayscale_p=0.2,
+            blur_p=0.5 if blur else 0.0,
+        )
+        specs.extend([spec] * count)
+    return specs
 
 
 # ------------------------------------------------------------------------------------ per-sample (PIL)
@@ -82,6 +104,8 @@ def train_transform(spec: AugmentSpec) -> T.Compose:
         ops.append(T.RandomApply([T.ColorJitter(*spec.jitter)], p=spec.jitter_p))
     if spec.grayscale_p > 0:
         ops.append(T.RandomGrayscale(spec.grayscale_p))
+    if spec.blur_p > 0:
+        ops.append(T.RandomApply([T.GaussianBlur(BLUR_KERNEL, BLUR_SIGMA)], p=spec.blur_p))
     ops.append(T.ToTensor())
     if spec.lighting > 0:
         ops.append(Lighting(spec.lighting))
@@ -161,6 +185,10 @@ class BatchAugment:
         if self.spec.grayscale_p > 0:
             gray = (_uniform(total, gen, 0, 1) < self.spec.grayscale_p)[mine].to(device)
             x = torch.where(gray[:, None, None, None], _gray(x).expand_as(x), x)
+        if self.spec.blur_p > 0:
+            blurred = (_uniform(total, gen, 0, 1) < self.spec.blur_p)[mine].to(device)
+            sigma = _uniform(total, gen, *BLUR_SIGMA)[mine].to(device)
+            x = torch.where(blurred[:, None, None, None], _blur(x, sigma), x)
         if self.spec.lighting > 0:
             alpha = torch.randn(total, 3, generator=gen)[mine] * self.spec.lighting
             x = x + lighting_shift(alpha).to(device)[:, :, None, None]
@@ -252,3 +280,16 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         k = (n + hue * 6) % 6
         out.append(max_c - max_c * sat * torch.clamp(torch.minimum(k, 4 - k), 0, 1))
     return torch.stack(out, 1)
+
+
+def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of (B, 3, H, W) with one sigma (B,) per image, BLUR_KERNEL taps, reflected borders."""
+    batch, channels, height, width = x.shape
+    offsets = torch.arange(BLUR_KERNEL, device=x.device, dtype=x.dtype) - BLUR_KERNEL // 2
+    taps = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2)
+    taps = (taps / taps.sum(1, keepdim=True)).repeat_interleave(channels, 0)  # (B * 3, K)
+    pad = BLUR_KERNEL // 2
+    y = x.reshape(1, batch * channels, height, width)
+    y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), taps[:, None, None, :], groups=batch * channels)
+    y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), taps[:, None, :, None], groups=batch * channels)
+    return y.reshape(batch, channels, height, width)

@@ -114,6 +114,19 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def check_same_run(saved_args: dict, args: Any, keys: tuple[str, ...], path: Path) -> None:
+    """Refuse to resume a checkpoint made with other values of the arguments that define a run (one line)."""
+    differing = [
+        f"--{k.replace('_', '-')} {saved_args.get(k)} (now {getattr(args, k)})"
+        for k in keys
+        if k in saved_args and saved_args[k] != getattr(args, k)
+    ]
+    if differing:
+        raise UserError(
+            f"checkpoint {path} was made with {', '.join(differing)}: use the same flags or a new --output-dir"
+        )
+
+
 def load_state_strict(module: torch.nn.Module, state_dict: dict, what: str) -> None:
     """load_state_dict(strict) that reports every missing/unexpected key and shape mismatch in one line."""
     own = module.state_dict()

@@ -188,6 +188,18 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.transform(load_image(self.images.paths[index])), index
 
 
+class MultiCropDataset(ImageDataset):
+    """Several independently augmented crops of every image; returns ([crop per transform], index)."""
+
+    def __init__(self, images: ImageList, transforms: list) -> None:
+        super().__init__(images, None)
+        self.transforms = transforms
+
+    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int]:
+        image = load_image(self.images.paths[index])
+        return [transform(image) for transform in self.transforms], index
+
+
 @dataclass
 class ImageSource:
     """A training set with two ways to read it: a deterministic view (extraction) and augmented batches.
@@ -249,6 +261,32 @@ class ImageSource:
         dataset = torch.utils.data.Subset(ImageDataset(self.images, train_transform(self.augment)), indices.tolist())
         yield from self._loader(dataset, batch_size, device, drop_last=True, seed=torch_seed)
 
+    def multicrop_batches(
+        self,
+        indices: np.ndarray,
+        specs: list[AugmentSpec],
+        batch_size: int,
+        device: torch.device,
+        gen: torch.Generator,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+        """(one augmented batch per spec, dataset indices) in the order of `indices` (this rank's shard), as
+        train_batches but with several crops of every image (multi-crop); drops the last partial batch."""
+        num_batches = len(indices) // batch_size
+        if self.memory is not None:
+            augments = [BatchAugment(spec) for spec in specs]
+            for b in range(num_batches):
+                idx = torch.from_numpy(indices[b * batch_size : (b + 1) * batch_size])
+                images = self.memory[idx].to(device, non_blocking=True)
+                yield [augment(images, gen, rank, world_size) for augment in augments], idx
+            return
+        draw = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        transforms = [train_transform(spec) for spec in specs]
+        dataset = torch.utils.data.Subset(MultiCropDataset(self.images, transforms), indices.tolist())
+        for crops, idx in self._loader(dataset, batch_size, device, True, derive_seed(rank, "loader-rank", draw)):
+            yield crops, idx
+
     def _loader(
         self,
         dataset,
@@ -269,7 +307,10 @@ class ImageSource:
             generator=loader_gen,
         )
         for images, idx in loader:
-            yield images.to(device, non_blocking=True), idx
+            if isinstance(images, list):  # multi-crop
+                yield [crop.to(device, non_blocking=True) for crop in images], idx
+            else:
+                yield images.to(device, non_blocking=True), idx
 
 
 def build_source(

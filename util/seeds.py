@@ -9,7 +9,10 @@ SEED_STREAMS = {
     "loader-rank": 7919,  # a DataLoader's torch seed: rank * 7919 + the epoch's draw from its generator
     "cluster-sampler": 100_003,  # the uniform-over-clusters sample of an epoch (main_deepcluster.py)
     "finetune-epoch": 100_003,  # the semi-supervised fine-tuning epoch's order and views (eval_semisup.py)
-    "pretrain-batches": 1_000_003,  # the pretraining epoch's batch augmentations (main_deepcluster.py)
+    "pretrain-batches": 1_000_003,  # the pretraining epoch's batch augmentations (both pretraining scripts)
+    "v2-order": 10_007,  # DeepCluster-v2: the epoch's image order (main_deepclusterv2.py)
+    "v2-kmeans": 1_009,  # DeepCluster-v2: the initial centroids of epoch e, head h: index e * heads + h
+    "v2-bank-fill": 100_019,  # DeepCluster-v2: the crops of the no-grad pass that fills the memory bank
 }
 
 

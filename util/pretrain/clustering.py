@@ -179,27 +179,35 @@ ASSIGN_BLOCK = 768  # rows per matrix product of the assignment step, always (a 
 
 
 def _assign(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centroid of every row. Returns (assignments (N,), squared distances (N,)).
+    """Nearest centroid of every row. Returns (assignments (N,), squared distances (N,))."""
+    # argmax of <x, c> - |c|^2 / 2 == argmin of |x - c|^2; max(1) is much faster than argmin on CPU.
+    best, assignments = best_scores(x, centroids, -0.5 * (centroids * centroids).sum(1))
+    return assignments, ((x * x).sum(1) - 2 * best).clamp_min(0)
+
+
+def best_scores(
+    x: torch.Tensor, centroids: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """max over c of <x, c> + bias[c] for every row of x: (scores (N,), argmax (N,)).
 
     The scores come from products of exactly ASSIGN_BLOCK rows (the last block zero-padded), whatever N: BLAS
     libraries pick their kernels by the shape of the product (measured with MKL: a product of 1-5 rows gives
     other low bits than a larger one), so a fixed shape keeps each row's scores, and its assignment, the same
     however the points are split across processes. (No BLAS promises this; it holds for the libraries tested.)"""
-    half_sq_norms = 0.5 * (centroids * centroids).sum(1)  # (k,)
-    assignments, sq_dists = [torch.zeros(0, dtype=torch.long, device=x.device)], [x.new_zeros(0)]
+    bias = centroids.new_zeros(centroids.shape[0]) if bias is None else bias
+    scores, assignments = [x.new_zeros(0)], [torch.zeros(0, dtype=torch.long, device=x.device)]
     block = x.new_zeros(ASSIGN_BLOCK, x.shape[1])
     for start in range(0, x.shape[0], ASSIGN_BLOCK):
         rows = x[start : start + ASSIGN_BLOCK]
         block[: len(rows)] = rows
         block[len(rows) :] = 0
-        # argmax of <x, c> - |c|^2 / 2 == argmin of |x - c|^2; max(1) is much faster than argmin on CPU.
-        best, idx = torch.addmm(-half_sq_norms, block, centroids.T)[: len(rows)].max(1)
+        best, idx = torch.addmm(bias, block, centroids.T)[: len(rows)].max(1)
+        scores.append(best)
         assignments.append(idx)
-        sq_dists.append(((rows * rows).sum(1) - 2 * best).clamp_min(0))
-    return torch.cat(assignments), torch.cat(sq_dists)
+    return torch.cat(scores), torch.cat(assignments)
 
 
-def _all_reduce(tensor: torch.Tensor, distributed: bool, maximum: bool = False) -> torch.Tensor:
+def all_reduce_if(tensor: torch.Tensor, distributed: bool, maximum: bool = False) -> torch.Tensor:
     if distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX if maximum else dist.ReduceOp.SUM)
     return tensor
@@ -220,7 +228,7 @@ def torch_kmeans(
 
     The result does not depend on how the points are sharded: the initial centroids are the same k dataset
     indices whatever the shards (drawn from `seed` over num_total), the per-cluster sums are exact (fixed point,
-    see _exact_cluster_sums) and so independent of their order, and counts are integers; each point's
+    see exact_cluster_sums) and so independent of their order, and counts are integers; each point's
     assignment then depends only on it and the centroids. Empty clusters are re-seeded by splitting the largest
     cluster (as faiss does), with the same random draws on every rank. Returns the assignments of the local rows.
     """
@@ -235,23 +243,23 @@ def torch_kmeans(
     mine = position[chosen] >= 0
     centroids = torch.zeros(k, dim, device=x.device)
     centroids[mine.to(x.device)] = x[position[chosen][mine].to(x.device)]
-    _all_reduce(centroids, distributed)  # each row comes from the one rank holding it; the others add zeros
+    all_reduce_if(centroids, distributed)  # each row comes from the one rank holding it; the others add zeros
     largest = x.abs().amax() if num_local else x.new_zeros(())  # a rank may hold no point (more ranks than points)
-    largest = _all_reduce(largest.reshape(1).float(), distributed, maximum=True)
-    scale = _fixed_point_scale(float(largest), num_total)
+    largest = all_reduce_if(largest.reshape(1).float(), distributed, maximum=True)
+    scale = fixed_point_scale(float(largest), num_total)
     chunk = max(1, chunk_elements // max(k, dim))
     reseeded = 0
     for _ in range(niter):
         assignments, _ = _assign(x, centroids)
-        sums = _all_reduce(_exact_cluster_sums(x, assignments, k, scale, chunk), distributed)
-        counts = _all_reduce(torch.bincount(assignments, minlength=k), distributed).double()
+        sums = all_reduce_if(exact_cluster_sums(x, assignments, k, scale, chunk), distributed)
+        counts = all_reduce_if(torch.bincount(assignments, minlength=k), distributed).double()
         nonempty = counts > 0
         means = sums.double() / scale / counts.clamp_min(1)[:, None]
         centroids = torch.where(nonempty[:, None], means, centroids.double()).float()
         reseeded += _split_largest(centroids, counts, gen)
     assignments, sq_dists = _assign(x, centroids)
-    counts = _all_reduce(torch.bincount(assignments, minlength=k), distributed)
-    total_sq = _all_reduce(sq_dists.double().sum().reshape(1), distributed)
+    counts = all_reduce_if(torch.bincount(assignments, minlength=k), distributed)
+    total_sq = all_reduce_if(sq_dists.double().sum().reshape(1), distributed)
     return ClusteringResult(
         assignments.cpu().numpy().astype(np.int64),
         k,
@@ -261,7 +269,7 @@ def torch_kmeans(
     )
 
 
-def _fixed_point_scale(largest: float, num_total: int) -> float:
+def fixed_point_scale(largest: float, num_total: int) -> float:
     """A power of two s such that num_total values of magnitude <= largest, each times s and rounded, sum within
     int64 (below 2^62): the quantum 1 / s is about 2^-42 for unit-norm features at N = 1.28M, far under float32
     resolution."""
@@ -270,7 +278,7 @@ def _fixed_point_scale(largest: float, num_total: int) -> float:
     return 2.0 ** min(900, 61 - math.ceil(math.log2(largest * num_total)))  # capped for (absurdly) tiny data
 
 
-def _exact_cluster_sums(x: torch.Tensor, assignments: torch.Tensor, k: int, scale: float, chunk: int) -> torch.Tensor:
+def exact_cluster_sums(x: torch.Tensor, assignments: torch.Tensor, k: int, scale: float, chunk: int) -> torch.Tensor:
     """Per-cluster sums of the rows of x, (k, d) int64 in units of 1 / scale: integer additions are exact and
     associative, so any split of the rows across ranks or chunks gives the same sums, bit for bit. Computed in
     row chunks (never a float64 or int64 copy of all of x)."""

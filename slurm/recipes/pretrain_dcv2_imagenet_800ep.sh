@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# DeepCluster-v2, SwAV's scripts/deepclusterv2_800ep_pretrain.sh: ResNet-50, 2 x 224 (scale 0.14-1) + 6 x 96
+# (0.05-0.14), 3 x 3000 prototypes, T 0.1, 64 GPUs x 64 = 4096, LARS (trust 0.001) lr 4.8 -> 0.0048 cosine after
+# 10 warmup epochs from 0.3, wd 1e-6, SyncBN, 800 epochs. Published: 75.2 % ImageNet linear top-1 (SwAV README, Model Zoo).
+# Usage: IMAGENET=/path/to/imagenet PARTITION=gpu bash slurm/recipes/pretrain_dcv2_imagenet_800ep.sh [OUT]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-runs/dcv2-800ep}
+python slurm/submit.py main_deepclusterv2.py ${DRY_RUN:+--dry-run} --nodes 8 --gpus-per-node 8 --cpus-per-task 8 \
+  --mem-gb 450 ${PARTITION:+--partition "$PARTITION"} --timeout-min "${TIMEOUT_MIN:-2400}" --name dcv2-800ep \
+  -- --data "${IMAGENET:?set IMAGENET to an ImageNet root with train/}/train" --arch resnet50 \
+     --nmb-crops 2 6 --size-crops 224 96 --min-scale-crops 0.14 0.05 --max-scale-crops 1 0.14 --crops-for-assign 0 1 \
+     --temperature 0.1 --feat-dim 128 --nmb-prototypes 3000 3000 3000 --epochs 800 --batch-size 64 \
+     --base-lr 4.8 --final-lr 0.0048 --warmup-epochs 10 --start-warmup 0.3 --wd 1e-6 --trust 0.001 \
+     --sync-bn --amp --knn-every 0 --workers 8 --wandb-group dcv2-800ep --output-dir "$OUT"

@@ -1,0 +1,34 @@
+"""An epoch's record mirrored to W&B, shared by the pretraining scripts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from util.tracking import Tracker
+
+
+def log_epoch(tracker: Tracker, record: dict, assignments: np.ndarray | None) -> None:
+    """Mirror the JSON record to W&B with the epoch as x-axis, plus the cluster-size histogram."""
+    groups = {"loss": "train", "lr": "train", "images_per_s": "train", "epoch_images_per_s": "train"}
+    monitor_keys = ("knn_top1", "knn_top5", "knn_floor", "test_kmeans_acc", "test_kmeans_nmi")
+    groups.update({key: "monitor" for key in monitor_keys})
+    metrics = {"epoch": record["epoch"]}
+    for key, value in record.items():
+        if key != "epoch" and value is not None:
+            prefix = groups.get(key, "time" if key.startswith("time_") else "cluster")
+            metrics[f"{prefix}/{key}"] = value
+    if assignments is not None:  # the clusters the epoch trained on
+        sizes = np.bincount(assignments)
+        histogram = tracker.histogram(sizes[sizes > 0])
+        if histogram is not None:
+            metrics["cluster/size_histogram"] = histogram
+    tracker.log(metrics)
+    summary = {
+        "final_nmi_labels": record["nmi_labels"],
+        "final_knn_top1": record.get("knn_top1"),
+        "knn_floor": record.get("knn_floor"),
+        "epochs_trained": record["epoch"] + (0 if record.get("final") else 1),
+    }
+    if record["loss"] is not None:
+        summary["final_loss"] = record["loss"]
+    tracker.summary({k: v for k, v in summary.items() if v is not None})

@@ -1,0 +1,72 @@
+"""LARS as SwAV uses it (apex's LARC around SGD) or as solo-learn does, and SwAV's warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum whose step for each parameter tensor p is scaled by its trust ratio
+
+        ratio = trust * |p| / (|g| + weight_decay * |p| + eps),  g <- ratio * (g + weight_decay * p),
+
+    then the momentum step p <- p - lr * buf. Defaults: apex's LARC with clip=False (You et al. 2017), which SwAV
+    wraps around SGD: every tensor (biases and BatchNorm too) is adapted, and a tensor whose weight or gradient norm
+    is zero gets neither the ratio nor the weight decay. `clip` caps the ratio at 1 / lr (the adapted step is then
+    never larger than plain SGD's) and `exclude_1d` leaves biases and BatchNorm parameters to plain SGD without weight
+    decay: solo-learn's LARS options, which its CIFAR-10 DeepCluster-v2 recipe turns on."""
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-6,
+        trust: float = 0.001,
+        clip: bool = False,
+        exclude_1d: bool = False,
+        eps: float = 1e-8,
+    ) -> None:
+        defaults = dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, trust=trust, clip=clip, exclude_1d=exclude_1d, eps=eps
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                adapted = not (group["exclude_1d"] and p.ndim == 1)
+                weight_norm, grad_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
+                if adapted and weight_norm > 0 and grad_norm > 0:
+                    wd = group["weight_decay"]
+                    ratio = group["trust"] * weight_norm / (grad_norm + wd * weight_norm + group["eps"])
+                    if group["clip"]:
+                        ratio = torch.clamp(ratio / group["lr"], max=1.0)
+                    grad = (grad + wd * p) * ratio
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = grad.clone()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+
+
+def warmup_cosine(
+    base_lr: float, final_lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: float, start_warmup: float
+) -> np.ndarray:
+    """The learning rate of every step (SwAV): linear from start_warmup to base_lr over the warmup, then a cosine
+    from base_lr down to final_lr at the last step."""
+    total = epochs * steps_per_epoch
+    warmup = min(total, round(warmup_epochs * steps_per_epoch))
+    ramp = np.linspace(start_warmup, base_lr, warmup) if warmup else np.zeros(0)
+    rest = np.arange(total - warmup)
+    cosine = final_lr + 0.5 * (base_lr - final_lr) * (1 + np.cos(math.pi * rest / max(1, len(rest))))
+    return np.concatenate([ramp, cosine])
