@@ -41,6 +41,7 @@ from util.checkpoint import (
 )
 from util.data import ImageSource, build_source
 from util.errors import UserError, script_entry
+from util.eval.results import protocol_notes
 from util.faults import kill_point
 from util.knn import StreamingKnn
 from util.logging import JsonLog, interactive, provenance
@@ -66,9 +67,17 @@ DEPARTURES = """departures from SwAV's main_deepclusterv2.py (Caron et al. 2020)
                 initial centroids are bank rows drawn from --seed (SwAV: drawn on rank 0 and broadcast).
   --in-memory   cifar10 is decoded once to uint8 and augmented in batches on the device: bilinear crops without
                 antialiasing, colour jitter in a fixed order (torchvision: random order), blur with 13 taps.
-  cifar10       ResNet-18 with the CIFAR stem, two 32 px crops (scale 0.08-1), no blur, batch 256, 3 x 3000
+  cifar10       ResNet-18 with the CIFAR stem, two 32 px crops (scale 0.08-1), blur p=0.5, batch 256, 3 x 3000
                 prototypes, LARS lr 0.6 x batch/256 with solo-learn's options (trust 0.02, clipped, biases and
-                BatchNorm excluded), final lr base/1000: solo-learn's CIFAR recipe, not SwAV's (ImageNet only).
+                BatchNorm excluded), final lr base/1000: solo-learn's CIFAR recipe, not SwAV's (ImageNet only),
+                except 200 epochs with 10 of warmup (solo-learn: 1000 and 11) and ImageNet's mean/std to normalise
+                (solo-learn: CIFAR-10's).
+  --base-lr     default 0.3 x effective batch / 256 on ImageNet (SwAV's 4.8 at 4096, scaled linearly; warmup from
+                1/16 of it, SwAV's 0.3 for 4.8).
+  --amp         bf16 autocast for the backbone and the projection's hidden layer; the last projection layer, the
+                normalisation and the prototype scores stay float32 (SwAV: no mixed precision; solo-learn: fp16).
+  --sync-bn     SyncBatchNorm across all processes (SwAV's scripts: groups of 8 GPUs).
+  blur          13 taps (SwAV: cv2 with 23 taps at 224 px), sigma 0.1-2 px as SwAV.
   --warmup-epochs  default min(10, epochs / 10): SwAV's 10 of 800, shortened for short runs.
   --knn-every   not in the paper: a weighted kNN monitor (k=20, T=0.07) of the backbone's pooled features on a
                 labelled held-out split, the random network's value logged as the floor; never used for training."""
@@ -137,7 +146,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--blur",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="Gaussian blur p=0.5, sigma 0.1-2 px (default: on for folders (ImageNet), off for cifar10)",
+        help="Gaussian blur p=0.5, sigma 0.1-2 px (default: on, as SwAV and solo-learn's CIFAR recipe)",
     )
     group = parser.add_argument_group("DeepCluster-v2")
     group.add_argument("--feat-dim", type=positive_int, default=128, help="embedding dimension (SwAV: 128)")
@@ -177,7 +186,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--warmup-epochs", type=float, default=None, help="linear warmup (default: min(10, epochs / 10))"
     )
     group.add_argument(
-        "--start-warmup", type=float, default=None, help="learning rate at the first step (ImageNet: 0.3; cifar10: 0)"
+        "--start-warmup",
+        type=float,
+        default=None,
+        help="learning rate at the first step (ImageNet: base / 16, SwAV's 0.3 for 4.8; cifar10: 0)",
     )
     group.add_argument("--wd", type=float, default=1e-6, help="weight decay (SwAV: 1e-6)")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (SwAV: 0.9)")
@@ -239,7 +251,7 @@ def finalize_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
     args.size_crops = args.size_crops or ([args.image_size] if cifar else [args.image_size, small])
     args.min_scale_crops = args.min_scale_crops or ([0.08] if cifar else [0.14, 0.05])
     args.max_scale_crops = args.max_scale_crops or ([1.0] if cifar else [1.0, 0.14])
-    args.blur = (not cifar) if args.blur is None else args.blur
+    args.blur = True if args.blur is None else args.blur  # SwAV (ImageNet) and solo-learn (CIFAR): p=0.5
     args.epochs = args.epochs or (200 if cifar else 800)
     args.batch_size = args.batch_size or (256 if cifar else 64)
     args.extract_batch_size = args.extract_batch_size or 2 * args.batch_size
@@ -247,7 +259,8 @@ def finalize_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
     args.base_lr = args.base_lr if args.base_lr is not None else (0.6 if cifar else 0.3) * effective / 256
     args.final_lr = args.final_lr if args.final_lr is not None else args.base_lr / 1000
     args.warmup_epochs = args.warmup_epochs if args.warmup_epochs is not None else min(10.0, args.epochs / 10)
-    args.start_warmup = args.start_warmup if args.start_warmup is not None else (0.0 if cifar else 0.3)
+    # SwAV warms up from 0.3 to 4.8 (1/16 of the peak); solo-learn's CIFAR recipe from 0
+    args.start_warmup = args.start_warmup if args.start_warmup is not None else (0.0 if cifar else args.base_lr / 16)
     args.trust = args.trust if args.trust is not None else (0.02 if cifar else 0.001)
     args.lars_clip = cifar if args.lars_clip is None else args.lars_clip
     args.lars_exclude_1d = cifar if args.lars_exclude_1d is None else args.lars_exclude_1d
@@ -265,11 +278,11 @@ def finalize_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
         raise UserError(f"--crops-for-assign {args.crops_for_assign}: each must be a crop index in 0..{num_crops - 1}")
     if len(set(args.crops_for_assign)) != len(args.crops_for_assign):
         raise UserError(f"--crops-for-assign {args.crops_for_assign} repeats a crop: give distinct crop indices")
-    for name in ("base_lr", "final_lr", "temperature", "trust"):
+    for name in ("base_lr", "temperature", "trust"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be positive")
-    if args.start_warmup < 0 or args.warmup_epochs < 0 or args.wd < 0:
-        raise UserError("--start-warmup, --warmup-epochs and --wd must be >= 0")
+    if min(args.final_lr, args.start_warmup, args.warmup_epochs, args.wd) < 0:
+        raise UserError("--final-lr, --start-warmup, --warmup-epochs and --wd must be >= 0")
     has_held_out = cifar or args.knn_data is not None
     if args.knn_every is None:
         args.knn_every = 1 if has_held_out else 0
@@ -386,9 +399,8 @@ def main(args: argparse.Namespace) -> None:
         args.nmb_prototypes,
         device,
     )
-    tracker = init_tracker(
-        args, output_dir, "pretrain", {**vars(args), **provenance()}, info.is_main, state.wandb_run_id, EPOCH_METRICS
-    )
+    config = {**vars(args), **provenance(), "departures": protocol_notes(DEPARTURES)}
+    tracker = init_tracker(args, output_dir, "pretrain", config, info.is_main, state.wandb_run_id, EPOCH_METRICS)
     state.wandb_run_id = tracker.run_id
     run = Run(args, source, held_out, model, optimizer, bank, specs, schedule, steps_per_epoch, device, info)
 
@@ -629,6 +641,7 @@ def checkpoint_state(
     net = unwrap(model)
     return {
         "method": "deepcluster-v2",
+        "departures": protocol_notes(DEPARTURES),  # from SwAV's script, beside the weights they produced
         "epoch": state.epoch,
         "arch": args.arch,
         "sobel": args.sobel,

@@ -24,7 +24,10 @@ from benchmarks.learning_curve import read_log  # noqa: E402
 from util.errors import UserError, run_main  # noqa: E402
 
 V1 = "--data cifar10 --epochs 6"  # README Quick start: ResNet-18, k=100, --reassign 2
-V2_CPU = "--data cifar10 --arch resnet18 --epochs 7 --batch-size 64 --nmb-prototypes 100 100 100 --knn-every 7"
+V2_CPU = (
+    "--data cifar10 --arch resnet18 --epochs 7 --batch-size 64 --nmb-prototypes 100 100 100 --no-blur --knn-every 7 "
+    "--trust 0.001 --no-lars-clip --no-lars-exclude-1d"
+)
 
 
 def run(script: str, flags: list[str], out: Path) -> dict:

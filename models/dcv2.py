@@ -24,8 +24,12 @@ class ProjectionPrototypes(nn.Module):
         self.prototypes.requires_grad_(False)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        embedding = F.normalize(self.projection(features), dim=1)
-        return embedding, [head(embedding) for head in self.prototypes]
+        hidden = self.projection[:-1](features)
+        # float32 from the last projection layer on, under autocast too: the scores are divided by a temperature of
+        # 0.1, which would turn bf16's 3-digit rounding into logit noise, and the bank keeps these embeddings.
+        with torch.autocast(hidden.device.type, enabled=False):
+            embedding = F.normalize(self.projection[-1](hidden.float()), dim=1)
+            return embedding, [head(embedding) for head in self.prototypes]
 
 
 class MultiCropNet(nn.Module):

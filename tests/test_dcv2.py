@@ -50,6 +50,7 @@ def test_tiny_multicrop_run_logs_its_floor_and_the_evaluations_read_its_checkpoi
     assert all(np.isfinite(r["loss"]) for r in records[:2])
     ckpt = torch.load(out / "checkpoint.pth", weights_only=False)
     assert ckpt["method"] == "deepcluster-v2" and ckpt["epoch"] == 2
+    assert any(note.startswith("memory bank") for note in ckpt["departures"])  # beside the weights, as in --help
     assert ckpt["bank"]["embeddings"].shape == (2, 160, 16)  # two assignment crops, dataset order
     norms = ckpt["bank"]["embeddings"].norm(dim=2)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
