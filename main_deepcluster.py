@@ -55,7 +55,7 @@ from util.pretrain.clustering import (
     run_clustering,
     torch_kmeans,
 )
-from util.pretrain.epoch_log import log_epoch
+from util.pretrain.epoch_log import log_epoch, log_epoch_line
 from util.pretrain.features import extract_features
 from util.pretrain.monitor import build_held_out, knn_metrics
 from util.pretrain.sampler import UniformClusterSampler
@@ -475,27 +475,8 @@ def run_epoch(
         record["final"] = True
     else:
         state.assignments = result.assignments
-    log_epoch_line(args, record, state.knn_floor)
+    log_epoch_line(record, args.epochs, state.knn_floor, ("extract", "cluster", "train"))
     return record
-
-
-def log_epoch_line(args: argparse.Namespace, record: dict, knn_floor: float | None) -> None:
-    """The console line of an epoch: loss, NMI, clusters, the kNN monitor beside its floor, phase times."""
-    title = f"epoch {record['epoch']}/{args.epochs}" + (" (final network, no training)" if record.get("final") else "")
-    parts = [
-        title,
-        f"loss {_fmt(record['loss'])}",
-        f"nmi_labels {_fmt(record['nmi_labels'])}",
-        f"nmi_prev {_fmt(record['nmi_prev'])}",
-        f"clusters {record['num_clusters']} (empty {record['empty_clusters']})",
-    ]
-    if record.get("knn_top1") is not None:
-        parts.append(f"knn {record['knn_top1']:.2f} (floor {_fmt(knn_floor, 2)})")
-    parts.append(
-        f"extract {record['time_extract']:.1f}s  cluster {record['time_cluster']:.1f}s  "
-        f"train {record['time_train']:.1f}s  {record['images_per_s']:.0f} img/s"
-    )
-    logger.info("  ".join(parts))
 
 
 def train_on_labels(
@@ -695,10 +676,6 @@ def restore(
         JsonLog(output_dir / "log.jsonl").truncate_after(state.epoch - 1)
     logger.info("resumed from %s at epoch %d", path, state.epoch)
     return state
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":

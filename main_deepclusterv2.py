@@ -47,7 +47,7 @@ from util.knn import StreamingKnn
 from util.logging import JsonLog, interactive, provenance
 from util.metrics import nmi
 from util.pretrain.bank import MemoryBank
-from util.pretrain.epoch_log import log_epoch
+from util.pretrain.epoch_log import log_epoch, log_epoch_line
 from util.pretrain.features import extract_features
 from util.pretrain.lars import LARS, warmup_cosine
 from util.pretrain.monitor import build_held_out, knn_metrics
@@ -67,11 +67,11 @@ DEPARTURES = """departures from SwAV's main_deepclusterv2.py (Caron et al. 2020)
                 initial centroids are bank rows drawn from --seed (SwAV: drawn on rank 0 and broadcast).
   --in-memory   cifar10 is decoded once to uint8 and augmented in batches on the device: bilinear crops without
                 antialiasing, colour jitter in a fixed order (torchvision: random order), blur with 13 taps.
-  cifar10       ResNet-18 with the CIFAR stem, two 32 px crops (scale 0.08-1), blur p=0.5, batch 256, 3 x 3000
+  cifar10       ResNet-18 with the CIFAR stem, two 32 px crops (scale 0.08-1), no blur, batch 256, 3 x 3000
                 prototypes, LARS lr 0.6 x batch/256 with solo-learn's options (trust 0.02, clipped, biases and
                 BatchNorm excluded), final lr base/1000: solo-learn's CIFAR recipe, not SwAV's (ImageNet only),
-                except 200 epochs with 10 of warmup (solo-learn: 1000 and 11) and ImageNet's mean/std to normalise
-                (solo-learn: CIFAR-10's).
+                except no blur (solo-learn: p=0.5; --blur), 200 epochs with 10 of warmup (solo-learn: 1000 and
+                11) and ImageNet's mean/std to normalise (solo-learn: CIFAR-10's).
   --base-lr     default 0.3 x effective batch / 256 on ImageNet (SwAV's 4.8 at 4096, scaled linearly; warmup from
                 1/16 of it, SwAV's 0.3 for 4.8).
   --amp         bf16 autocast for the backbone and the projection's hidden layer; the last projection layer, the
@@ -94,7 +94,11 @@ RUN_DEFINING_ARGS = (
     "min_scale_crops",
     "max_scale_crops",
     "crops_for_assign",
+    "blur",
     "nmb_prototypes",
+    "temperature",
+    "kmeans_iters",
+    "labels_from",
     "feat_dim",
     "hidden_mlp",
     "epochs",
@@ -146,7 +150,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--blur",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="Gaussian blur p=0.5, sigma 0.1-2 px (default: on, as SwAV and solo-learn's CIFAR recipe)",
+        help="Gaussian blur p=0.5, sigma 0.1-2 px (default: on for folders, as SwAV on ImageNet; off for cifar10)",
     )
     group = parser.add_argument_group("DeepCluster-v2")
     group.add_argument("--feat-dim", type=positive_int, default=128, help="embedding dimension (SwAV: 128)")
@@ -251,7 +255,7 @@ def finalize_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
     args.size_crops = args.size_crops or ([args.image_size] if cifar else [args.image_size, small])
     args.min_scale_crops = args.min_scale_crops or ([0.08] if cifar else [0.14, 0.05])
     args.max_scale_crops = args.max_scale_crops or ([1.0] if cifar else [1.0, 0.14])
-    args.blur = True if args.blur is None else args.blur  # SwAV (ImageNet) and solo-learn (CIFAR): p=0.5
+    args.blur = (not cifar) if args.blur is None else args.blur  # SwAV on ImageNet; not in the CIFAR recipe
     args.epochs = args.epochs or (200 if cifar else 800)
     args.batch_size = args.batch_size or (256 if cifar else 64)
     args.extract_batch_size = args.extract_batch_size or 2 * args.batch_size
@@ -469,7 +473,7 @@ def run_epoch(run: Run, epoch: int, state: RunState, train: bool = True) -> tupl
         record["knn_floor"] = state.knn_floor
     if not train:
         record["final"] = True
-    log_epoch_line(args, record, state.knn_floor)
+    log_epoch_line(record, args.epochs, state.knn_floor, ("monitor", "cluster", "train"))
     return record, assignments
 
 
@@ -616,24 +620,6 @@ def cluster_metrics(results: list, previous: np.ndarray | None, targets: np.ndar
     }
 
 
-def log_epoch_line(args: argparse.Namespace, record: dict, knn_floor: float | None) -> None:
-    title = f"epoch {record['epoch']}/{args.epochs}" + (" (final network, no training)" if record.get("final") else "")
-    parts = [
-        title,
-        f"loss {_fmt(record['loss'])}",
-        f"nmi_labels {_fmt(record['nmi_labels'])}",
-        f"nmi_prev {_fmt(record['nmi_prev'])}",
-        f"clusters {record['num_clusters']} (empty {record['empty_clusters']})",
-    ]
-    if record.get("knn_top1") is not None:
-        parts.append(f"knn {record['knn_top1']:.2f} (floor {_fmt(knn_floor, 2)})")
-    parts.append(
-        f"monitor {record['time_monitor']:.1f}s  cluster {record['time_cluster']:.1f}s  "
-        f"train {record['time_train']:.1f}s  {record['images_per_s']:.0f} img/s"
-    )
-    logger.info("  ".join(parts))
-
-
 def checkpoint_state(
     args: argparse.Namespace, model: nn.Module, optimizer: LARS, bank: MemoryBank, state: RunState
 ) -> dict:
@@ -688,10 +674,6 @@ def restore(
         JsonLog(output_dir / "log.jsonl").truncate_after(state.epoch - 1)
     logger.info("resumed from %s at epoch %d", path, state.epoch)
     return state
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""Every entry script's --help runs and names its departures from the paper."""
+"""Every entry script's --help runs and names its departures from the paper (all in one Python process,
+tests/run_cases.py, each exactly as `python SCRIPT --help`)."""
+
+import json
+import subprocess
 
 import pytest
 
-from tests.helpers import run_script
+from tests.helpers import PYTHON, REPO, script_env
 
 SCRIPTS = [
     "main_deepcluster.py",
@@ -14,25 +18,41 @@ SCRIPTS = [
 ]
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_help_runs(tmp_path, script):
-    proc = run_script(script, ["--help"], tmp_path)
+@pytest.fixture(scope="module")
+def help_texts(tmp_path_factory) -> dict[str, str]:
+    payload = [{"script": script, "args": ["--help"], "env": {}} for script in SCRIPTS]
+    proc = subprocess.run(
+        [PYTHON, str(REPO / "tests" / "run_cases.py")],
+        input=json.dumps(payload),
+        cwd=REPO,
+        env=script_env(tmp_path_factory.mktemp("help")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert "--output-dir" in proc.stdout
+    results = json.loads(proc.stdout)
+    for script, result in zip(SCRIPTS, results, strict=True):
+        assert result["code"] == 0, (script, result["stderr"])
+    return {script: " ".join(result["stdout"].split()) for script, result in zip(SCRIPTS, results, strict=True)}
 
 
-def test_pretrain_help_names_departures(tmp_path):
-    text = run_script("main_deepcluster.py", ["--help"], tmp_path).stdout
-    assert "fit on all (the paper)" in " ".join(text.split())
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_runs(help_texts, script):
+    assert "--output-dir" in help_texts[script]
 
 
-def test_semisup_help_names_the_presets_and_departures(tmp_path):
-    text = " ".join(run_script("eval_semisup.py", ["--help"], tmp_path).stdout.split())
+def test_pretrain_help_names_departures(help_texts):
+    assert "fit on all (the paper)" in help_texts["main_deepcluster.py"]
+
+
+def test_semisup_help_names_the_presets_and_departures(help_texts):
+    text = help_texts["eval_semisup.py"]
     assert "the LAST epoch is reported" in text and "the BEST epoch is reported" in text
     assert "--percent draws its own per-class subset" in text
 
 
-def test_dcv2_help_names_departures(tmp_path):
-    text = " ".join(run_script("main_deepclusterv2.py", ["--help"], tmp_path).stdout.split())
+def test_dcv2_help_names_departures(help_texts):
+    text = help_texts["main_deepclusterv2.py"]
     assert "departures from SwAV's main_deepclusterv2.py" in text
     assert "not one bank per process" in text and "solo-learn's CIFAR recipe, not SwAV's" in text

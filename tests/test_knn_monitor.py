@@ -127,6 +127,8 @@ def test_true_labels_sanity_check_lifts_knn_far_above_the_floor(tmp_path):
         "32",
         "--batch-size",
         "64",
+        "--knn-every",
+        "3",  # the floor (epoch 0) and the final network only
         "--seed",
         "0",
         "--wandb-mode",

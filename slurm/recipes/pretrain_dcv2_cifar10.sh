@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DeepCluster-v2 on the bundled CIFAR-10, one GPU: ResNet-18 with the CIFAR stem, two 32 px crops (scale 0.08-1, blur),
+# DeepCluster-v2 on the bundled CIFAR-10, one GPU: ResNet-18 with the CIFAR stem, two 32 px crops (scale 0.08-1, no blur),
 # 3 x 3000 prototypes, batch 256, LARS (solo-learn's options: trust 0.02, clipped, no adaptation of biases/BN)
 # lr 0.6 warmup + cosine, 200 epochs; the kNN monitor every 10 epochs. These are main_deepclusterv2.py's cifar10
 # defaults; the flags are written out so the recipe reads on its own.
@@ -10,5 +10,5 @@ OUT=${1:-runs/dcv2-cifar10}
 python slurm/submit.py main_deepclusterv2.py ${DRY_RUN:+--dry-run} --nodes 1 --gpus-per-node 1 --cpus-per-task 8 \
   --mem-gb 32 ${PARTITION:+--partition "$PARTITION"} --timeout-min "${TIMEOUT_MIN:-600}" --name dcv2-cifar10 \
   -- --data cifar10 --arch resnet18_cifar --nmb-crops 2 --size-crops 32 --min-scale-crops 0.08 --max-scale-crops 1 \
-     --blur --nmb-prototypes 3000 3000 3000 --epochs 200 --batch-size 256 --base-lr 0.6 --trust 0.02 --lars-clip \
+     --no-blur --nmb-prototypes 3000 3000 3000 --epochs 200 --batch-size 256 --base-lr 0.6 --trust 0.02 --lars-clip \
      --lars-exclude-1d --knn-every 10 --amp --wandb-group dcv2-cifar10 --output-dir "$OUT"

@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from util.tracking import Tracker
+
+logger = logging.getLogger("deepcluster")
+
+
+def log_epoch_line(record: dict, epochs: int, knn_floor: float | None, phases: tuple[str, ...]) -> None:
+    """The console line of an epoch: loss, NMI, clusters, the kNN monitor beside its floor, the phases' times
+    (record["time_<phase>"]) and the training throughput."""
+    title = f"epoch {record['epoch']}/{epochs}" + (" (final network, no training)" if record.get("final") else "")
+    parts = [
+        title,
+        f"loss {_fmt(record['loss'])}",
+        f"nmi_labels {_fmt(record['nmi_labels'])}",
+        f"nmi_prev {_fmt(record['nmi_prev'])}",
+        f"clusters {record['num_clusters']} (empty {record['empty_clusters']})",
+    ]
+    if record.get("knn_top1") is not None:
+        parts.append(f"knn {record['knn_top1']:.2f} (floor {_fmt(knn_floor, 2)})")
+    times = "  ".join(f"{phase} {record[f'time_{phase}']:.1f}s" for phase in phases)
+    parts.append(f"{times}  {record['images_per_s']:.0f} img/s")
+    logger.info("  ".join(parts))
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def log_epoch(tracker: Tracker, record: dict, assignments: np.ndarray | None) -> None:
