@@ -38,7 +38,7 @@ from util.knn import knn_predict, l2n
 from util.logging import interactive, provenance
 from util.metrics import topk_accuracy
 from util.runtime import start_run
-from util.tracking import Tracker, init_tracker
+from util.tracking import Tracker, init_tracker, lineage_of
 
 logger = logging.getLogger("deepcluster")
 
@@ -106,7 +106,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     add_baseline_arg(group)
     add_runtime_args(parser)
-    add_wandb_args(parser, default_project="deepcluster-eval")
+    add_wandb_args(parser)
     return parser
 
 
@@ -168,7 +168,9 @@ def load_state(state_path: Path) -> dict:
 def main(args: argparse.Namespace) -> None:
     # ---- set-up
     info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
-    args.arch, args.sobel, _ = resolve_arch(args.pretrained, args.arch, args.sobel)
+    args.arch, args.sobel, ckpt = resolve_arch(args.pretrained, args.arch, args.sobel)
+    lineage = lineage_of(ckpt, args.pretrained)
+    del ckpt
     cifar = args.data == "cifar10"
     args.image_size = args.image_size or (32 if cifar else 224)
     args.in_memory = cifar if args.in_memory is None else args.in_memory
@@ -198,7 +200,7 @@ def main(args: argparse.Namespace) -> None:
     plan = hashlib.sha256("".join(t.key for t in tasks).encode()).hexdigest()  # one W&B run per set of tasks
     config = {**vars(args), **provenance(), "weights": weights}
     tracker = init_tracker(
-        args, output_dir, "eval_linear", config, info.is_main, state["wandb_runs"].get(plan), ("probe/*",)
+        args, output_dir, "linear", config, info.is_main, state["wandb_runs"].get(plan), ("probe/*",), lineage
     )
     state["wandb_runs"][plan] = tracker.run_id
     streams: dict[str, object] = {}
@@ -390,12 +392,14 @@ def report(args: argparse.Namespace, results: dict, weights: dict, output_dir: P
             [*row_identity(model, args.pretrained, weights), config, *[results.get(prefix + key) for key in keys]]
         )
     meta = {
+        "evaluation": "linear",
         "arch": args.arch,
         "sobel": args.sobel,
         "pretrained": args.pretrained,
         "weights": weights,
         "cached_features": args.cached_features,
         "data": args.data,
+        "subset": args.subset,
         "schedule": args.schedule,
         "protocol_notes": protocol_notes(DEPARTURES),
     }

@@ -48,7 +48,7 @@ from util.logging import provenance
 from util.metrics import topk_accuracy
 from util.runtime import start_run
 from util.seeds import derive_seed
-from util.tracking import init_tracker
+from util.tracking import init_tracker, lineage_of
 
 logger = logging.getLogger("deepcluster")
 
@@ -95,7 +95,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--momentum", type=float, default=0.9)
     add_baseline_arg(group)
     add_runtime_args(parser)
-    add_wandb_args(parser, default_project="deepcluster-eval")
+    add_wandb_args(parser)
     return parser
 
 
@@ -144,7 +144,9 @@ def labelled_subset(args: argparse.Namespace, images) -> np.ndarray:
 
 def main(args: argparse.Namespace) -> None:
     info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
-    args.arch, args.sobel, _ = resolve_arch(args.pretrained, args.arch, args.sobel)
+    args.arch, args.sobel, ckpt = resolve_arch(args.pretrained, args.arch, args.sobel)
+    lineage = lineage_of(ckpt, args.pretrained)
+    del ckpt
     cifar = args.data == "cifar10"
     args.image_size = args.image_size or (32 if cifar else 224)
     args.in_memory = cifar if args.in_memory is None else args.in_memory
@@ -191,7 +193,8 @@ def main(args: argparse.Namespace) -> None:
     state = load_state(state_path) if info.is_main else {"version": 1, "tasks": {}, "current": None}
     state = dist_util.broadcast_object(state)
     config = {**vars(args), **provenance(), "weights": weights, "hyperparameters": hp, "labelled": len(chosen)}
-    tracker = init_tracker(args, output_dir, "eval_semisup", config, info.is_main, state.get("wandb_run"), ("ft/*",))
+    wandb_run = state.get("wandb_run")
+    tracker = init_tracker(args, output_dir, "semisup", config, info.is_main, wandb_run, ("ft/*",), lineage)
     state["wandb_run"] = tracker.run_id
     results: dict = {}
     for model_name, path in networks:
@@ -351,6 +354,7 @@ def report(args, hp: dict, results: dict, weights: dict, labelled: int, percent:
         scores = [results.get(prefix + "top1"), results.get(prefix + "top5")]
         rows.append([*row_identity(model, args.pretrained, weights), config, fine_tuned, *scores])
     meta = {
+        "evaluation": "semisup",
         "arch": args.arch,
         "sobel": args.sobel,
         "pretrained": args.pretrained,

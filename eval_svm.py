@@ -31,7 +31,7 @@ from util.eval.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, 
 from util.eval.voc import LabelledSplit, svm_splits
 from util.logging import provenance
 from util.runtime import start_run
-from util.tracking import Tracker, init_tracker
+from util.tracking import Tracker, init_tracker, lineage_of
 
 logger = logging.getLogger("deepcluster")
 
@@ -83,7 +83,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--batch-size", type=int, default=128, help="images per forward at extraction")
     add_baseline_arg(group)
     add_runtime_args(parser)
-    add_wandb_args(parser, default_project="deepcluster-eval")
+    add_wandb_args(parser)
     return parser
 
 
@@ -108,7 +108,9 @@ def main(args: argparse.Namespace) -> None:
     costs = parse_list(args.costs, float, "--costs", positive=True) if args.costs else list(DEFAULT_COSTS)
     ks = parse_list(args.lowshot_ks, int, "--lowshot-ks", positive=True)
     info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
-    args.arch, args.sobel, _ = resolve_arch(args.pretrained, args.arch, args.sobel)
+    args.arch, args.sobel, ckpt = resolve_arch(args.pretrained, args.arch, args.sobel)
+    lineage = lineage_of(ckpt, args.pretrained)
+    del ckpt
     args.image_size = args.image_size or (32 if args.data == "cifar10" else 224)
     args.in_memory = (args.data == "cifar10") if args.in_memory is None else args.in_memory
 
@@ -122,7 +124,8 @@ def main(args: argparse.Namespace) -> None:
         ",".join(layers),
         args.solver,
     )
-    tracker = init_tracker(args, output_dir, "eval_svm", {**vars(args), **provenance()}, info.is_main)
+    config = {**vars(args), **provenance()}
+    tracker = init_tracker(args, output_dir, "svm", config, info.is_main, lineage=lineage)
 
     # ---- per network: features (cached on disk), full SVM per layer, low-shot on the best layer
     models = networks_to_evaluate(args.pretrained, args.baseline)
@@ -275,11 +278,13 @@ def report(args, results: dict, weights: dict, output_dir: Path, tracker: Tracke
                 row + [results.get(prefix + "best_map")] + [results.get(f"{prefix}lowshot_k{k}_map") for k in ks]
             )
     meta = {
+        "evaluation": "svm",
         "arch": args.arch,
         "sobel": args.sobel,
         "pretrained": args.pretrained,
         "weights": weights,
         "data": args.data,
+        "subset": args.subset,
         "solver": args.solver,
         "protocol_notes": protocol_notes(DEPARTURES),
     }

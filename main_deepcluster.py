@@ -58,6 +58,7 @@ from util.pretrain.clustering import (
 from util.pretrain.epoch_log import log_epoch, log_epoch_line
 from util.pretrain.features import extract_features
 from util.pretrain.monitor import build_held_out, knn_metrics
+from util.pretrain.outputs import add_output_args, checkpoint_artifact, cluster_images
 from util.pretrain.sampler import UniformClusterSampler
 from util.runtime import start_run
 from util.seeds import derive_seed
@@ -246,7 +247,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="checkpoint to resume from (default: OUTPUT_DIR/checkpoint.pth if present)",
     )
-    add_wandb_args(parser)
+    add_output_args(parser)
+    add_wandb_args(parser, pretraining=True)
     return parser
 
 
@@ -283,6 +285,7 @@ class RunState:
     knn_floor: float | None = None  # kNN top-1 of the random network (epoch 0), shown beside every later value
     cluster_rng: np.random.Generator = field(default_factory=np.random.default_rng)
     wandb_run_id: str | None = None
+    wandb_group: str | None = None
 
 
 def main(args: argparse.Namespace) -> None:
@@ -352,8 +355,9 @@ def main(args: argparse.Namespace) -> None:
         info.is_main,
         state.wandb_run_id,
         EPOCH_METRICS,
+        group=state.wandb_group,
     )
-    state.wandb_run_id = tracker.run_id
+    state.wandb_run_id, state.wandb_group = tracker.run_id, tracker.group
 
     # ---- epochs: extract -> cluster -> pseudo-label -> train -> log -> checkpoint; then measure the final network
     for epoch in range(state.epoch, args.epochs + 1):
@@ -376,6 +380,8 @@ def main(args: argparse.Namespace) -> None:
             kill_point("after-log")
             save_checkpoint(checkpoint_state(args, backbone, optimizer, state), checkpoint_path(output_dir))
             log_epoch(tracker, record, state.assignments)
+            cluster_images(args, tracker, output_dir, epoch, source.images, state.assignments)
+            checkpoint_artifact(args, tracker, checkpoint_path(output_dir), state.epoch)
         dist_util.barrier()
     tracker.finish()
     dist_util.cleanup()
@@ -643,6 +649,7 @@ def checkpoint_state(
         "cluster_rng": state.cluster_rng.bit_generator.state,
         "rng": rng_states(),
         "wandb_run_id": state.wandb_run_id,
+        "wandb_group": state.wandb_group,
         "provenance": provenance(),
     }
 
@@ -670,6 +677,7 @@ def restore(
     state.assignments = ckpt["assignments"].astype(np.int64)
     state.cluster_rng.bit_generator.state = ckpt["cluster_rng"]
     state.wandb_run_id = ckpt.get("wandb_run_id")
+    state.wandb_group = ckpt.get("wandb_group")
     state.knn_floor = ckpt.get("knn_floor")
     set_rng_states(ckpt["rng"])
     if dist_util.env_info()[0].is_main:

@@ -51,6 +51,7 @@ from util.pretrain.epoch_log import log_epoch, log_epoch_line
 from util.pretrain.features import extract_features
 from util.pretrain.lars import LARS, warmup_cosine
 from util.pretrain.monitor import build_held_out, knn_metrics
+from util.pretrain.outputs import add_output_args, checkpoint_artifact, cluster_images
 from util.pretrain.spherical import IGNORE, SphericalResult, spherical_kmeans
 from util.runtime import start_run
 from util.seeds import derive_seed
@@ -240,7 +241,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume", default=None, help="checkpoint to resume from (default: OUTPUT_DIR/checkpoint.pth if present)"
     )
-    add_wandb_args(parser)
+    add_output_args(parser)
+    add_wandb_args(parser, pretraining=True)
     return parser
 
 
@@ -305,6 +307,7 @@ class RunState:
     assignments: np.ndarray | None = None  # head 0's assignments of the previous epoch, for NMI(t, t-1)
     knn_floor: float | None = None
     wandb_run_id: str | None = None
+    wandb_group: str | None = None
 
 
 @dataclass
@@ -404,8 +407,10 @@ def main(args: argparse.Namespace) -> None:
         device,
     )
     config = {**vars(args), **provenance(), "departures": protocol_notes(DEPARTURES)}
-    tracker = init_tracker(args, output_dir, "pretrain", config, info.is_main, state.wandb_run_id, EPOCH_METRICS)
-    state.wandb_run_id = tracker.run_id
+    tracker = init_tracker(
+        args, output_dir, "pretrain", config, info.is_main, state.wandb_run_id, EPOCH_METRICS, group=state.wandb_group
+    )
+    state.wandb_run_id, state.wandb_group = tracker.run_id, tracker.group
     run = Run(args, source, held_out, model, optimizer, bank, specs, schedule, steps_per_epoch, device, info)
 
     # ---- epochs: (fill the bank) -> cluster the bank -> train -> log -> checkpoint; then measure the final network
@@ -424,6 +429,8 @@ def main(args: argparse.Namespace) -> None:
             kill_point("after-log")
             save_checkpoint(checkpoint_state(args, model, optimizer, bank, state), checkpoint_path(output_dir))
             log_epoch(tracker, record, assignments[assignments >= 0])
+            cluster_images(args, tracker, output_dir, epoch, source.images, assignments)
+            checkpoint_artifact(args, tracker, checkpoint_path(output_dir), state.epoch)
         dist_util.barrier()
     tracker.finish()
     dist_util.cleanup()
@@ -640,6 +647,7 @@ def checkpoint_state(
         "knn_floor": state.knn_floor,
         "rng": rng_states(),
         "wandb_run_id": state.wandb_run_id,
+        "wandb_group": state.wandb_group,
         "provenance": provenance(),
     }
 
@@ -669,6 +677,7 @@ def restore(
     state.assignments = ckpt["assignments"].astype(np.int64)
     state.knn_floor = ckpt.get("knn_floor")
     state.wandb_run_id = ckpt.get("wandb_run_id")
+    state.wandb_group = ckpt.get("wandb_group")
     set_rng_states(ckpt["rng"])
     if dist_util.current().is_main:
         JsonLog(output_dir / "log.jsonl").truncate_after(state.epoch - 1)

@@ -6,13 +6,20 @@ import argparse
 
 from models import ARCHS
 from util.data import default_cache_dir
-from util.tracking import WANDB_MODES
+from util.tracking import DEFAULT_PROJECT, WANDB_MODES
 
 
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a non-negative integer")
     return value
 
 
@@ -97,7 +104,9 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_wandb_args(parser: argparse.ArgumentParser, default_project: str = "deepcluster") -> None:
+def add_wandb_args(parser: argparse.ArgumentParser, pretraining: bool = False) -> None:
+    """W&B flags. A pretraining run is in its own group (`<output folder>-<run id>`) unless --wandb-group names one;
+    an evaluation of its checkpoint joins that group and project."""
     group = parser.add_argument_group("weights & biases")
     group.add_argument(
         "--wandb-mode",
@@ -105,9 +114,34 @@ def add_wandb_args(parser: argparse.ArgumentParser, default_project: str = "deep
         default=None,
         help="default: online when W&B credentials exist, else offline (sync later with `wandb sync`)",
     )
-    group.add_argument("--wandb-project", default=default_project, help="default: %(default)s")
-    group.add_argument("--wandb-entity", default=None)
-    group.add_argument("--wandb-group", default=None, help="group runs of one sweep or recipe")
+    if pretraining:
+        group.add_argument("--wandb-project", default=DEFAULT_PROJECT, help="default: %(default)s")
+        group.add_argument("--wandb-entity", default=None)
+        group.add_argument(
+            "--wandb-group", default=None, help="group of the run (default: `<output folder name>-<run id>`)"
+        )
+        group.add_argument(
+            "--wandb-checkpoint-every",
+            type=non_negative_int,
+            default=0,
+            metavar="N",
+            help="log checkpoint.pth as a W&B `model` artifact every N epochs and after the last (aliases latest, "
+            "epoch-N; copied into W&B's staging area, so each costs the checkpoint's size on disk until synced); "
+            "0: never (default)",
+        )
+    else:
+        group.add_argument(
+            "--wandb-project",
+            default=None,
+            help=f"default: the project of the pretraining run of --pretrained, else {DEFAULT_PROJECT}",
+        )
+        group.add_argument("--wandb-entity", default=None, help="default: the pretraining run's")
+        group.add_argument(
+            "--wandb-group",
+            default=None,
+            help="default: the pretraining run's group (its checkpoint records it), so the dashboard shows the "
+            "evaluations beside it; the checkpoint is recorded as the run's input artifact",
+        )
     group.add_argument("--wandb-name", default=None, help="run name (default: W&B picks one)")
     group.add_argument("--wandb-tags", nargs="*", default=[], help="tags of the run")
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import secrets
+import string
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("deepcluster")
 
 WANDB_MODES = ("online", "offline", "disabled")
+DEFAULT_PROJECT = "deepcluster"
 
 
 def has_wandb_credentials() -> bool:
@@ -35,8 +39,9 @@ def resolve_mode(requested: str | None) -> str:
 class Tracker:
     """A thin wrapper so that scripts call one API whether W&B is on, offline, disabled or not rank 0."""
 
-    def __init__(self, run: Any | None) -> None:
+    def __init__(self, run: Any | None, group: str | None = None) -> None:
         self.run = run
+        self.group = group
 
     @property
     def run_id(self) -> str | None:
@@ -45,6 +50,10 @@ class Tracker:
     @property
     def run_dir(self) -> str | None:
         return self.run.dir if self.run is not None else None
+
+    @property
+    def offline(self) -> bool:
+        return self.run is not None and self.run.settings.mode in ("offline", "dryrun")
 
     def log(self, metrics: dict, **kwargs: Any) -> None:
         if self.run is not None:
@@ -59,7 +68,7 @@ class Tracker:
         if self.run is not None:
             import wandb
 
-            self.run.log({key: wandb.Table(columns=columns, data=rows)})
+            self.run.log({key: wandb.Table(columns=columns, data=rows, allow_mixed_types=True)})
 
     def histogram(self, values) -> Any:
         if self.run is None:
@@ -68,10 +77,106 @@ class Tracker:
 
         return wandb.Histogram(values)
 
+    def image(self, key: str, path: Path, caption: str, extra: dict | None = None) -> None:
+        """Log a PNG written to disk as a wandb.Image (with `extra` metrics, e.g. the epoch, in the same step)."""
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Image(str(path), caption=caption), **(extra or {})})
+
+    def log_checkpoint(self, path: Path, epoch: int) -> None:
+        """Log a checkpoint file as a `model` artifact of this run, aliases `latest` and `epoch-N`. The file is
+        copied into W&B's staging area (the next epoch overwrites checkpoint.pth before an offline run is synced),
+        where the copy stays until it is uploaded."""
+        if self.run is None:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(checkpoint_artifact_name(self.run.id), type="model", metadata={"epoch": epoch})
+        artifact.add_file(str(path), name=CHECKPOINT_FILE)
+        self.run.log_artifact(artifact, aliases=["latest", f"epoch-{epoch}"])
+
+    def use_checkpoint(self, lineage: Lineage) -> None:
+        """Record the pretraining run and checkpoint in this run's config; when the pretraining run logged that
+        epoch's checkpoint as an artifact (--wandb-checkpoint-every), record it as this run's input artifact, online
+        and offline. The checkpoint is referenced, not copied: its content digest equals that of the pretraining
+        run's artifact of the same epoch (W&B keys versions by digest), so W&B links this run to that version. When
+        the epoch was not logged nothing is logged: the evaluation would become the artifact's producer."""
+        if self.run is None:
+            return
+        name = f"{lineage.artifact}:epoch-{lineage.epoch}"
+        self.run.config.update(
+            {"pretrain_run_id": lineage.run_id, "pretrain_artifact": name if lineage.logged else None},
+            allow_val_change=True,
+        )
+        if not lineage.logged:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(lineage.artifact, type="model", metadata={"epoch": lineage.epoch})
+        artifact.add_reference(Path(lineage.checkpoint).resolve().as_uri(), name=CHECKPOINT_FILE)
+        aliases = [f"epoch-{lineage.epoch}"]
+        if self.offline:
+            # wandb's use_artifact() refuses offline runs; for a draft artifact it does exactly this call (log it
+            # with use_after_commit), which the offline run records and `wandb sync` replays.
+            self.run._log_artifact(artifact, aliases=aliases, is_user_created=True, use_after_commit=True)
+        else:
+            self.run.use_artifact(artifact, aliases=aliases)
+
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+CHECKPOINT_FILE = "checkpoint.pth"
+
+
+def new_run_id() -> str:
+    """A fresh W&B run id (8 characters of [a-z0-9], as W&B's own), chosen here so the group can name it."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def checkpoint_artifact_name(run_id: str) -> str:
+    return f"checkpoint-{run_id}"
+
+
+def default_group(output_dir: Path, run_id: str) -> str:
+    """A pretraining run's W&B group unless --wandb-group names one: its output folder's name and its run id."""
+    return f"{Path(output_dir).name}-{run_id}"
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """The pretraining run a checkpoint comes from, as its evaluations join it in W&B."""
+
+    run_id: str
+    group: str
+    project: str | None
+    entity: str | None
+    epoch: int
+    checkpoint: str  # the file evaluated
+    logged: bool  # whether the pretraining run logged this epoch's checkpoint as an artifact
+
+    @property
+    def artifact(self) -> str:
+        return checkpoint_artifact_name(self.run_id)
+
+
+def lineage_of(ckpt: dict | None, path: str) -> Lineage | None:
+    """The W&B lineage recorded in a checkpoint of main_deepcluster.py / main_deepclusterv2.py (None for other
+    layouts, for runs without W&B, and for `random`). Checkpoints written before the group was saved: their
+    --wandb-group, else the `<folder>-<run id>` group (new evaluations gather there; the old run is not in it)."""
+    if not ckpt or not ckpt.get("wandb_run_id"):
+        return None
+    run_id = ckpt["wandb_run_id"]
+    args = ckpt.get("args") or {}
+    args = args if isinstance(args, dict) else vars(args)
+    group = ckpt.get("wandb_group") or args.get("wandb_group") or default_group(Path(path).resolve().parent, run_id)
+    project, entity, epoch = args.get("wandb_project"), args.get("wandb_entity"), int(ckpt.get("epoch", 0))
+    every = args.get("wandb_checkpoint_every") or 0
+    logged = every > 0 and (epoch % every == 0 or epoch == args.get("epochs"))
+    return Lineage(run_id, group, project, entity, epoch, str(path), logged)
 
 
 def init_tracker(
@@ -82,24 +187,40 @@ def init_tracker(
     is_main: bool,
     run_id: str | None = None,
     epoch_metrics: tuple[str, ...] = (),
+    lineage: Lineage | None = None,
+    group: str | None = None,
 ) -> Tracker:
-    """Start (or resume, with run_id) the W&B run of this output folder; files go under output_dir/wandb."""
+    """Start (or resume, with run_id) the W&B run of this output folder; files go under output_dir/wandb.
+
+    Groups: a pretraining run (job_type `pretrain`) is in --wandb-group, else in `group` (the one its checkpoint
+    recorded, on resume), else in its own default_group(); an evaluation of one of its checkpoints (lineage given)
+    joins that group, project and entity unless --wandb-group / --wandb-project / --wandb-entity say otherwise, and
+    a new evaluation run records the checkpoint (Tracker.use_checkpoint)."""
     mode = resolve_mode(getattr(args, "wandb_mode", None))
     if not is_main or mode == "disabled":
         return Tracker(None)
     import wandb
 
+    resume = "allow" if run_id else None
+    run_id = run_id or new_run_id()
+    group = getattr(args, "wandb_group", None) or group
+    if group is None and job_type == "pretrain":
+        group = default_group(output_dir, run_id)
+    elif group is None and lineage is not None:
+        group = lineage.group
+    project = args.wandb_project or (lineage.project if lineage else None) or DEFAULT_PROJECT
+    entity = getattr(args, "wandb_entity", None) or (lineage.entity if lineage else None)
     kwargs = dict(
-        project=args.wandb_project,
-        entity=getattr(args, "wandb_entity", None),
-        group=getattr(args, "wandb_group", None),
+        project=project,
+        entity=entity,
+        group=group,
         tags=getattr(args, "wandb_tags", None) or None,
         name=getattr(args, "wandb_name", None),
         job_type=job_type,
         config=config,
         dir=str(output_dir),
         id=run_id,
-        resume="allow" if run_id else None,
+        resume=resume,
     )
     try:
         run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=60, silent=True), **kwargs)
@@ -113,5 +234,8 @@ def init_tracker(
         run = wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
     for metric in epoch_metrics:
         run.define_metric(metric, step_metric="epoch")
-    logger.info("W&B run %s (%s) in %s", run.id, mode, run.dir)
-    return Tracker(run)
+    logger.info("W&B run %s (%s, group %s, job %s) in %s", run.id, mode, group, job_type, run.dir)
+    tracker = Tracker(run, group)
+    if lineage is not None and resume is None:  # a resumed run recorded it when it started
+        tracker.use_checkpoint(lineage)
+    return tracker

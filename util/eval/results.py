@@ -54,4 +54,7 @@ def publish(
     atomic_write(output_dir / "results.json", lambda handle: handle.write(text.encode()))
     logger.info("%s:\n%s", title, format_table(columns, rows))
     tracker.table(table, columns, rows)
-    tracker.summary({k: v for k, v in results.items() if isinstance(v, (int, float))})
+    summary = {k: v for k, v in results.items() if isinstance(v, (int, float, str))}
+    summary.update({f"weights/{model}": f"sha256:{w['sha256']}" for model, w in meta.get("weights", {}).items()})
+    summary.update({k: v for k, v in meta.items() if isinstance(v, (bool, int, float, str)) or k == "hyperparameters"})
+    tracker.summary(summary)

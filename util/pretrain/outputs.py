@@ -1,0 +1,51 @@
+"""What a pretraining run leaves beside its checkpoint every few epochs: cluster image grids (PNG + W&B image) and,
+on request, the checkpoint as a W&B artifact. Shared by main_deepcluster.py and main_deepclusterv2.py."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from util.args import non_negative_int
+from util.data import ImageList
+from util.report.cluster_images import draw_cluster_grid, grid_path
+from util.tracking import Tracker
+
+logger = logging.getLogger("deepcluster")
+
+
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cluster images")
+    group.add_argument(
+        "--cluster-images-every",
+        type=non_negative_int,
+        default=10,
+        metavar="N",
+        help="every N epochs, a grid of sample images of the largest, median, smallest and 3 random clusters of the "
+        "network after that many epochs: OUTPUT_DIR/clusters/epoch_XXXX.png and W&B `cluster/images` "
+        "(default: 10; 0: never; `report.py RUN --cluster-images E` draws any saved epoch of a finished run)",
+    )
+
+
+def cluster_images(
+    args: argparse.Namespace, tracker: Tracker, output_dir: Path, epoch: int, images: ImageList, assignments: np.ndarray
+) -> None:
+    """The grid of the clusters of the network after `epoch` epochs (the assignments saved for that epoch)."""
+    every = args.cluster_images_every
+    if not every or epoch == 0 or epoch % every:
+        return
+    path = grid_path(output_dir, epoch)
+    title = f"{Path(output_dir).name}: clusters of the network after {epoch} epochs"
+    draw_cluster_grid(images, assignments, path, title, seed=args.seed * 100_003 + epoch)
+    logger.info("cluster images: %s", path)
+    tracker.image("cluster/images", path, title, {"epoch": epoch})
+
+
+def checkpoint_artifact(args: argparse.Namespace, tracker: Tracker, checkpoint: Path, epochs_trained: int) -> None:
+    """Log the checkpoint as a W&B artifact every --wandb-checkpoint-every epochs and after the last one."""
+    every = args.wandb_checkpoint_every
+    if every and (epochs_trained % every == 0 or epochs_trained == args.epochs):
+        tracker.log_checkpoint(checkpoint, epochs_trained)
