@@ -149,3 +149,20 @@ def free_port() -> int:
 def random_resnet18(data: Path) -> list[str]:
     """The evaluation scripts' flags for the random-init ResNet-18 on `data`."""
     return ["--pretrained", "random", "--arch", "resnet18", "--data", str(data)]
+
+
+def run_in_one_process(cases: list[tuple[str, list[str]]], tmp: Path, timeout: int = 600) -> list[dict]:
+    """Run several command lines of the entry scripts in one Python process (tests/run_cases.py: torch imported
+    once), each as `python SCRIPT ARGS` with script_env(tmp); returns [{"code", "stderr", "stdout"}] in order."""
+    payload = [{"script": script, "args": args, "env": {}} for script, args in cases]
+    proc = subprocess.run(
+        [PYTHON, str(REPO / "tests" / "run_cases.py")],
+        input=json.dumps(payload),
+        cwd=REPO,
+        env=script_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)

@@ -221,6 +221,17 @@ def cases(data: dict[str, Path], out: Path) -> list[tuple[str, str, list[str], d
             ["sbatch", "not found"],
         ),
         ("bad script flags", *sub[:1], [*sub[1:], "--", *pre, "--k", "abc"], {}, ["--k"]),
+        # report.py, and the pretraining flags it reads the output of
+        ("report: no such source", "report.py", [str(out / "nope")], {}, ["does not exist", "wandb:ENTITY"]),
+        ("report: two sources", "report.py", [str(out), str(out)], {}, ["--output-dir"]),
+        ("report: no run", "report.py", [str(out), "--output-dir", str(out / "r")], {}, ["holds no log.jsonl"]),
+        (
+            "cluster images every -1",
+            "main_deepcluster.py",
+            [*pre, "--cluster-images-every", "-1"],
+            {},
+            ["--cluster-images-every", "not a non-negative integer"],
+        ),
     ]
 
 

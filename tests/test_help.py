@@ -15,6 +15,7 @@ SCRIPTS = [
     "eval_svm.py",
     "eval_semisup.py",
     "export_weights.py",
+    "report.py",
 ]
 
 
@@ -56,3 +57,8 @@ def test_dcv2_help_names_departures(help_texts):
     text = help_texts["main_deepclusterv2.py"]
     assert "departures from SwAV's main_deepclusterv2.py" in text
     assert "not one bank per process" in text and "solo-learn's CIFAR recipe, not SwAV's" in text
+
+
+def test_report_help_says_where_published_rows_come_from(help_texts):
+    text = help_texts["report.py"]
+    assert "ResNet-50 + Sobel" in text and "never filled in" in text

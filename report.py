@@ -1,0 +1,214 @@
+"""The reference page's tables and plots from pretraining runs and their evaluations.
+
+    .venv/bin/python report.py runs/cifar10-cpu
+    .venv/bin/python report.py runs/cifar10-cpu runs/dcv2-cifar10 --output-dir runs/report
+    .venv/bin/python report.py runs/cifar10-cpu/wandb/offline-run-* runs/cifar10-cpu/linear/wandb/offline-run-*
+    .venv/bin/python report.py wandb:ENTITY/deepcluster/RUN_ID wandb:ENTITY/deepcluster/EVAL_ID --output-dir rep
+
+Sources: a pretraining run folder (main_deepcluster.py / main_deepclusterv2.py: log.jsonl, checkpoint.pth and the
+evaluations written under it, any depth), an evaluation folder (results.json), a folder of such folders, an offline
+W&B run folder (offline-run-*), or an online W&B run as `wandb:ENTITY/PROJECT/RUN_ID` (W&B's public API).
+Evaluations given apart join the pretraining run whose checkpoint they evaluated (same sha256) or whose W&B group
+they are in.
+
+Writes to OUTPUT_DIR: report.md (every table, the figures, the cluster images), one CSV per table (numbers at full
+precision, and where each row was read), curves.png (loss / NMI / kNN per epoch, all runs), cluster_sizes.png,
+per_layer.png, lowshot.png; and a W&B run (job_type `report`, in the runs' group) holding the same tables as
+wandb.Table and the figures as images. Every row names the weights that produced it (sha256 of the file); a run
+without an evaluation of some kind is shown as `missing`, never filled in; `-`: not measured by that evaluation.
+Published rows come from util/report/published.py, each with its source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from util.args import add_wandb_args
+from util.checkpoint import atomic_write
+from util.errors import UserError, script_entry
+from util.logging import provenance, setup_logging
+from util.report import plots
+from util.report.cluster_images import draw_cluster_grid, grid_path, run_images
+from util.report.sources import Evaluation, PretrainRun, attach, merge_runs, read_source
+from util.report.tables import Table, all_tables, to_csv, to_markdown
+from util.tracking import init_tracker
+
+logger = logging.getLogger("deepcluster")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False, description=__doc__)
+    parser.add_argument("sources", nargs="+", help="run folders, evaluation folders, W&B run folders, wandb:E/P/ID")
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help="where to write the report (default: SOURCE/report when one folder is given)",
+    )
+    parser.add_argument(
+        "--cluster-images",
+        nargs="*",
+        type=int,
+        default=None,
+        metavar="EPOCH",
+        help="draw the cluster image grid of these saved epochs of each run folder (no value: its last saved "
+        "epoch) into RUN/clusters/epoch_XXXX.png, and show it in the report; needs the run's training images",
+    )
+    add_wandb_args(parser)
+    return parser
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def draw_requested_grids(runs: list[PretrainRun], epochs: list[int]) -> None:
+    """Check every run first (folder, saved epochs, its data), then draw: nothing is drawn for a bad request."""
+    plans = []
+    for run in runs:
+        if run.folder is None:
+            logger.warning("%s was read from W&B: no assignments on disk, no cluster images", run.name)
+            continue
+        saved = run.saved_epochs()
+        if not saved:
+            raise UserError(f"{run.folder} holds no assignments/epoch_*.npy: no clusters to draw")
+        wanted = epochs or [saved[-1]]
+        absent = [e for e in wanted if e not in saved]
+        if absent:
+            raise UserError(f"{run.folder} has no saved assignments for epoch(s) {absent}: saved are {saved}")
+        if not {"data", "data_cache", "seed"} <= run.args.keys():
+            raise UserError(f"{run.folder} has no readable checkpoint.pth with the run's flags: cannot find its images")
+        plans.append((run, wanted, run_images(run.args)))
+    for run, wanted, images in plans:
+        for epoch in wanted:
+            title = f"{run.name}: clusters of the network after {epoch} epochs"
+            path = grid_path(run.folder, epoch)
+            draw_cluster_grid(images, run.assignments(epoch), path, title, run.args["seed"] * 100_003 + epoch)
+            logger.info("cluster images: %s", path)
+
+
+def run_lines(runs: list[PretrainRun]) -> list[str]:
+    lines = []
+    for run in runs:
+        trained = sum(1 for r in run.records if not r.get("final"))
+        knn = [r for r in run.records if r.get("knn_top1") is not None]
+        monitor = (
+            f"kNN {knn[-1]['knn_top1']:.2f} % after {knn[-1]['epoch']} epochs, random init {knn[0]['knn_top1']:.2f} %"
+            if len(knn) > 1 and knn[0]["epoch"] == 0
+            else "no kNN monitor"
+        )
+        state = "finished" if run.finished else "not finished"
+        lines.append(
+            f"- **{run.name}** ({run.where}): {trained} epochs trained ({state}), {run.args.get('arch', '?')} on "
+            f"{run.args.get('data', '?')}, weights {run.weights_label}; {monitor}; {len(run.evaluations)} evaluation(s)"
+        )
+    return lines
+
+
+def named_evaluations(runs: list[PretrainRun], alone: list[Evaluation], kind: str) -> list[tuple[str, Evaluation]]:
+    named = [(run.name, e) for run in runs for e in run.evaluations if e.kind == kind]
+    return named + [(Path(str(e.results.get("pretrained", "?"))).name, e) for e in alone if e.kind == kind]
+
+
+def cluster_grids(runs: list[PretrainRun]) -> list[tuple[str, Path]]:
+    """The latest cluster image grid of each run folder."""
+    found = []
+    for run in runs:
+        grids = sorted((run.folder / "clusters").glob("epoch_*.png")) if run.folder else []
+        if grids:
+            found.append((run.name, grids[-1]))
+    return found
+
+
+def render(
+    runs: list[PretrainRun],
+    tables: list[Table],
+    figures: dict[str, Path],
+    grids: list[tuple[str, Path]],
+    output_dir: Path,
+) -> str:
+    parts = ["# DeepCluster report", "", *run_lines(runs), ""]
+    parts.append(
+        "Weights: sha256 of the file evaluated (first 12 hex digits). `missing`: the run has no evaluation of that "
+        "kind; `-`: the evaluation did not measure it. Numbers in %, two decimals (the CSV files hold them exactly)."
+    )
+    parts.append("")
+    parts += [to_markdown(table) for table in tables]
+    for title, path in figures.items():
+        parts += [f"### {title}", "", f"![{title}]({os.path.relpath(path, output_dir)})", ""]
+    for name, path in grids:
+        parts += [
+            f"### Cluster images: {name} ({path.stem})",
+            "",
+            f"![clusters]({os.path.relpath(path, output_dir)})",
+            "",
+        ]
+    return "\n".join(parts)
+
+
+def main(args: argparse.Namespace) -> Path:
+    setup_logging()
+    if args.output_dir is None:
+        if len(args.sources) != 1 or args.sources[0].startswith("wandb:"):
+            raise UserError("several sources (or a W&B run): name the report's folder with --output-dir")
+        args.output_dir = str(Path(args.sources[0]) / "report")
+    runs: list[PretrainRun] = []
+    loose: list[Evaluation] = []
+    for source in args.sources:
+        found_runs, found_evaluations = read_source(source)
+        runs += found_runs
+        loose += found_evaluations
+    runs = merge_runs(runs)
+    alone = attach(runs, loose)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if args.cluster_images is not None:
+        draw_requested_grids(runs, args.cluster_images)
+
+    tables = all_tables(runs, alone)
+    for table in tables:
+        write_text(output_dir / f"{table.key}.csv", to_csv(table))
+    figures = {
+        "Training curves": plots.training_curves(runs, output_dir / "curves.png"),
+        "Cluster sizes per epoch": plots.cluster_sizes(runs, output_dir / "cluster_sizes.png"),
+        "Linear probes per layer": plots.per_layer(
+            named_evaluations(runs, alone, "linear"), output_dir / "per_layer.png"
+        ),
+        "Low-shot SVM": plots.lowshot(named_evaluations(runs, alone, "svm"), output_dir / "lowshot.png"),
+    }
+    figures = {title: path for title, path in figures.items() if path is not None}
+    grids = cluster_grids(runs)
+    write_text(output_dir / "report.md", render(runs, tables, figures, grids, output_dir))
+
+    # the report run joins the runs' group, project and entity where they all share one
+    for flag, key in (("wandb_group", None), ("wandb_project", "wandb_project"), ("wandb_entity", "wandb_entity")):
+        values = {run.group if key is None else run.args.get(key) for run in runs} - {None}
+        if getattr(args, flag) is None and len(values) == 1:
+            setattr(args, flag, values.pop())
+    config = {"sources": args.sources, **provenance()}
+    tracker = init_tracker(args, output_dir, "report", config, True)
+    for table in tables:
+        tracker.table(f"report/{table.key}", table.columns, table.rows)
+    for title, path in figures.items():
+        tracker.image(f"report/{path.stem}", path, title)
+    for name, path in grids:
+        tracker.image(f"report/clusters_{name}", path, f"{name} {path.stem}")
+    tracker.finish()
+    logger.info("report: %s (%d tables, %d figures)", output_dir / "report.md", len(tables), len(figures))
+    return output_dir / "report.md"
+
+
+NOTES = """\
+what the rows are, so tables can be read right:
+  published rows  mmselfsup's DeepCluster, ResNet-50 + Sobel pretrained 200 epochs on ImageNet-1k (VOC07 SVM,
+                  ImageNet / Places205 linear; semi-supervised from OpenSelfSup's zoo), each cited in the report;
+                  they compare with ours only where ours ran the same protocol on the same data (the Data column).
+  missing         a run without an evaluation of that kind: never filled in; `-`: not measured by that evaluation.
+  random init     every evaluation's own random network of the same arch (the floor); the kNN table also shows
+                  each run's monitor floor (its random network at epoch 0).
+"""
+
+if __name__ == "__main__":
+    script_entry("DeepCluster report", get_args_parser, main, NOTES)

@@ -1,0 +1,271 @@
+"""The reference page's tables from pretraining runs and their evaluations: VOC07 SVM + low-shot, linear
+Feature1..5 + AvgPool per dataset, kNN, semi-supervised; each with the random-init rows and the published rows.
+
+Cells: a number where an evaluation measured it; MISSING where the run has no evaluation of that kind (never
+filled in); None where an evaluation exists but did not measure that column (e.g. `--protocol knn` has no
+Feature1..5)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from util.report.published import CONFIG, LOWSHOT_KS, published_rows
+from util.report.sources import Evaluation, PretrainRun
+
+MISSING = "missing"
+NOT_EVALUATED = "-"  # the Weights cell of a network an evaluation did not run
+TAP_COLUMNS = ["Feature1", "Feature2", "Feature3", "Feature4", "Feature5"]
+PUBLISHED_MODEL = "DeepCluster, mmselfsup (published)"
+PUBLISHED_WEIGHTS = "deepcluster_r50-bb8681e2.pth"
+
+
+@dataclass
+class Table:
+    key: str  # file and W&B key: svm, linear_<data>, knn, semisup
+    title: str
+    columns: list[str]
+    rows: list[list] = field(default_factory=list)
+    where: list[str] = field(default_factory=list)  # per row: the folder / W&B run / source it was read from
+    sources: list[str] = field(default_factory=list)  # the published rows' citations
+
+    def add(self, row: list, where: str) -> None:
+        assert len(row) == len(self.columns), (row, self.columns)
+        self.rows.append(row)
+        self.where.append(where)
+
+
+def _short(sha: str | None) -> str:
+    return f"sha256:{sha[:12]}" if sha else "-"
+
+
+def _data_label(data: str | None) -> str:
+    if not data:
+        return "-"
+    return data if "/" not in str(data) else Path(str(data).rstrip("/")).name
+
+
+def _eval_data(results: dict) -> str:
+    """The dataset of an evaluation, with its --subset (training images) where it used one."""
+    subset = results.get("subset")
+    return _data_label(results.get("data")) + (f" ({subset} train images)" if subset else "")
+
+
+def _config(results: dict) -> str:
+    config = f"{results.get('arch', '?')}{'+sobel' if results.get('sobel') else ''}"
+    return config + (" (cached)" if results.get("cached_features") else "")
+
+
+def _sha(results: dict, model: str) -> str | None:
+    return results.get("weights", {}).get(model, {}).get("sha256")
+
+
+def _model_label(run: PretrainRun | None, evaluation: Evaluation) -> str:
+    if run is None:
+        return Path(str(evaluation.results.get("pretrained", "?"))).name
+    sha = _sha(evaluation.results, "pretrained")
+    if run.checkpoint_sha256 and sha and sha != run.checkpoint_sha256:
+        return f"{run.name} (an earlier checkpoint)"
+    return run.name
+
+
+def _pairs(run: PretrainRun | None, evaluation: Evaluation) -> list[tuple[str, str, str]]:
+    """(model label, weights, key prefix) of the evaluation's pretrained and random-init rows; the weights are
+    NOT_EVALUATED where the evaluation has no such network (--baseline none), `unknown` where it measured the
+    network but did not record its hash (W&B runs from before the hash was summarised)."""
+    rows = []
+    for model, prefix, label in (
+        ("pretrained", "", _model_label(run, evaluation)),
+        ("random_init", "random_init_", "random init"),
+    ):
+        sha = _sha(evaluation.results, model)
+        numbers = [k for k, v in evaluation.results.items() if isinstance(v, float)]
+        measured = any(k.startswith("random_init_") == bool(prefix) for k in numbers)
+        if sha:
+            rows.append((label, _short(sha), prefix))
+        elif measured:
+            rows.append((label, "unknown", prefix))
+        else:
+            rows.append((f"{label} (not evaluated)", NOT_EVALUATED, prefix))
+    return rows
+
+
+def _value(results: dict, key: str, weights: str):
+    """The measured number, None where the evaluation did not measure it, MISSING for a row never evaluated."""
+    if weights == NOT_EVALUATED:
+        return MISSING
+    return results.get(key)
+
+
+def lowshot_ks(evaluations: list[Evaluation]) -> list[int]:
+    ks = set(LOWSHOT_KS)
+    for evaluation in evaluations:
+        ks |= {int(m.group(1)) for key in evaluation.results if (m := re.fullmatch(r"lowshot_k(\d+)_map", key))}
+    return sorted(ks)
+
+
+def _by_kind(
+    runs: list[PretrainRun], alone: list[Evaluation], kind: str
+) -> list[tuple[PretrainRun | None, Evaluation]]:
+    found = [(run, e) for run in runs for e in run.evaluations if e.kind == kind]
+    return found + [(None, e) for e in alone if e.kind == kind]
+
+
+def svm_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
+    evaluations = _by_kind(runs, alone, "svm")
+    ks = lowshot_ks([e for _, e in evaluations])
+    k_columns = [f"k={k}" for k in ks]
+    table = Table("svm", "VOC SVM / Low-shot SVM (mAP %)", ["Model", "Weights", "Config", "Data", "Best Layer", "SVM"])
+    table.columns += k_columns
+    for run, evaluation in evaluations:
+        r = evaluation.results
+        for label, weights, prefix in _pairs(run, evaluation):
+            scores = [_value(r, f"{prefix}best_map", weights)] + [
+                _value(r, f"{prefix}lowshot_k{k}_map", weights) for k in ks
+            ]
+            best = r.get(prefix + "best_layer", MISSING if weights == "-" else None)
+            table.add([label, weights, _config(r), _eval_data(r), best, *scores], evaluation.where)
+    _missing_rows(table, runs, "svm", 4)
+    for published in published_rows("svm"):
+        values = published.values
+        row = [PUBLISHED_MODEL, PUBLISHED_WEIGHTS, CONFIG, published.data, values["Best Layer"], values["SVM"]]
+        table.add(row + [values.get(c) for c in k_columns], published.source)
+        table.sources.append(published.source)
+    return table
+
+
+def linear_tables(runs: list[PretrainRun], alone: list[Evaluation]) -> list[Table]:
+    """One table per dataset evaluated (ImageNet, Places205, CIFAR-10, ...), shaped like the page's."""
+    evaluations = _by_kind(runs, alone, "linear")
+    datasets = sorted({_data_label(e.results.get("data")) for _, e in evaluations}) or ["-"]  # one table each
+    tables = []
+    keys = [f"feature{i}_top1" for i in range(1, 6)] + ["avgpool_top1"]
+    for data in datasets:
+        title = f"Linear evaluation on {data} (top-1 %)" if data != "-" else "Linear evaluation (top-1 %)"
+        key = "linear_" + re.sub(r"[^A-Za-z0-9]+", "_", data).strip("_").lower() if data != "-" else "linear"
+        table = Table(key, title, ["Model", "Weights", "Config", "Data", *TAP_COLUMNS, "AvgPool"])
+        for run, evaluation in evaluations:
+            r = evaluation.results
+            if _data_label(r.get("data")) != data:
+                continue
+            for label, weights, prefix in _pairs(run, evaluation):
+                table.add(
+                    [label, weights, _config(r), _eval_data(r), *[_value(r, prefix + k, weights) for k in keys]],
+                    evaluation.where,
+                )
+        _missing_rows(table, runs, "linear", 4, data_filter=data)
+        for published in published_rows("linear"):
+            values = published.values
+            row = [PUBLISHED_MODEL, PUBLISHED_WEIGHTS, CONFIG, published.data]
+            table.add(row + [values.get(c) for c in [*TAP_COLUMNS, "AvgPool"]], published.source)
+            table.sources.append(published.source)
+        tables.append(table)
+    return tables
+
+
+def knn_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
+    """Weighted kNN (k=20, T=0.07): eval_linear.py's, and each pretraining run's monitor on its final network
+    beside the run's floor (its random network at epoch 0). Not on the reference page: none published."""
+    table = Table(
+        "knn", "Weighted kNN (top-1 / top-5 %)", ["Model", "Weights", "Data", "Measured by", "Top-1", "Top-5"]
+    )
+    for run, evaluation in _by_kind(runs, alone, "linear"):
+        r = evaluation.results
+        if "knn_top1" not in r and "random_init_knn_top1" not in r:
+            continue
+        for label, weights, prefix in _pairs(run, evaluation):
+            row = [label, weights, _eval_data(r), "eval_linear.py"]
+            table.add(
+                row + [_value(r, prefix + "knn_top1", weights), _value(r, prefix + "knn_top5", weights)],
+                evaluation.where,
+            )
+    for run in runs:
+        data = _data_label(run.args.get("data"))
+        monitored = [r for r in run.records if r.get("knn_top1") is not None]
+        if not monitored:
+            table.add([run.name, run.weights_label, data, "monitor (off)", MISSING, MISSING], run.where)
+            continue
+        floor = monitored[0] if monitored[0]["epoch"] == 0 else None
+        if run.finished:
+            final = run.records[-1]
+            row = [run.name, run.weights_label, data, f"monitor, final network (epoch {final['epoch']})"]
+            table.add(row + [final.get("knn_top1"), final.get("knn_top5")], run.where)
+        else:
+            row = [run.name, run.weights_label, data, "monitor (run not finished)", MISSING, MISSING]
+            table.add(row, run.where)
+        if floor is not None:
+            seed = run.args.get("seed", "?")
+            row = ["random init (the run's floor)", f"epoch 0, seed {seed}", data, "monitor, epoch 0"]
+            table.add(row + [floor.get("knn_top1"), floor.get("knn_top5")], run.where)
+    return table
+
+
+def semisup_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
+    columns = ["Model", "Weights", "Pretrain Config", "Data", "Fine-tuned Config", "Top-1 (%)", "Top-5 (%)"]
+    table = Table("semisup", "Semi-supervised classification (fine-tuned, top-1 / top-5 %)", columns)
+    for run, evaluation in _by_kind(runs, alone, "semisup"):
+        r = evaluation.results
+        percent = r.get("labelled_percent")
+        data = _data_label(r.get("data")) + (f" {percent:g}%" if isinstance(percent, (int, float)) else "")
+        hp = r.get("hyperparameters") or {}
+        tuned = f"{r.get('preset', '?')} lr {hp.get('lr', '?')} head x{hp.get('head_lr_mult', '?')}"
+        for label, weights, prefix in _pairs(run, evaluation):
+            scores = [_value(r, prefix + "top1", weights), _value(r, prefix + "top5", weights)]
+            table.add([label, weights, _config(r), data, tuned, *scores], evaluation.where)
+    _missing_rows(table, runs, "semisup", 4)
+    for published in published_rows("semisup"):
+        values = published.values
+        row = [PUBLISHED_MODEL, PUBLISHED_WEIGHTS, CONFIG, published.data, values["Fine-tuned Config"]]
+        table.add(row + [values["Top-1 (%)"], values["Top-5 (%)"]], published.source)
+        table.sources.append(published.source)
+    return table
+
+
+def _missing_rows(
+    table: Table, runs: list[PretrainRun], kind: str, identity: int, data_filter: str | None = None
+) -> None:
+    """A MISSING row for every pretraining run without an evaluation of this kind (on this dataset): its name,
+    checkpoint and arch, then `-` for the other identity columns and MISSING for every number."""
+    for run in runs:
+        done = [e for e in run.evaluations if e.kind == kind]
+        if data_filter not in (None, "-"):
+            done = [e for e in done if _data_label(e.results.get("data")) == data_filter]
+            if not done and any(e.kind == kind for e in run.evaluations):
+                continue  # evaluated on another dataset: that table shows it
+        if done:
+            continue
+        row = [run.name, run.weights_label, _config(run.args)] + ["-"] * (identity - 3)
+        table.add(row + [MISSING] * (len(table.columns) - identity), run.where)
+
+
+def all_tables(runs: list[PretrainRun], alone: list[Evaluation]) -> list[Table]:
+    return [svm_table(runs, alone), *linear_tables(runs, alone), knn_table(runs, alone), semisup_table(runs, alone)]
+
+
+# ----------------------------------------------------------------------------------------------- writers
+def format_cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def to_markdown(table: Table) -> str:
+    lines = [f"### {table.title}", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(format_cell(v) for v in row) + " |" for row in table.rows]
+    lines += [""] + [f"Published row: {source}." for source in dict.fromkeys(table.sources)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def to_csv(table: Table) -> str:
+    """Numbers at full precision (repr), as results.json holds them; empty for not measured."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*table.columns, "Read from"])
+    for row, where in zip(table.rows, table.where, strict=True):
+        writer.writerow([*("" if v is None else repr(v) if isinstance(v, float) else v for v in row), where])
+    return out.getvalue()
