@@ -57,7 +57,7 @@ from util.pretrain.clustering import (
 )
 from util.pretrain.epoch_log import log_epoch, log_epoch_line
 from util.pretrain.features import extract_features
-from util.pretrain.monitor import build_held_out, knn_metrics
+from util.pretrain.monitor import add_monitor_args, build_held_out, knn_metrics, resolve_knn_every
 from util.pretrain.outputs import add_output_args, checkpoint_artifact, cluster_images
 from util.pretrain.sampler import UniformClusterSampler
 from util.runtime import start_run
@@ -225,22 +225,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=False,
         help="SyncBatchNorm across GPUs",
     )
-    group = parser.add_argument_group("monitor (weighted kNN on a labelled held-out split; never used for training)")
-    group.add_argument(
-        "--knn-every",
-        type=int,
-        default=None,
-        help="measure kNN top-1 every N epochs, before the first step too (the random network: the floor) and after "
-        "the last; 0 = off (default: 1 when a labelled held-out split exists: cifar10's test split or --knn-data)",
-    )
-    group.add_argument(
-        "--knn-data",
-        default=None,
-        help="labelled held-out ImageFolder (same class folders as --data) for the monitor; the training side is "
-        "--data with its folder labels",
-    )
-    group.add_argument("--knn-k", type=positive_int, default=20, help="neighbours (default: 20)")
-    group.add_argument("--knn-temperature", type=float, default=0.07, help="vote temperature (default: 0.07)")
+    add_monitor_args(parser)
     add_runtime_args(parser)
     parser.add_argument(
         "--resume",
@@ -266,13 +251,7 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.reassign is not None and args.reassign <= 0:
         raise UserError(f"--reassign {args.reassign} must be positive (dataset passes between two clusterings)")
     args.reassign = (2.0 if cifar else 1.0) if args.reassign is None else args.reassign
-    has_held_out = cifar or args.knn_data is not None
-    if args.knn_every is None:
-        args.knn_every = 1 if has_held_out else 0
-    if args.knn_every < 0:
-        raise UserError(f"--knn-every {args.knn_every} must be >= 0 (0 turns the kNN monitor off)")
-    if args.knn_every > 0 and not has_held_out:
-        raise UserError("--knn-every needs a labelled held-out split: pass --knn-data FOLDER (or --knn-every 0)")
+    resolve_knn_every(args)
     return args
 
 

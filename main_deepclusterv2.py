@@ -50,7 +50,7 @@ from util.pretrain.bank import MemoryBank
 from util.pretrain.epoch_log import log_epoch, log_epoch_line
 from util.pretrain.features import extract_features
 from util.pretrain.lars import LARS, warmup_cosine
-from util.pretrain.monitor import build_held_out, knn_metrics
+from util.pretrain.monitor import add_monitor_args, build_held_out, knn_metrics, resolve_knn_every
 from util.pretrain.outputs import add_output_args, checkpoint_artifact, cluster_images
 from util.pretrain.spherical import IGNORE, SphericalResult, spherical_kmeans
 from util.runtime import start_run
@@ -220,17 +220,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="SyncBatchNorm across GPUs (default: on with several CUDA processes, as SwAV)",
     )
-    group = parser.add_argument_group("monitor (weighted kNN on a labelled held-out split; never used for training)")
-    group.add_argument(
-        "--knn-every",
-        type=int,
-        default=None,
-        help="measure kNN top-1 every N epochs, before the first step too (the random network: the floor) and after "
-        "the last; 0 = off (default: 1 when a labelled held-out split exists: cifar10's test split or --knn-data)",
-    )
-    group.add_argument("--knn-data", default=None, help="labelled held-out ImageFolder (same class folders as --data)")
-    group.add_argument("--knn-k", type=positive_int, default=20, help="neighbours (default: 20)")
-    group.add_argument("--knn-temperature", type=float, default=0.07, help="vote temperature (default: 0.07)")
+    group = add_monitor_args(parser)
     group.add_argument(
         "--extract-batch-size",
         type=positive_int,
@@ -289,13 +279,7 @@ def finalize_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be positive")
     if min(args.final_lr, args.start_warmup, args.warmup_epochs, args.wd) < 0:
         raise UserError("--final-lr, --start-warmup, --warmup-epochs and --wd must be >= 0")
-    has_held_out = cifar or args.knn_data is not None
-    if args.knn_every is None:
-        args.knn_every = 1 if has_held_out else 0
-    if args.knn_every < 0:
-        raise UserError(f"--knn-every {args.knn_every} must be >= 0 (0 turns the kNN monitor off)")
-    if args.knn_every > 0 and not has_held_out:
-        raise UserError("--knn-every needs a labelled held-out split: pass --knn-data FOLDER (or --knn-every 0)")
+    resolve_knn_every(args)
     return args
 
 

@@ -31,7 +31,7 @@ from util.checkpoint import atomic_write
 from util.errors import UserError, script_entry
 from util.logging import provenance, setup_logging
 from util.report import plots
-from util.report.cluster_images import draw_cluster_grid, grid_path, run_images
+from util.report.cluster_images import draw_epoch_grid, run_images
 from util.report.sources import Evaluation, PretrainRun, attach, merge_runs, read_source
 from util.report.tables import Table, all_tables, to_csv, to_markdown
 from util.tracking import init_tracker
@@ -83,9 +83,7 @@ def draw_requested_grids(runs: list[PretrainRun], epochs: list[int]) -> None:
         plans.append((run, wanted, run_images(run.args)))
     for run, wanted, images in plans:
         for epoch in wanted:
-            title = f"{run.name}: clusters of the network after {epoch} epochs"
-            path = grid_path(run.folder, epoch)
-            draw_cluster_grid(images, run.assignments(epoch), path, title, run.args["seed"] * 100_003 + epoch)
+            path = draw_epoch_grid(run.folder, epoch, images, run.assignments(epoch), run.args["seed"])
             logger.info("cluster images: %s", path)
 
 

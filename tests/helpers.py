@@ -151,10 +151,11 @@ def random_resnet18(data: Path) -> list[str]:
     return ["--pretrained", "random", "--arch", "resnet18", "--data", str(data)]
 
 
-def run_in_one_process(cases: list[tuple[str, list[str]]], tmp: Path, timeout: int = 600) -> list[dict]:
+def run_in_one_process(cases: list[tuple], tmp: Path, timeout: int = 600) -> list[dict]:
     """Run several command lines of the entry scripts in one Python process (tests/run_cases.py: torch imported
-    once), each as `python SCRIPT ARGS` with script_env(tmp); returns [{"code", "stderr", "stdout"}] in order."""
-    payload = [{"script": script, "args": args, "env": {}} for script, args in cases]
+    once), each (script, args) or (script, args, extra environment) as `python SCRIPT ARGS` with script_env(tmp);
+    returns [{"code", "stderr", "stdout"}] in order."""
+    payload = [{"script": case[0], "args": case[1], "env": case[2] if len(case) > 2 else {}} for case in cases]
     proc = subprocess.run(
         [PYTHON, str(REPO / "tests" / "run_cases.py")],
         input=json.dumps(payload),

@@ -7,14 +7,12 @@ checkpoint of another architecture, an unreadable image in a DataLoader worker).
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import PYTHON, REPO, make_voc, script_env
+from tests.helpers import make_voc, run_in_one_process
 
 pytestmark = pytest.mark.slow
 
@@ -292,20 +290,9 @@ def test_every_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, data):
     table = cases(data, out)
     assert len(table) >= 30
     before = folder_digest(out)
-    env = script_env(tmp_path)
-    payload = [{"script": script, "args": args, "env": extra} for _, script, args, extra, _ in table]
-    proc = subprocess.run(
-        [PYTHON, str(REPO / "tests" / "run_cases.py")],
-        input=json.dumps(payload),
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr
+    results = run_in_one_process([(script, args, extra) for _, script, args, extra, _ in table], tmp_path, timeout=900)
     failures = []
-    for (name, _, _, _, fragments), result in zip(table, json.loads(proc.stdout), strict=True):
+    for (name, _, _, _, fragments), result in zip(table, results, strict=True):
         errors = [line for line in result["stderr"].splitlines() if "error:" in line]
         ok = (
             result["code"] == 2

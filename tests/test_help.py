@@ -1,12 +1,9 @@
 """Every entry script's --help runs and names its departures from the paper (all in one Python process,
 tests/run_cases.py, each exactly as `python SCRIPT --help`)."""
 
-import json
-import subprocess
-
 import pytest
 
-from tests.helpers import PYTHON, REPO, script_env
+from tests.helpers import run_in_one_process
 
 SCRIPTS = [
     "main_deepcluster.py",
@@ -21,18 +18,7 @@ SCRIPTS = [
 
 @pytest.fixture(scope="module")
 def help_texts(tmp_path_factory) -> dict[str, str]:
-    payload = [{"script": script, "args": ["--help"], "env": {}} for script in SCRIPTS]
-    proc = subprocess.run(
-        [PYTHON, str(REPO / "tests" / "run_cases.py")],
-        input=json.dumps(payload),
-        cwd=REPO,
-        env=script_env(tmp_path_factory.mktemp("help")),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads(proc.stdout)
+    results = run_in_one_process([(script, ["--help"]) for script in SCRIPTS], tmp_path_factory.mktemp("help"))
     for script, result in zip(SCRIPTS, results, strict=True):
         assert result["code"] == 0, (script, result["stderr"])
     return {script: " ".join(result["stdout"].split()) for script, result in zip(SCRIPTS, results, strict=True)}

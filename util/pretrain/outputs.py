@@ -11,7 +11,7 @@ import numpy as np
 
 from util.args import non_negative_int
 from util.data import ImageList
-from util.report.cluster_images import draw_cluster_grid, grid_path
+from util.report.cluster_images import draw_epoch_grid
 from util.tracking import Tracker
 
 logger = logging.getLogger("deepcluster")
@@ -37,11 +37,9 @@ def cluster_images(
     every = args.cluster_images_every
     if not every or epoch == 0 or epoch % every:
         return
-    path = grid_path(output_dir, epoch)
-    title = f"{Path(output_dir).name}: clusters of the network after {epoch} epochs"
-    draw_cluster_grid(images, assignments, path, title, seed=args.seed * 100_003 + epoch)
+    path = draw_epoch_grid(output_dir, epoch, images, assignments, args.seed)
     logger.info("cluster images: %s", path)
-    tracker.image("cluster/images", path, title, {"epoch": epoch})
+    tracker.image("cluster/images", path, f"clusters after {epoch} epochs", {"epoch": epoch})
 
 
 def checkpoint_artifact(args: argparse.Namespace, tracker: Tracker, checkpoint: Path, epochs_trained: int) -> None:

@@ -108,3 +108,13 @@ def run_images(run_args: dict) -> ImageList:
 
 def grid_path(output_dir: Path, epoch: int) -> Path:
     return Path(output_dir) / "clusters" / f"epoch_{epoch:04d}.png"
+
+
+def draw_epoch_grid(output_dir: Path, epoch: int, images: ImageList, assignments: np.ndarray, seed: int) -> Path:
+    """A run's grid of the clusters of the network after `epoch` epochs, in OUTPUT_DIR/clusters/: the same clusters
+    and images whether drawn during training or later from the saved assignments (the draw is seeded by the run's
+    --seed and the epoch)."""
+    path = grid_path(output_dir, epoch)
+    title = f"{Path(output_dir).name}: clusters of the network after {epoch} epochs"
+    draw_cluster_grid(images, assignments, path, title, seed=seed * 100_003 + epoch)
+    return path
