@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from util.augment import augment_preset
-from util.data import default_cache_dir, list_images, make_source, resolve_split, subset_indices
+from util.data import list_images, make_source, resolve_split, subset_indices
+from util.datasets import default_cache_dir
 from util.dist import sharded_map
 from util.eval.feature_streams import probe_inputs
 from util.eval.pretrained import load_backbone

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from models import ARCHS
-from util.data import default_cache_dir
+from util.datasets import default_cache_dir
 from util.tracking import DEFAULT_PROJECT, WANDB_MODES
 
 
@@ -44,7 +44,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--data",
         default="cifar10",
-        help="ImageFolder root (one sub-folder per class), or `cifar10` for the bundled CIFAR-10 (default)",
+        help="ImageFolder root (one sub-folder per class), `cifar10` for the bundled CIFAR-10 (default), or "
+        "`sklearn-digits` for scikit-learn's 1,797 handwritten digits (1,400 train / 397 test, 32 px)",
     )
     group.add_argument(
         "--subset",
@@ -56,14 +57,15 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         "--image-size",
         type=positive_int,
         default=None,
-        help="crop size in px (default: 32 for cifar10, else 224)",
+        help="crop size in px (default: the images' own size when they are at most 64 px, as cifar10 and "
+        "sklearn-digits; else 224)",
     )
     group.add_argument(
         "--in-memory",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="decode the images once and keep them as uint8 (batched augmentation on the device); "
-        "default: on for cifar10, off for folders",
+        help="decode the images once and keep them as uint8 (batched augmentation on the device); default: on for "
+        "images of at most 64 px that fit in 4 GB (cifar10, sklearn-digits), else off",
     )
     group.add_argument(
         "--workers",
@@ -74,7 +76,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--data-cache",
         default=str(default_cache_dir()),
-        help="where cifar10 is unpacked once (default: %(default)s; env DEEPCLUSTER_CACHE)",
+        help="where cifar10 is unpacked and sklearn-digits written once (default: %(default)s; env DEEPCLUSTER_CACHE)",
     )
 
 

@@ -44,8 +44,9 @@ class AugmentSpec:
 
 
 def augment_preset(name: str, size: int) -> AugmentSpec:
-    """The recipes of DESIGN section 4: `paper` (crop + flip), `mmselfsup` (seed page), `cifar` (32 px); `linear`: the
-    training view of mmselfsup's multi-head linear evaluation (crop + flip + ColorJitter(0.4, 0.4, 0.4) + Lighting)."""
+    """The presets of docs/recipes.md: `paper` (crop + flip), `mmselfsup` (seed page), `cifar` (32 px), `noflip`
+    (digits); `linear`: the training view of mmselfsup's multi-head linear evaluation (crop + flip +
+    ColorJitter(0.4, 0.4, 0.4) + Lighting)."""
     if name == "paper":
         return AugmentSpec(size)
     if name == "linear":
@@ -66,16 +67,31 @@ def augment_preset(name: str, size: int) -> AugmentSpec:
             jitter_p=0.8,
             grayscale_p=0.2,
         )
+    if name == "noflip":  # for classes a mirror image changes (digits, letters, symbols): no flip, milder crops
+        return AugmentSpec(
+            size,
+            scale=(0.4, 1.0),
+            flip=False,
+            rotation=10.0,
+            jitter=(0.4, 0.4, 0.4, 0.1),
+            jitter_p=0.8,
+            grayscale_p=0.2,
+        )
     raise ValueError(f"unknown augmentation preset {name!r}")
 
 
-AUGMENT_PRESETS = ("paper", "mmselfsup", "cifar")  # for pretraining; `linear` is the evaluations' own
+AUGMENT_PRESETS = ("paper", "mmselfsup", "cifar", "noflip")  # for pretraining; `linear` is the evaluations' own
 BLUR_SIGMA = (0.1, 2.0)
 BLUR_KERNEL = 13  # taps of the blur kernel: +-3 sigma at the largest sigma
 
 
 def multicrop_specs(
-    nmb_crops: list[int], sizes: list[int], min_scales: list[float], max_scales: list[float], blur: bool
+    nmb_crops: list[int],
+    sizes: list[int],
+    min_scales: list[float],
+    max_scales: list[float],
+    blur: bool,
+    flip: bool = True,
 ) -> list[AugmentSpec]:
     """One spec per crop (SwAV's multi-crop): random resized crop at its size and scale range, flip, colour
     jitter (0.8, 0.8, 0.8, 0.2) with p=0.8, grayscale p=0.2, and Gaussian blur p=0.5 when `blur` (ImageNet)."""
@@ -84,6 +100,7 @@ def multicrop_specs(
         spec = AugmentSpec(
             size,
             scale=(low, high),
+            flip=flip,
             jitter=(0.8, 0.8, 0.8, 0.2),
             jitter_p=0.8,
             grayscale_p=0.2,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tarfile
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,47 +22,18 @@ from util.augment import (
     resize_size,
     train_transform,
 )
+from util.datasets import default_cache_dir, is_named, named_image_size, named_root
 from util.errors import UserError
 from util.seeds import derive_seed
 
 logger = logging.getLogger("deepcluster")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CIFAR10_ARCHIVE = REPO_ROOT / "data" / "cifar10-jpg.tar.gz"
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DEEPCLUSTER_CACHE", Path.home() / ".cache" / "deepcluster"))
-
-
-# ------------------------------------------------------------------------------------------ discovery
-def unpack_cifar10(cache_dir: Path) -> Path:
-    """Unpack the bundled archive once into cache_dir/cifar10-jpg (atomically: extract, then rename)."""
-    target = cache_dir / "cifar10-jpg"
-    if (target / "train").is_dir() and (target / "test").is_dir():
-        return target
-    if not CIFAR10_ARCHIVE.is_file():
-        raise UserError(f"bundled archive {CIFAR10_ARCHIVE} is missing: restore it with `git checkout data/`")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("unpacking %s into %s (once)", CIFAR10_ARCHIVE.name, target)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        with tarfile.open(CIFAR10_ARCHIVE) as tar:
-            tar.extractall(tmp, filter="data")
-        roots = [p for p in Path(tmp).rglob("train") if p.is_dir()]
-        if not roots:
-            raise UserError(f"{CIFAR10_ARCHIVE} holds no train/ folder: the archive is damaged")
-        try:
-            os.replace(roots[0].parent, target)
-        except OSError:
-            if not (target / "train").is_dir():  # another process won the race: fine
-                raise
-    return target
-
 
 def resolve_split(data: str, split: str, cache_dir: Path) -> Path:
-    """`cifar10` -> the unpacked split; else data itself (or data/split when it exists and split is given)."""
-    if data == "cifar10":
-        return unpack_cifar10(cache_dir) / split
+    """A named dataset (cifar10, sklearn-digits) -> its split; else data itself (or data/split when it exists and
+    split is given)."""
+    if is_named(data):
+        return named_root(data, cache_dir) / split
     root = Path(data).expanduser()
     if not root.exists():
         raise UserError(f"data folder {root} does not exist: pass an ImageFolder path with --data, or --data cifar10")
@@ -114,13 +83,60 @@ def list_images(root: Path) -> ImageList:
 
 
 def evaluation_split(data: str) -> str:
-    """The split an evaluation reports on: cifar10's test split, else the folder's val/ (or test/)."""
-    if data == "cifar10":
+    """The split an evaluation reports on: a named dataset's test split, else the folder's val/ (or test/)."""
+    if is_named(data):
         return "test"
     for split in ("val", "test"):
         if (Path(data) / split).is_dir():
             return split
     raise UserError(f"{data} needs train/ and val/ (or test/) sub-folders for evaluation")
+
+
+SMALL_IMAGE = 64  # px: images at most this large are used at their own size, not resized to ImageNet's 224
+IN_MEMORY_BYTES = 4 * 2**30  # small images are kept in memory (uint8) by default when they fit in this
+PROFILE_SAMPLE = 32  # images whose headers are read to measure a folder's image size
+
+
+@dataclass(frozen=True)
+class DataProfile:
+    """What the defaults depend on: the number of images (after --subset) and their median shorter side (px)."""
+
+    num_images: int
+    image_size: int
+    num_classes: int  # class folders
+
+
+def profile_data(data: str, split: str, subset: int | None, cache_dir: Path) -> DataProfile:
+    """Count the images of a split and read the size of a fixed sample of them (headers only)."""
+    images = list_images(resolve_split(data, split, cache_dir))
+    num = min(len(images), subset) if subset else len(images)
+    if is_named(data):
+        return DataProfile(num, named_image_size(data), len(images.classes))
+    sides = []
+    for row in np.random.default_rng(0).permutation(len(images))[:PROFILE_SAMPLE]:
+        try:
+            with Image.open(images.paths[row]) as img:
+                sides.append(min(img.size))
+        except OSError:
+            continue  # an unreadable file is reported with its path when it is decoded
+    return DataProfile(num, int(np.median(sides)) if sides else 224, len(images.classes))
+
+
+def resolve_image_defaults(args, profile: DataProfile) -> None:
+    """--image-size and --in-memory when not given: small images (<= SMALL_IMAGE px) at their own size and kept in
+    memory when they fit in IN_MEMORY_BYTES; larger ones at 224 px (ImageNet's crop), decoded per step."""
+    small = profile.image_size <= SMALL_IMAGE
+    if args.image_size is None:
+        args.image_size = profile.image_size if small else 224
+    if args.in_memory is None:
+        args.in_memory = small and profile.num_images * 3 * resize_size(args.image_size) ** 2 <= IN_MEMORY_BYTES
+
+
+def resolve_data_defaults(args, split: str = "train") -> None:
+    """An evaluation's --image-size and --in-memory when not given: resolve_image_defaults on its --data split."""
+    if args.image_size is None or args.in_memory is None:
+        cache = Path(args.data_cache) if args.data_cache else default_cache_dir()
+        resolve_image_defaults(args, profile_data(args.data, split, getattr(args, "subset", None), cache))
 
 
 def subset_indices(num_images: int, subset: int | None) -> np.ndarray:
@@ -328,9 +344,9 @@ def build_source(
     images = list_images(resolve_split(data, split, cache_dir))
     images = images.subset(subset_indices(len(images), subset))
     cache_file = None
-    if data == "cifar10":
+    if is_named(data):  # their files never change: the decoded copy is kept
         tag = f"{'sq' if square else ''}{resize_size(crop) if not square else crop}px"
-        cache_file = cache_dir / f"cifar10-{split}-{tag}-{len(images)}-{_digest(images.paths)}.npy"
+        cache_file = cache_dir / f"{data}-{split}-{tag}-{len(images)}-{_digest(images.paths)}.npy"
     return make_source(images, crop, augment, in_memory, workers, cache_file, square)
 
 

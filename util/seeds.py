@@ -13,6 +13,8 @@ SEED_STREAMS = {
     "v2-order": 10_007,  # DeepCluster-v2: the epoch's image order (main_deepclusterv2.py)
     "v2-kmeans": 1_009,  # DeepCluster-v2: the initial centroids of epoch e, head h: index e * heads + h
     "v2-bank-fill": 100_019,  # DeepCluster-v2: the crops of the no-grad pass that fills the memory bank
+    "cluster-grid": 100_003,  # the clusters and images of an epoch's cluster grid (training and report.py)
+    "monitor-kmeans": 1_000_033,  # the kNN monitor's held-out k-means runs: index epoch * runs + run
 }
 
 

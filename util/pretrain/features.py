@@ -11,7 +11,8 @@ from tqdm import tqdm
 from util.data import ImageSource
 from util.dist import all_gather_rows, broadcast_object, current, gather_rows_by_index, shard_positions
 from util.errors import UserError
-from util.pretrain.clustering import PCAWhitening, l2_normalize
+from util.knn import l2_normalize
+from util.pretrain.clustering import PCAWhitening
 
 EXTRACTION_ORDER_SEED = 12345  # fixed: the order never depends on --seed
 
@@ -28,76 +29,99 @@ def extract_features(
     batch_size: int,
     device: torch.device,
     pca_dim: int | None = None,
+    pca: PCAWhitening | None = None,
     pca_fit_samples: int = 0,
     progress: bool = False,
     desc: str = "extract",
     on_raw_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Features of every image, rows in dataset order, float32 on the host.
 
-    Without pca_dim: (N, D) raw features. With pca_dim: (N, pca_dim) PCA-whitened and L2-normalised; PCA is fit
-    on the first `pca_fit_samples` features of a fixed random order (0: all) and every later batch is reduced as it
-    arrives, so the host never holds N x D. Distributed: each rank extracts its shard of that order
-    (util.dist.shard_positions); rows are gathered.
+    Without pca_dim or pca: (N, D) raw features. With pca_dim, or an unfitted `pca` the caller keeps (fitted here):
+    (N, pca_dim) PCA-whitened and L2-normalised; PCA is fit on the first `pca_fit_samples` features of a fixed random
+    order (0: all) and every later batch is reduced as it arrives, so the host never holds N x D. Distributed: each
+    rank extracts its shard of that order (util.dist.shard_positions); rows are gathered.
     on_raw_batch(raw (B, D) on device, dataset indices (B,)) sees every image's raw features exactly once across
-    ranks, before PCA (the kNN monitor of main_deepcluster.py streams them).
+    ranks, before PCA (the kNN monitor streams them); `project` (a neck) then maps them to the features that are
+    kept (and PCA-reduced).
     """
     num = len(source)
     positions = shard_positions(num)  # equal shards (wrapped around): every rank runs the same collectives
     order = extraction_order(num)[positions % num]
     is_padding = positions >= num  # the wrapped-around duplicates of this shard
-    fit_target = num if pca_fit_samples <= 0 else min(pca_fit_samples, num)
-    pca = PCAWhitening(pca_dim) if pca_dim else None
-    raw_buffer: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]] = []  # (indices, raw, positions) until fit
-    single = not current().distributed
-    # Single process: (N, d) rows by dataset index, written as they arrive (the only copy of the features).
-    # Distributed: this shard's rows in extraction order, gathered at the end.
-    store: torch.Tensor | None = None
-
-    def keep(idx: torch.Tensor, feats: torch.Tensor, first: int) -> None:
-        nonlocal store
-        if store is None:
-            store = torch.empty((num if single else len(order), feats.shape[1]), dtype=torch.float32)
-        store[idx if single else slice(first, first + len(idx))] = feats.cpu()
-
+    pca = pca if pca is not None else (PCAWhitening(pca_dim) if pca_dim else None)
+    sink = _Sink(num, len(order), pca, num if pca_fit_samples <= 0 else min(pca_fit_samples, num), device)
     bar = tqdm(total=len(order), desc=desc, disable=not progress, leave=False, unit="img")
     seen = 0
     for images, idx in source.eval_batches(order, batch_size, device):
-        feats = forward(images).float()
+        feats = forward(images).float()  # (B, D) pooled backbone features
         bar.update(len(idx))
         if on_raw_batch is not None:
             real = torch.from_numpy(~is_padding[seen : seen + len(idx)])
             on_raw_batch(feats[real.to(feats.device)], idx[real])
-        if pca is None:
-            keep(idx, feats, seen)
-        elif pca.mean is not None:
-            keep(idx, pca.apply(feats), seen)
+        if project is not None:
+            feats = project(feats).float()  # (B, D') the neck's features
+        sink.add(idx, feats, seen, positions[seen : seen + len(idx)])
+        seen += len(idx)
+    store = sink.store
+    bar.close()
+    if sink.single:
+        return _checked(store, normalize=pca is not None)
+    real = ~is_padding  # rows in extraction order; the wrapped-around duplicates are not gathered
+    gathered = gather_rows_by_index(torch.from_numpy(order[real]), store[torch.from_numpy(real)], num)
+    return _checked(gathered, normalize=pca is not None)
+
+
+class _Sink:
+    """Where extracted batches go. Single process: (N, d) rows by dataset index, written as they arrive (the only
+    copy of the features). Distributed: this shard's rows in extraction order, gathered at the end. With a PCA to
+    fit, raw batches wait in a buffer until the first fit_target positions of the extraction order have been seen
+    by all ranks together; then the PCA is fit and the buffer reduced and released batch by batch."""
+
+    def __init__(self, num: int, shard_rows: int, pca: PCAWhitening | None, fit_target: int, device) -> None:
+        self.num, self.shard_rows, self.pca, self.fit_target, self.device = num, shard_rows, pca, fit_target, device
+        self.single = not current().distributed
+        self.store: torch.Tensor | None = None
+        self.raw_buffer: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]] = []  # (indices, raw, positions)
+
+    def keep(self, idx: torch.Tensor, feats: torch.Tensor, first: int) -> None:
+        if self.store is None:
+            rows = self.num if self.single else self.shard_rows
+            self.store = torch.empty((rows, feats.shape[1]), dtype=torch.float32)
+        self.store[idx if self.single else slice(first, first + len(idx))] = feats.cpu()
+
+    def add(self, idx: torch.Tensor, feats: torch.Tensor, seen: int, positions: np.ndarray) -> None:
+        """One batch of this rank, the positions seen..seen+B of its shard."""
+        if self.pca is None:
+            self.keep(idx, feats, seen)
+        elif self.pca.mean is not None:
+            self.keep(idx, self.pca.apply(feats), seen)  # (B, pca_dim)
         else:
-            raw_buffer.append((idx, feats.cpu(), positions[seen : seen + len(idx)]))
+            self.raw_buffer.append((idx, feats.cpu(), positions))
         seen += len(idx)
         # every rank has now seen its first `seen` positions, in lockstep: all positions below seen x world
-        if raw_buffer and seen * current().world_size >= fit_target:
-            _fit(pca, raw_buffer, fit_target, device)
-            first = seen - sum(len(b[0]) for b in raw_buffer)
-            while raw_buffer:  # reduced and released batch by batch: the raw rows and the store barely overlap
-                b_idx, b_raw, _ = raw_buffer.pop(0)
-                keep(b_idx, pca.apply(b_raw), first)
+        if self.raw_buffer and seen * current().world_size >= self.fit_target:
+            _fit(self.pca, self.raw_buffer, self.fit_target, self.device)
+            first = seen - sum(len(b[0]) for b in self.raw_buffer)
+            while self.raw_buffer:  # reduced and released batch by batch: the raw rows and the store barely overlap
+                b_idx, b_raw, _ = self.raw_buffer.pop(0)
+                self.keep(b_idx, self.pca.apply(b_raw), first)
                 first += len(b_idx)
-    bar.close()
-    if single:
-        out = store
-    else:  # rows in extraction order; the wrapped-around duplicates are not gathered
-        real = ~is_padding
-        out = gather_rows_by_index(torch.from_numpy(order[real]), store[torch.from_numpy(real)], num)
-    step = max(1, 2**24 // out.shape[1])
-    if not all(bool(torch.isfinite(out[i : i + step]).all()) for i in range(0, num, step)):
+
+
+def _checked(features: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Refuse non-finite features (a diverged network) in one line; L2-normalise the rows of PCA-whitened ones in
+    place, a chunk at a time: no second copy of the (N, d) features."""
+    step = max(1, 2**24 // features.shape[1])
+    if not all(bool(torch.isfinite(features[i : i + step]).all()) for i in range(0, len(features), step)):
         raise UserError(
             "features contain NaN or inf: the network diverged; lower --lr or restart from an earlier checkpoint"
         )
-    if pca is not None:  # L2-normalised in place, a chunk at a time: no second copy of the features
-        for i in range(0, num, step):
-            out[i : i + step] = l2_normalize(out[i : i + step])
-    return out
+    if normalize:
+        for i in range(0, len(features), step):
+            features[i : i + step] = l2_normalize(features[i : i + step])
+    return features
 
 
 def _failure(error: Exception) -> UserError:

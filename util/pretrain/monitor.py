@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from util import dist as dist_util
 from util.args import positive_int
 from util.augment import augment_preset
 from util.data import ImageSource, build_source, resolve_split
+from util.datasets import is_named
 from util.errors import UserError
-from util.knn import StreamingKnn, l2n
+from util.knn import StreamingKnn, l2_normalize
 from util.metrics import cluster_accuracy, nmi, topk_accuracy
-from util.pretrain.clustering import torch_kmeans
+from util.pretrain.clustering import PCAWhitening, torch_kmeans
+from util.pretrain.features import extract_features, extraction_order
+from util.seeds import derive_seed
+
+KMEANS_RUNS = 5  # seeded k-means runs of the held-out clustering metric; their mean and spread are logged
+BN_RECOMPUTE_IMAGES = 20_000  # training images whose batch statistics give the floor's recomputed BatchNorm
 
 
 def add_monitor_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -40,7 +50,7 @@ def add_monitor_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
 
 def resolve_knn_every(args: argparse.Namespace) -> None:
     """--knn-every's default (1 when a labelled held-out split exists, else 0), and its checks."""
-    has_held_out = args.data == "cifar10" or args.knn_data is not None
+    has_held_out = is_named(args.data) or args.knn_data is not None
     if args.knn_every is None:
         args.knn_every = 1 if has_held_out else 0
     if args.knn_every < 0:
@@ -52,7 +62,7 @@ def resolve_knn_every(args: argparse.Namespace) -> None:
 def build_held_out(args: argparse.Namespace, source: ImageSource) -> ImageSource:
     """The labelled held-out split of the kNN monitor (cifar10: its test split), in the extraction view."""
     cache = Path(args.data_cache)
-    data, split = (str(resolve_split(args.knn_data, "", cache)), "") if args.knn_data else ("cifar10", "test")
+    data, split = (str(resolve_split(args.knn_data, "", cache)), "") if args.knn_data else (args.data, "test")
     held_out = build_source(
         data,
         split,
@@ -71,17 +81,127 @@ def build_held_out(args: argparse.Namespace, source: ImageSource) -> ImageSource
     return held_out
 
 
-def knn_metrics(
-    monitor: StreamingKnn, held_out_feats: torch.Tensor, held_out_targets: np.ndarray, kmeans_iters: int, seed: int
-) -> dict:
-    """Weighted kNN top-1/top-5 (%) of the held-out split, and k-means with as many clusters as classes on its
-    L2-normalised features: Hungarian accuracy and NMI (the "k-means accuracy" of IIC's Table 1)."""
-    scores = monitor.all_reduce().scores().cpu()
-    top1, top5 = topk_accuracy(scores, torch.from_numpy(held_out_targets), (1, 5))
-    assignments = torch_kmeans(l2n(held_out_feats), monitor.num_classes, kmeans_iters, seed=seed).assignments
+def monitor_pass(
+    net: nn.Module,
+    source: ImageSource,
+    held_out: ImageSource,
+    args: argparse.Namespace,
+    device: torch.device,
+    epoch: int,
+    view: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    pca_dim: int | None = None,
+    progress: bool = False,
+    desc: str = "monitor",
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[dict, torch.Tensor | None]:
+    """Measure one network (in eval mode): the held-out features, then one pass over the training images that casts
+    their kNN votes and, with pca_dim, also returns them PCA-whitened and L2-normalised for the epoch's clustering
+    (N, pca_dim), so DeepCluster's own extraction doubles as the monitor's pass.
+
+    view(held-out features (M, D)) -> what the method clusters, for held_out_clustering; with pca_dim the default is
+    the epoch's PCA-whitening (fit on the training images) and L2 normalisation, the view k-means sees in training.
+    project: a neck between the backbone's features (kNN) and the clustered ones."""
+    net.eval()
+    held_out_feats = extract_features(net, held_out, args.extract_batch_size, device)  # (M, D)
+    knn = StreamingKnn(held_out_feats.to(device), len(held_out.images.classes), args.knn_k, args.knn_temperature)
+    targets = torch.from_numpy(source.targets)
+    pca = PCAWhitening(pca_dim) if pca_dim else None
+    features = extract_features(
+        net,
+        source,
+        args.extract_batch_size,
+        device,
+        pca=pca,
+        pca_fit_samples=getattr(args, "pca_fit_samples", 0),
+        progress=progress,
+        desc=desc,
+        on_raw_batch=lambda raw, idx: knn.update(raw, targets[idx]),
+        project=project,
+    )
+    if view is None:
+        projected = project or (lambda x: x)
+        view = (lambda x: l2_normalize(pca.apply(projected(x)))) if pca is not None else l2_normalize
+    scores = knn.all_reduce().scores().cpu()
+    top1, top5 = topk_accuracy(scores, torch.from_numpy(held_out.targets), (1, 5))
+    seeds = [derive_seed(args.seed, "monitor-kmeans", epoch * KMEANS_RUNS + run) for run in range(KMEANS_RUNS)]
+    with torch.inference_mode():
+        held_out_view = view(held_out_feats)
+    clustering = held_out_clustering(held_out_view, held_out.targets, seeds)
+    return {"knn_top1": top1, "knn_top5": top5, **clustering}, features if pca is not None else None
+
+
+def held_out_clustering(view: torch.Tensor, targets: np.ndarray, seeds: list[int]) -> dict:
+    """k-means (20 iterations) with as many clusters as classes on the held-out view (M, d), once per seed: mean
+    and standard deviation of the Hungarian accuracy (%, the "k-means accuracy" of IIC's Table 1) and of the NMI.
+    One run swings by 10-20 points from one initialisation to the next on small held-out splits."""
+    num_classes = int(targets.max()) + 1
+    accs, nmis = [], []
+    for seed in seeds:
+        assignments = torch_kmeans(view, num_classes, 20, seed=seed).assignments
+        accs.append(100.0 * cluster_accuracy(targets, assignments))
+        nmis.append(nmi(assignments, targets))
     return {
-        "knn_top1": top1,
-        "knn_top5": top5,
-        "test_kmeans_acc": 100.0 * cluster_accuracy(held_out_targets, assignments),
-        "test_kmeans_nmi": nmi(assignments, held_out_targets),
+        "test_kmeans_acc": float(np.mean(accs)),
+        "test_kmeans_acc_std": float(np.std(accs)),
+        "test_kmeans_nmi": float(np.mean(nmis)),
+        "test_kmeans_nmi_std": float(np.std(nmis)),
+    }
+
+
+@torch.no_grad()
+def recompute_batchnorm(net: nn.Module, source: ImageSource, batch_size: int, device: torch.device) -> nn.Module:
+    """A copy of `net` whose BatchNorm running statistics are the average of the batch statistics of one no-grad pass
+    in training mode over the training images (deterministic view, at most BN_RECOMPUTE_IMAGES of a fixed random
+    order). A network that never trained still has BatchNorm's initial statistics (mean 0, variance 1), which no
+    trained network has; the floor is measured both ways. Distributed: each rank its shard, averaged over ranks."""
+    copy = deepcopy(net)
+    norms = [m for m in copy.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the pass
+    copy.train()
+    order = extraction_order(len(source))[:BN_RECOMPUTE_IMAGES]
+    for images, _ in source.eval_batches(dist_util.shard(order, wrap=True), batch_size, device):
+        copy(images)
+    if dist_util.current().distributed:
+        for norm in norms:
+            for stat in (norm.running_mean, norm.running_var):
+                moved = stat.to(dist_util.collective_device())
+                torch.distributed.all_reduce(moved)
+                stat.copy_(moved / dist_util.current().world_size)
+    return copy.eval()
+
+
+def measure_floor(
+    net: nn.Module,
+    source: ImageSource,
+    held_out: ImageSource,
+    args: argparse.Namespace,
+    device: torch.device,
+    epoch: int,
+    init_bn: dict,
+    *,
+    pca_dim: int | None = None,
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    view: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict:
+    """The random network's monitor both ways: `init_bn` (BatchNorm's initial statistics, measured by the epoch's
+    pass) and with statistics recomputed on the training images. The floor is the higher kNN of the two."""
+    recomputed, _ = monitor_pass(
+        recompute_batchnorm(net, source, args.extract_batch_size, device),
+        source,
+        held_out,
+        args,
+        device,
+        epoch,
+        view=view,
+        pca_dim=pca_dim,
+        desc="floor (BatchNorm statistics recomputed)",
+        project=project,
+    )
+    return {
+        "knn_floor": max(init_bn["knn_top1"], recomputed["knn_top1"]),
+        "knn_floor_init_bn": init_bn["knn_top1"],
+        "knn_floor_recomputed_bn": recomputed["knn_top1"],
+        **{f"{key}_recomputed_bn": value for key, value in recomputed.items() if key != "knn_top1"},
     }

@@ -1,0 +1,80 @@
+"""DeepCluster's defaults chosen from the training set's size and image size (docs/recipes.md, "The rule").
+
+The paper's recipe (k=10,000, PCA to 256, batch 256, one pass over the data per clustering) was made for ImageNet's
+1.28M images. On a few thousand images it re-clusters after ~20 SGD steps (the fresh classifier has not learnt
+anything yet, so the backbone follows noise) and whitens more PCA directions than the data can estimate (k-means then
+splits noise). The rule keeps the paper's value of each flag wherever the data is large enough and scales it down
+where it is not; every value it changes is printed at start-up and recorded as a departure. A flag given on the
+command line always wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+
+from util.data import DataProfile, resolve_image_defaults
+
+logger = logging.getLogger("deepcluster")
+
+MIN_STEPS_PER_CLUSTERING = 300  # SGD steps between two clusterings, at least (the paper: ~5,000 on ImageNet)
+MAX_REASSIGN = 8  # passes over the data per clustering, at most
+IMAGES_PER_PCA_DIM = 40  # training images per PCA-whitened dimension, at least
+
+# The paper's values (Caron et al. 2018, sections 3.2 and 4.1) of the flags the rule sets.
+PAPER = {"k": 10_000, "pca_dim": 256, "batch_size": 256, "reassign": 1.0}
+
+
+def rule(num_images: int, world_size: int = 1, batch_size: int | None = None) -> dict:
+    """The defaults for `num_images` training images (after --subset) on `world_size` processes: batch 256 per
+    process from 10,000 images on, else 64; the fewest passes per clustering (1, 2, 4 or 8) that give at least
+    MIN_STEPS_PER_CLUSTERING steps at that batch (or the given one); k = 10,000 from 500,000 images on, 1,000 from
+    100,000, else 100, and at most one cluster per 10 images; PCA to the largest power of two <= num_images /
+    IMAGES_PER_PCA_DIM, at most the paper's 256."""
+    batch = batch_size or (256 if num_images >= 10_000 else 64)
+    reassign = 1
+    while reassign < MAX_REASSIGN and reassign * num_images // (batch * world_size) < MIN_STEPS_PER_CLUSTERING:
+        reassign *= 2
+    k = min(10_000 if num_images >= 500_000 else 1_000 if num_images >= 100_000 else 100, num_images // 10)
+    pca_dim = min(256, 2 ** int(math.log2(max(num_images / IMAGES_PER_PCA_DIM, 1))))
+    return {"k": k, "pca_dim": pca_dim, "batch_size": batch, "reassign": float(reassign)}
+
+
+def default_aug(data: str, image_size: int) -> str:
+    """`noflip` for the digits, `cifar` for other small images, the paper's crop + flip at ImageNet sizes."""
+    if data == "sklearn-digits":
+        return "noflip"
+    return "cifar" if image_size <= 64 else "paper"
+
+
+def apply_rule(args: argparse.Namespace, profile: DataProfile, world_size: int) -> list[str]:
+    """Fill every flag the user left unset (None) from the rule, the image defaults and default_aug; log the result
+    in one line. Returns the rule's departures from the paper's values as `--flag value` strings."""
+    resolve_image_defaults(args, profile)
+    departures = []
+    for name, value in rule(profile.num_images, world_size, args.batch_size).items():
+        if getattr(args, name) is not None:
+            continue
+        setattr(args, name, value)
+        if PAPER[name] != value:
+            departures.append(f"--{name.replace('_', '-')} {value:g}")
+    guessed_aug = args.aug is None
+    args.aug = args.aug or default_aug(args.data, args.image_size)
+    logger.info(
+        "%d training images of %d px: --image-size %d --k %d --pca-dim %d --batch-size %d --reassign %g --aug %s "
+        "(flags not given come from the small-data rule, docs/recipes.md)",
+        profile.num_images,
+        profile.image_size,
+        args.image_size,
+        args.k,
+        args.pca_dim,
+        args.batch_size,
+        args.reassign,
+        args.aug,
+    )
+    if guessed_aug and args.aug == "cifar" and args.data != "cifar10":
+        logger.warning(
+            "--aug cifar flips images: if a mirror image changes what yours show (digits, text), pass --aug noflip"
+        )
+    return departures
