@@ -30,8 +30,8 @@ from util.args import add_wandb_args
 from util.checkpoint import atomic_write
 from util.errors import UserError, script_entry
 from util.logging import provenance, setup_logging
+from util.pretrain.cluster_images import draw_epoch_grid, run_images
 from util.report import plots
-from util.report.cluster_images import draw_epoch_grid, run_images
 from util.report.sources import Evaluation, PretrainRun, attach, merge_runs, read_source
 from util.report.tables import Table, all_tables, to_csv, to_markdown
 from util.tracking import init_tracker

@@ -18,50 +18,61 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import main_deepcluster as mdc
 from models import build_model
+from models.neck import Trunk
 from util.augment import augment_preset
 from util.checkpoint import checkpoint_path, save_assignments, save_checkpoint
 from util.data import build_source
 from util.dist import DistInfo
+from util.pretrain.clock import RunClock
 from util.pretrain.clustering import pseudo_labels
 from util.pretrain.features import extract_features
+from util.pretrain.run import RunState, checkpoint_payload
+
+
+def epoch_run(args, source, device) -> tuple[mdc.Run, torch.nn.Module]:
+    """A fresh ResNet trunk and its optimizer in the script's own epoch context (one process, no monitor)."""
+    trunk = Trunk(build_model(args.arch, args.sobel), None).to(device)
+    optimizer = torch.optim.SGD(trunk.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+    clock = RunClock(epochs_left=1, is_main=False)
+    return mdc.Run(args, source, None, device, DistInfo(), clock, trunk, optimizer, np.random.default_rng(0)), trunk
 
 
 def deepcluster_epoch(args, source, device, out: Path) -> dict:
-    backbone = build_model(args.arch, args.sobel).to(device)
-    optimizer = torch.optim.SGD(backbone.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
-    inputs = mdc.EpochInputs(source, None, device, DistInfo())
+    run, trunk = epoch_run(args, source, device)
     times = {}
     start = time.perf_counter()
-    backbone.eval()
-    features = extract_features(backbone, source, args.extract_batch_size, device, args.pca_dim, args.pca_fit_samples)
+    trunk.eval()
+    features = extract_features(
+        trunk.backbone, source, args.extract_batch_size, device, args.pca_dim, pca_fit_samples=args.pca_fit_samples
+    )
     times["extract"] = time.perf_counter() - start
     start = time.perf_counter()
     result = mdc.cluster(args, features, 0, device, DistInfo())
     labels, num = pseudo_labels(result.assignments)
     times["cluster"] = time.perf_counter() - start
     start = time.perf_counter()
-    mdc.train_on_labels(args, 0, backbone, optimizer, inputs, labels, num, False)
+    mdc.train_one_epoch(run, 0, labels, num, before_training=0.0)
     times["train"] = time.perf_counter() - start
     start = time.perf_counter()
-    state = mdc.RunState(epoch=1, assignments=result.assignments)
-    save_assignments(out, 0, result.assignments, result.num_clusters)
-    save_checkpoint(mdc.checkpoint_state(args, backbone, optimizer, state), checkpoint_path(out))
+    state = RunState(epoch=1, assignments=result.assignments)
+    save_assignments(out, 0, result.assignments)
+    saved = {"backbone": trunk.backbone, "neck": None, "optimizer": run.optimizer}
+    save_checkpoint(checkpoint_payload(args, mdc.METHOD, mdc.DEPARTURES, state, **saved), checkpoint_path(out))
     times["bookkeeping"] = time.perf_counter() - start
     return times
 
 
 def supervised_epoch(args, source, device) -> dict:
-    backbone = build_model(args.arch, args.sobel).to(device)
-    optimizer = torch.optim.SGD(backbone.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
-    inputs = mdc.EpochInputs(source, None, device, DistInfo())
+    run, _ = epoch_run(args, source, device)
     start = time.perf_counter()
-    mdc.train_on_labels(args, 0, backbone, optimizer, inputs, source.targets.copy(), len(source.images.classes), False)
+    mdc.train_one_epoch(run, 0, source.targets.copy(), len(source.images.classes), before_training=0.0)
     return {"train": time.perf_counter() - start}
 
 
@@ -72,22 +83,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reassign", default="2", help="dataset passes per clustering (cifar10 default 2; paper 1)")
     own = parser.parse_args()
-    args = mdc.finalize_args(
-        mdc.get_args_parser().parse_args(
-            [
-                "--data",
-                "cifar10",
-                "--subset",
-                str(own.subset),
-                "--knn-every",
-                "0",
-                "--reassign",
-                own.reassign,
-                "--output-dir",
-                "unused",
-            ]
-        )
-    )
+    argv = f"--data cifar10 --subset {own.subset} --knn-every 0 --reassign {own.reassign} --k 100 --pca-dim 256"
+    argv += " --batch-size 256 --output-dir unused"
+    args = mdc.finalize_args(mdc.get_args_parser().parse_args(argv.split()))
     device = torch.device(own.device)
     torch.manual_seed(0)
     source = build_source(

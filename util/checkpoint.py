@@ -146,9 +146,10 @@ def load_state_strict(module: torch.nn.Module, state_dict: dict, what: str) -> N
     module.load_state_dict(state_dict, strict=True)
 
 
-def save_assignments(output_dir: Path, epoch: int, assignments: np.ndarray, num_clusters: int) -> Path:
-    """assignments/epoch_XXXX.npy, int16 when k fits (ImageNet, k=10000: 2.6 MB an epoch), else int32."""
-    dtype = np.int16 if num_clusters <= np.iinfo(np.int16).max else np.int32
+def save_assignments(output_dir: Path, epoch: int, assignments: np.ndarray) -> Path:
+    """assignments/epoch_XXXX.npy, int16 when the cluster indices fit (ImageNet, k=10000: 2.6 MB an epoch), else
+    int32."""
+    dtype = np.int16 if assignments.max(initial=0) <= np.iinfo(np.int16).max else np.int32
     path = Path(output_dir) / "assignments" / f"epoch_{epoch:04d}.npy"
     atomic_write(path, lambda handle: np.save(handle, assignments.astype(dtype)))
     return path

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from util.dist import all_gather_rows, current
 
 
-def l2n(x: torch.Tensor) -> torch.Tensor:
-    """Rows to unit L2 norm, float32. x: (N, D)."""
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Rows to unit L2 norm, float32: x / max(|x|, 1e-12). x: (N, D). The one normaliser of the code base (the SVM
+    protocol's own, norm + 1e-5 in float64, is util/eval/svm.py's)."""
     return F.normalize(x.float(), dim=1)
 
 
@@ -29,7 +30,7 @@ class StreamingKnn:
     def __init__(
         self, test_feats: torch.Tensor, num_classes: int, k: int = 20, temperature: float = 0.07, chunk: int = 4096
     ) -> None:
-        self.test = l2n(test_feats)  # (M, D)
+        self.test = l2_normalize(test_feats)  # (M, D)
         self.num_classes, self.k, self.temperature, self.chunk = num_classes, k, temperature, chunk
         num_test, device = self.test.shape[0], self.test.device
         self.sims = torch.empty(num_test, 0, device=device)  # (M, <=k) best similarities so far
@@ -39,7 +40,7 @@ class StreamingKnn:
         """Fold in training rows. train_feats: (B, D) (any norm; normalised here), train_labels: (B,)."""
         train_feats, train_labels = train_feats.to(self.test.device), train_labels.to(self.test.device)
         for start in range(0, train_feats.shape[0], self.chunk):
-            block = l2n(train_feats[start : start + self.chunk])
+            block = l2_normalize(train_feats[start : start + self.chunk])
             sims = self.test @ block.T  # (M, b)
             labels = train_labels[start : start + self.chunk].expand(sims.shape[0], -1)
             self._merge(torch.cat([self.sims, sims], 1), torch.cat([self.labels, labels], 1))

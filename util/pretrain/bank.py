@@ -25,8 +25,8 @@ class MemoryBank:
         """Store this process's batch: idx (B,) dataset indices, views (views, B, dim). Distributed, every rank's
         batch is gathered so the banks stay identical; an image twice in one step (a wrapped-around duplicate)
         keeps its last copy in rank order."""
-        idx = dist_util.all_gather_rows(idx.to(dist_util.collective_device())).cpu()
-        views = dist_util.all_gather_rows(views.transpose(0, 1).contiguous()).transpose(0, 1)
+        idx = dist_util.all_gather_rows(idx.to(dist_util.collective_device())).cpu()  # (B x world,)
+        views = dist_util.all_gather_rows(views.transpose(0, 1).contiguous()).transpose(0, 1)  # (views, B x world, dim)
         keep = last_occurrences(idx.numpy())
         self.embeddings[:, idx[keep].to(self.embeddings.device)] = views[:, keep.to(views.device)].to(self.embeddings)
         self.fresh[idx] = True

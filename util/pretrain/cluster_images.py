@@ -10,6 +10,7 @@ import numpy as np
 
 from util.data import ImageList, list_images, load_image, resolve_split, subset_indices
 from util.errors import UserError
+from util.seeds import derive_seed
 
 THUMB = 64  # pixels per sample image in the grid
 
@@ -116,5 +117,5 @@ def draw_epoch_grid(output_dir: Path, epoch: int, images: ImageList, assignments
     --seed and the epoch)."""
     path = grid_path(output_dir, epoch)
     title = f"{Path(output_dir).name}: clusters of the network after {epoch} epochs"
-    draw_cluster_grid(images, assignments, path, title, seed=seed * 100_003 + epoch)
+    draw_cluster_grid(images, assignments, path, title, seed=derive_seed(seed, "cluster-grid", epoch))
     return path

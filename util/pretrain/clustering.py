@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from util.blas import import_faiss
 from util.errors import UserError
+from util.knn import l2_normalize
 
 logger = logging.getLogger("deepcluster")
 
@@ -69,6 +70,8 @@ class PCAWhitening:
             eigvecs = centered.T @ gram_vecs / (eigvals.clamp_min(1e-30) * (num - 1)).sqrt()
         # Guard against (near-)zero variance directions of degenerate features; whitening divides by sqrt.
         eigvals = eigvals.clamp_min(eigvals[0].clamp_min(1e-30) * 1e-10)
+        # (D, dim): (x - mean) @ projection has unit variance along each of the dim leading principal directions
+        # (faiss.PCAMatrix(D, dim, eigen_power=-0.5), the paper's preprocessing before k-means)
         self.projection = eigvecs / eigvals.sqrt()
         return self
 
@@ -98,11 +101,6 @@ def _row_chunks(parts: list[torch.Tensor], rows: int):
         yield pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
-def l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    """Rows to unit L2 norm. x: (N, d)."""
-    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
 def preprocess_features(x: torch.Tensor, pca_dim: int) -> torch.Tensor:
     """x: (N, D) raw features -> (N, pca_dim) PCA-whitened and L2-normalised (paper, section 4)."""
     return l2_normalize(PCAWhitening(pca_dim).fit(x).apply(x))
@@ -119,7 +117,8 @@ class ClusteringResult:
 
 
 def pseudo_labels(assignments: np.ndarray) -> tuple[np.ndarray, int]:
-    """Assignments -> labels 0..K'-1 over the non-empty clusters only, in cluster order (DESIGN step 4); O(N + K)."""
+    """Assignments -> labels 0..K'-1 over the non-empty clusters only, in cluster order (docs/training.md, step 4);
+    O(N + K)."""
     nonempty = np.bincount(assignments) > 0
     labels = (np.cumsum(nonempty) - 1)[assignments]
     return labels.astype(np.int64), int(nonempty.sum())
@@ -232,7 +231,7 @@ def torch_kmeans(
     assignment then depends only on it and the centroids. Empty clusters are re-seeded by splitting the largest
     cluster (as faiss does), with the same random draws on every rank. Returns the assignments of the local rows.
     """
-    num_local, dim = x.shape
+    num_local, dim = x.shape  # n points of this rank, d = --pca-dim after PCA-whitening
     rows = torch.arange(num_local) if rows is None else rows.cpu()
     num_total = num_local if num_total is None else num_total
     check_k(num_total, k)
@@ -241,7 +240,7 @@ def torch_kmeans(
     position = torch.full((num_total,), -1, dtype=torch.long)
     position[rows] = torch.arange(num_local)
     mine = position[chosen] >= 0
-    centroids = torch.zeros(k, dim, device=x.device)
+    centroids = torch.zeros(k, dim, device=x.device)  # (k, d)
     centroids[mine.to(x.device)] = x[position[chosen][mine].to(x.device)]
     all_reduce_if(centroids, distributed)  # each row comes from the one rank holding it; the others add zeros
     largest = x.abs().amax() if num_local else x.new_zeros(())  # a rank may hold no point (more ranks than points)
@@ -250,11 +249,12 @@ def torch_kmeans(
     chunk = max(1, chunk_elements // max(k, dim))
     reseeded = 0
     for _ in range(niter):
-        assignments, _ = _assign(x, centroids)
-        sums = all_reduce_if(exact_cluster_sums(x, assignments, k, scale, chunk), distributed)
-        counts = all_reduce_if(torch.bincount(assignments, minlength=k), distributed).double()
+        # Lloyd's two steps: assign every point to its nearest centroid, move every centroid to its points' mean
+        assignments, _ = _assign(x, centroids)  # (n,) cluster of each local point
+        sums = all_reduce_if(exact_cluster_sums(x, assignments, k, scale, chunk), distributed)  # (k, d) int64
+        counts = all_reduce_if(torch.bincount(assignments, minlength=k), distributed).double()  # (k,)
         nonempty = counts > 0
-        means = sums.double() / scale / counts.clamp_min(1)[:, None]
+        means = sums.double() / scale / counts.clamp_min(1)[:, None]  # (k, d): fixed point back to float
         centroids = torch.where(nonempty[:, None], means, centroids.double()).float()
         reseeded += _split_largest(centroids, counts, gen)
     assignments, sq_dists = _assign(x, centroids)

@@ -3,12 +3,44 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
 from util.tracking import Tracker
 
 logger = logging.getLogger("deepcluster")
+
+
+class PhaseTimer(dict):
+    """The seconds of an epoch's phases as record keys: `with times("extract"): ...` sets times["time_extract"]."""
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self[f"time_{phase}"] = self.get(f"time_{phase}", 0.0) + time.perf_counter() - start
+
+    @property
+    def total(self) -> float:
+        return sum(self.values())
+
+
+def close_record(
+    record: dict, times: PhaseTimer, stats: dict, knn_floor: float | None, world_size: int, epochs: int
+) -> dict:
+    """The end of an epoch's record, the same in both scripts: phase times, images trained (all processes) and their
+    rate, the floor beside a kNN measurement, `final` for the measurement without training; then its console line."""
+    train_images = stats["images"] * world_size  # whole batches
+    record.update(times, train_images=train_images, images_per_s=train_images / max(times["time_train"], 1e-9))
+    if record.get("knn_top1") is not None:
+        record["knn_floor"] = knn_floor
+    if record["loss"] is None:
+        record["final"] = True
+    log_epoch_line(record, epochs, knn_floor, tuple(key[len("time_") :] for key in times))
+    return record
 
 
 def log_epoch_line(record: dict, epochs: int, knn_floor: float | None, phases: tuple[str, ...]) -> None:
@@ -36,12 +68,11 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def log_epoch(tracker: Tracker, record: dict, assignments: np.ndarray | None) -> None:
     """Mirror the JSON record to W&B with the epoch as x-axis, plus the cluster-size histogram."""
     groups = {"loss": "train", "lr": "train", "images_per_s": "train", "epoch_images_per_s": "train"}
-    monitor_keys = ("knn_top1", "knn_top5", "knn_floor", "test_kmeans_acc", "test_kmeans_nmi")
-    groups.update({key: "monitor" for key in monitor_keys})
     metrics = {"epoch": record["epoch"]}
     for key, value in record.items():
         if key != "epoch" and value is not None:
             prefix = groups.get(key, "time" if key.startswith("time_") else "cluster")
+            prefix = "monitor" if key.startswith(("knn_", "test_kmeans_")) else prefix
             metrics[f"{prefix}/{key}"] = value
     if assignments is not None:  # the clusters the epoch trained on
         sizes = np.bincount(assignments)

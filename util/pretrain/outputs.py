@@ -11,13 +11,17 @@ import numpy as np
 
 from util.args import non_negative_int
 from util.data import ImageList
-from util.report.cluster_images import draw_epoch_grid
+from util.pretrain.cluster_images import draw_epoch_grid
 from util.tracking import Tracker
 
 logger = logging.getLogger("deepcluster")
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:
+    """--resume, and what a run leaves beside its checkpoint every few epochs (both pretraining scripts)."""
+    parser.add_argument(
+        "--resume", default=None, help="checkpoint to resume from (default: OUTPUT_DIR/checkpoint.pth if present)"
+    )
     group = parser.add_argument_group("cluster images")
     group.add_argument(
         "--cluster-images-every",

@@ -1,1 +1,7 @@
-"""Reports: the reference page's tables, plots and cluster images from run folders and W&B runs."""
+"""report.py's parts: the reference page's tables and figures from run folders and W&B runs.
+
+sources    what a report is made of: run folders, offline W&B run folders, online runs
+tables     the reference page's tables (VOC07 SVM + low-shot, linear, kNN, semi-supervised)
+plots      the report's figures
+published  the published DeepCluster numbers printed beside ours, each with its source
+"""
