@@ -10,7 +10,7 @@ import argparse
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,18 +27,18 @@ from util.args import (
     positive_int,
 )
 from util.augment import augment_preset
-from util.checkpoint import load_checkpoint, save_checkpoint
-from util.data import ImageSource, build_source, evaluation_split
+from util.data import ImageSource, build_source, evaluation_split, resolve_data_defaults
 from util.errors import UserError, script_entry
 from util.eval.feature_streams import CachedFeatures, LiveFeatures
-from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_arch, weights_identities
+from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_pretrained, weights_identities
 from util.eval.probes import TAP_NAMES, AvgPoolHead, MultiHead, build_tap_pooling
-from util.eval.results import protocol_notes, publish, row_identity
-from util.knn import knn_predict, l2n
-from util.logging import interactive, provenance
+from util.eval.results import publish, row_identity
+from util.eval.state import EvalState, plan_id
+from util.knn import knn_predict, l2_normalize
+from util.logging import interactive, protocol_notes, provenance
 from util.metrics import topk_accuracy
 from util.runtime import start_run
-from util.tracking import Tracker, init_tracker, lineage_of
+from util.tracking import Tracker, init_tracker
 
 logger = logging.getLogger("deepcluster")
 
@@ -68,9 +68,22 @@ MULTIHEAD_SCHEDULES = {
     "places205": (28, (7 / 28, 14 / 28, 21 / 28)),  # steps at 7, 14, 21
     "inat18": (84, (24 / 84, 48 / 84, 72 / 84)),  # steps at 24, 48, 72
 }
-PROTOCOL_DEFAULTS = {
-    "multihead": {"epochs": 90, "lr": 0.01, "wd": 1e-4, "milestones": (1 / 3, 2 / 3), "nesterov": True},
-    "avgpool": {"epochs": 100, "lr": 30.0, "wd": 0.0, "milestones": (0.6, 0.8), "nesterov": False},
+
+
+@dataclass(frozen=True)
+class ProbeSchedule:
+    """A probe's optimisation: SGD for `epochs`, the learning rate x0.1 at each milestone (fractions of the epochs)."""
+
+    epochs: int
+    lr: float
+    wd: float
+    milestones: tuple[float, ...]
+    nesterov: bool
+
+
+PROTOCOL_DEFAULTS = {  # mmselfsup's multi-head probe (90 epochs, steps at 30/60) and the AvgPool probe (100, 60/80)
+    "multihead": ProbeSchedule(epochs=90, lr=0.01, wd=1e-4, milestones=(1 / 3, 2 / 3), nesterov=True),
+    "avgpool": ProbeSchedule(epochs=100, lr=30.0, wd=0.0, milestones=(0.6, 0.8), nesterov=False),
 }
 
 
@@ -136,7 +149,7 @@ PROTOCOL_FLAGS += ("momentum", "knn_k", "knn_temperature", "seed")
 def task_key(args: argparse.Namespace, protocol: str, weights_hash: str) -> str:
     flags = {name: getattr(args, name) for name in PROTOCOL_FLAGS}
     if protocol != "knn":
-        flags.update(protocol_hyperparameters(args, protocol))
+        flags.update(asdict(protocol_hyperparameters(args, protocol)))
     text = json.dumps({"weights_sha256": weights_hash, "protocol": protocol, **flags}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -151,29 +164,11 @@ def plan_tasks(args: argparse.Namespace, hashes: dict[str, str]) -> list[Task]:
     ]
 
 
-def load_state(state_path: Path) -> dict:
-    """The resumable state: finished tasks' results and the probe in progress, each under its task key. A state file
-    from before the keys existed cannot be tied to its weights: it is moved aside, never used."""
-    if not state_path.is_file():
-        return {"version": 2, "tasks": {}, "current": None, "wandb_runs": {}}
-    state = load_checkpoint(state_path)
-    if state.get("version") != 2:
-        aside = state_path.with_name(state_path.name + ".unkeyed")
-        state_path.replace(aside)
-        logger.warning("%s holds results not keyed by their weights: moved to %s, starting afresh", state_path, aside)
-        return load_state(state_path)
-    return state
-
-
 def main(args: argparse.Namespace) -> None:
     # ---- set-up
     info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
-    args.arch, args.sobel, ckpt = resolve_arch(args.pretrained, args.arch, args.sobel)
-    lineage = lineage_of(ckpt, args.pretrained)
-    del ckpt
-    cifar = args.data == "cifar10"
-    args.image_size = args.image_size or (32 if cifar else 224)
-    args.in_memory = cifar if args.in_memory is None else args.in_memory
+    lineage = resolve_pretrained(args)
+    resolve_data_defaults(args)
 
     # ---- data: train split for the heads, val (or test) split for the numbers
     train, val = eval_sources(args)
@@ -194,31 +189,32 @@ def main(args: argparse.Namespace) -> None:
     networks = networks_to_evaluate(args.pretrained, args.baseline)
     weights = weights_identities(networks, args.arch, args.sobel, args.seed)
     tasks = plan_tasks(args, {model: w["sha256"] for model, w in weights.items()})
-    state_path = output_dir / STATE_NAME
-    state = load_state(state_path) if info.is_main else {"version": 2, "tasks": {}, "current": None, "wandb_runs": {}}
-    state = dist_util.broadcast_object(state)
-    plan = hashlib.sha256("".join(t.key for t in tasks).encode()).hexdigest()  # one W&B run per set of tasks
-    config = {**vars(args), **provenance(), "weights": weights}
+    state = EvalState.load(output_dir / STATE_NAME)
+    plan = plan_id([task.key for task in tasks])
     tracker = init_tracker(
-        args, output_dir, "linear", config, info.is_main, state["wandb_runs"].get(plan), ("probe/*",), lineage
+        args,
+        output_dir,
+        job_type="linear",
+        config={**vars(args), **provenance(), "weights": weights},
+        is_main=info.is_main,
+        run_id=state.wandb_runs.get(plan),
+        epoch_metrics=("probe/*",),
+        lineage=lineage,
     )
-    state["wandb_runs"][plan] = tracker.run_id
+    state.wandb_runs[plan] = tracker.run_id
     streams: dict[str, object] = {}
     results: dict = {}
     for task in tasks:
-        if task.key in state["tasks"]:
+        if task.key in state.tasks:
             short_hash = weights[task.model]["sha256"][:12]
             logger.info("== %s: reusing results of the same weights (sha256 %s) and flags", task.name, short_hash)
         else:
             if task.model not in streams:
                 streams.clear()  # one network's features at a time
                 streams[task.model] = make_stream(args, task.weights, train, val, device)
-            found = run_task(args, task, streams[task.model], num_classes, device, state, state_path, tracker)
-            state["tasks"][task.key] = {"name": task.name, "weights": weights[task.model], "results": found}
-            state["current"] = None
-            if info.is_main:
-                save_checkpoint(state, state_path)
-        results.update({task.prefix + k: v for k, v in state["tasks"][task.key]["results"].items()})
+            found = run_task(args, task, streams[task.model], num_classes, device, state, tracker)
+            state.finish(task.key, task.name, weights[task.model], found)
+        results.update({task.prefix + k: v for k, v in state.tasks[task.key]["results"].items()})
     if info.is_main:
         report(args, results, weights, output_dir, tracker)
     tracker.finish()
@@ -242,23 +238,21 @@ def make_stream(args: argparse.Namespace, weights: str, train: ImageSource, val:
     return kind(backbone, pooling, train, val, args.batch_size, device, args.seed, interactive())
 
 
-def run_task(
-    args, task: Task, stream, num_classes: int, device, state: dict, state_path: Path, tracker: Tracker
-) -> dict:
+def run_task(args, task: Task, stream, num_classes: int, device, state: EvalState, tracker: Tracker) -> dict:
     logger.info("== %s", task.name)
     if task.protocol == "knn":
         return knn_eval(stream, num_classes, args.knn_k, args.knn_temperature, device)
     hp = protocol_hyperparameters(args, task.protocol)
-    return train_probe(task, hp, args, stream, num_classes, device, state, state_path, tracker)
+    return train_probe(task, hp, args, stream, num_classes, device, state, tracker)
 
 
-def protocol_hyperparameters(args: argparse.Namespace, protocol: str) -> dict:
+def protocol_hyperparameters(args: argparse.Namespace, protocol: str) -> ProbeSchedule:
     """The protocol's defaults (the multi-head ones from --schedule) with the --epochs/--lr/--wd overrides."""
-    hp = dict(PROTOCOL_DEFAULTS[protocol])
+    hp = PROTOCOL_DEFAULTS[protocol]
     if protocol == "multihead":
-        hp["epochs"], hp["milestones"] = MULTIHEAD_SCHEDULES[args.schedule]
-    hp.update({k: getattr(args, k) for k in ("epochs", "lr", "wd") if getattr(args, k) is not None})
-    return hp
+        epochs, milestones = MULTIHEAD_SCHEDULES[args.schedule]
+        hp = replace(hp, epochs=epochs, milestones=milestones)
+    return replace(hp, **{k: getattr(args, k) for k in ("epochs", "lr", "wd") if getattr(args, k) is not None})
 
 
 def build_probe(task: Task, stream, num_classes: int, device: torch.device) -> torch.nn.Module:
@@ -268,7 +262,7 @@ def build_probe(task: Task, stream, num_classes: int, device: torch.device) -> t
     return AvgPoolHead(avg.shape[1], num_classes).to(device)
 
 
-def train_probe(task, hp, args, stream, num_classes, device, state, state_path, tracker) -> dict:
+def train_probe(task, hp: ProbeSchedule, args, stream, num_classes, device, state: EvalState, tracker) -> dict:
     """SGD with step decay; evaluates every epoch; resumable from the state file after any epoch."""
     probe = build_probe(task, stream, num_classes, device)
     trained = probe
@@ -277,20 +271,20 @@ def train_probe(task, hp, args, stream, num_classes, device, state, state_path, 
             probe = trained = torch.nn.SyncBatchNorm.convert_sync_batchnorm(probe)
         trained = DistributedDataParallel(probe, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(
-        probe.parameters(), lr=hp["lr"], momentum=args.momentum, weight_decay=hp["wd"], nesterov=hp["nesterov"]
+        probe.parameters(), lr=hp.lr, momentum=args.momentum, weight_decay=hp.wd, nesterov=hp.nesterov
     )
-    milestones = [max(1, round(f * hp["epochs"])) for f in hp["milestones"]]
+    milestones = [max(1, round(f * hp.epochs)) for f in hp.milestones]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
     history: list[dict] = []
     start = 0
-    current = state.get("current")
-    if current and current["key"] == task.key:  # resume an interrupted probe of the same weights and flags
+    current = state.resumable(task.key)
+    if current:  # resume an interrupted probe of the same weights and flags
         probe.load_state_dict(current["probe"])
         optimizer.load_state_dict(current["optimizer"])
         scheduler.load_state_dict(current["scheduler"])
         history, start = current["history"], current["epoch"]
         logger.info("resumed %s at epoch %d", task.name, start)
-    for epoch in range(start, hp["epochs"]):
+    for epoch in range(start, hp.epochs):
         loss = probe_epoch(task, trained, optimizer, stream.train_epoch(epoch))
         scheduler.step()
         metrics = {"epoch": epoch, "loss": loss, **probe_accuracy(task, probe, stream)}
@@ -299,23 +293,20 @@ def train_probe(task, hp, args, stream, num_classes, device, state, state_path, 
             "%s epoch %d/%d loss %.4f %s",
             task.name,
             epoch,
-            hp["epochs"],
+            hp.epochs,
             loss,
             " ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("top1")),
         )
         tracker.log({"probe/epoch": epoch, **{f"probe/{task.name}/{k}": v for k, v in metrics.items() if k != "epoch"}})
-        if not dist_util.current().is_main:
-            continue
-        state["current"] = {
-            "key": task.key,
-            "task": task.name,
-            "epoch": epoch + 1,
-            "probe": probe.state_dict(),
-            "history": history,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-        }
-        save_checkpoint(state, state_path)
+        state.progress(
+            task.key,
+            task=task.name,
+            epoch=epoch + 1,
+            probe=probe.state_dict(),
+            history=history,
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+        )
     if task.protocol == "multihead":  # protocol: the last epoch
         return {k: v for k, v in history[-1].items() if k.startswith("feature")}
     best = max(history, key=lambda h: h["avgpool_top1"])  # protocol: the best epoch
@@ -371,7 +362,12 @@ def knn_eval(stream, num_classes: int, k: int, temperature: float, device: torch
     train_feats, train_labels = stream.avgpool_features("train")
     val_feats, val_labels = stream.avgpool_features("val")
     scores = knn_predict(
-        l2n(train_feats).to(device), train_labels.to(device), l2n(val_feats).to(device), num_classes, k, temperature
+        l2_normalize(train_feats).to(device),
+        train_labels.to(device),
+        l2_normalize(val_feats).to(device),
+        num_classes,
+        k,
+        temperature,
     )
     top1, top5 = topk_accuracy(scores.cpu(), val_labels, (1, 5))
     logger.info("knn (k=%d, T=%.2f): top1 %.2f top5 %.2f", k, temperature, top1, top5)

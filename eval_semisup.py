@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import logging
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,17 +39,27 @@ from util.args import (
     positive_int,
 )
 from util.augment import augment_preset
-from util.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from util.data import build_source, default_cache_dir, evaluation_split, list_images, make_source, resolve_split
+from util.checkpoint import atomic_write, save_checkpoint
+from util.data import (
+    ImageSource,
+    build_source,
+    evaluation_split,
+    list_images,
+    make_source,
+    resolve_data_defaults,
+    resolve_split,
+)
+from util.datasets import default_cache_dir
 from util.errors import UserError, script_entry
-from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_arch, weights_identities
-from util.eval.results import protocol_notes, publish, row_identity
+from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_pretrained, weights_identities
+from util.eval.results import publish, row_identity
 from util.eval.semisup import PRESETS, percent_subset, preset_regime, read_subset_file, subset_listing
-from util.logging import provenance
+from util.eval.state import EvalState, plan_id
+from util.logging import protocol_notes, provenance
 from util.metrics import topk_accuracy
 from util.runtime import start_run
 from util.seeds import derive_seed
-from util.tracking import init_tracker, lineage_of
+from util.tracking import init_tracker
 
 logger = logging.getLogger("deepcluster")
 
@@ -99,26 +110,41 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def hyperparameters(args: argparse.Namespace, percent: float) -> dict:
+@dataclass(frozen=True)
+class FineTuneSchedule:
+    """The fine-tuning's optimisation: SGD for `epochs`, the rate x gamma at each milestone (fractions of the epochs),
+    the head's rate lr x head_lr_mult, and which epoch is reported (`last` or `best`)."""
+
+    epochs: int
+    milestones: tuple[float, ...]
+    gamma: float
+    lr: float
+    head_lr_mult: float
+    wd: float
+    report: str
+
+
+def hyperparameters(args: argparse.Namespace, percent: float) -> FineTuneSchedule:
     """The preset's values for this labelled fraction, with the command-line overrides."""
     preset, regime = PRESETS[args.preset], preset_regime(percent)
-    hp = {
-        "epochs": preset["epochs"],
-        "milestones": preset["milestones"],
-        "gamma": preset["gamma"],
-        "lr": preset["lr"][regime],
-        "head_lr_mult": preset["head_lr_mult"][regime],
-        "wd": preset["wd"][regime],
-        "report": preset["report"],
-    }
-    hp.update({k: getattr(args, k) for k in ("epochs", "lr", "head_lr_mult", "wd") if getattr(args, k) is not None})
-    return hp
+    hp = FineTuneSchedule(
+        epochs=preset["epochs"],
+        milestones=preset["milestones"],
+        gamma=preset["gamma"],
+        lr=preset["lr"][regime],
+        head_lr_mult=preset["head_lr_mult"][regime],
+        wd=preset["wd"][regime],
+        report=preset["report"],
+    )
+    return replace(
+        hp, **{k: getattr(args, k) for k in ("epochs", "lr", "head_lr_mult", "wd") if getattr(args, k) is not None}
+    )
 
 
-def task_key(args: argparse.Namespace, hp: dict, weights_hash: str, listing: str) -> str:
+def task_key(args: argparse.Namespace, hp: FineTuneSchedule, weights_hash: str, listing: str) -> str:
     flags = {name: getattr(args, name) for name in PROTOCOL_FLAGS}
     flags["subset_sha256"] = hashlib.sha256(listing.encode()).hexdigest()
-    text = json.dumps({"weights_sha256": weights_hash, **flags, **hp}, sort_keys=True, default=str)
+    text = json.dumps({"weights_sha256": weights_hash, **flags, **asdict(hp)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -142,27 +168,29 @@ def labelled_subset(args: argparse.Namespace, images) -> np.ndarray:
     return percent_subset(images, args.percent, args.subset_seed)
 
 
-def main(args: argparse.Namespace) -> None:
-    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
-    args.arch, args.sobel, ckpt = resolve_arch(args.pretrained, args.arch, args.sobel)
-    lineage = lineage_of(ckpt, args.pretrained)
-    del ckpt
-    cifar = args.data == "cifar10"
-    args.image_size = args.image_size or (32 if cifar else 224)
-    args.in_memory = cifar if args.in_memory is None else args.in_memory
+@dataclass
+class LabelledData:
+    """The labelled training subset (its listing keys the results), the evaluation split, and their sizes."""
+
+    train: ImageSource
+    val: ImageSource
+    listing: str  # the labelled images by name, one per line
+    labelled: int
+    percent: float
+
+
+def labelled_data(args: argparse.Namespace, info: dist_util.DistInfo, output_dir: Path) -> LabelledData:
+    """The labelled subset (--percent or --subset-file; written to OUTPUT_DIR/subset.txt once every check passed)
+    and the val (or test) split, both with the fine-tuning's crop + flip view for training."""
     if args.subset is not None:
         raise UserError("--subset does not apply here: choose the labelled images with --percent or --subset-file")
-
-    # ---- the labelled subset (saved beside the results) and the evaluation split
     cache = Path(args.data_cache or default_cache_dir())
     images = list_images(resolve_split(args.data, "train", cache))
     chosen = labelled_subset(args, images)
     percent = args.percent if args.percent is not None else 100 * len(chosen) / len(images)
-    spec = augment_preset("paper", args.image_size)  # RandomResizedCrop + flip
-    train = make_source(images.subset(chosen), args.image_size, spec, args.in_memory, args.workers)
     val_split = evaluation_split(args.data)
-    val = build_source(args.data, val_split, args.image_size, spec, None, args.in_memory, args.workers, cache)
-    if val.images.classes != images.classes:
+    val_images = list_images(resolve_split(args.data, val_split, cache))
+    if val_images.classes != images.classes:
         raise UserError(f"train and {val_split} class folders differ: fix --data")
     if args.batch_size % info.world_size:
         raise UserError(f"--batch-size {args.batch_size} (global) must divide by the {info.world_size} processes")
@@ -171,17 +199,29 @@ def main(args: argparse.Namespace) -> None:
             f"the labelled subset has {len(chosen)} images, fewer than --batch-size {args.batch_size}: "
             "lower --batch-size or label more images"
         )
-    listing = subset_listing(images, chosen)  # the labelled images by name: what the results are keyed by
-    if info.is_main:  # written only once every check above has passed
+    spec = augment_preset("paper", args.image_size)  # RandomResizedCrop + flip
+    train = make_source(images.subset(chosen), args.image_size, spec, args.in_memory, args.workers)
+    val = build_source(args.data, val_split, args.image_size, spec, None, args.in_memory, args.workers, cache)
+    listing = subset_listing(images, chosen)
+    if info.is_main:
         atomic_write(output_dir / "subset.txt", lambda handle: handle.write(listing.encode()))
-    hp = hyperparameters(args, percent)
+    return LabelledData(train, val, listing, len(chosen), percent)
+
+
+def main(args: argparse.Namespace) -> None:
+    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
+    lineage = resolve_pretrained(args)
+    resolve_data_defaults(args)
+
+    # ---- the labelled subset (saved beside the results) and the evaluation split
+    data = labelled_data(args, info, output_dir)
+    hp = hyperparameters(args, data.percent)
     logger.info(
-        "%d labelled images (%.2f %%), %d classes, %d %s images; %s preset: %s",
-        len(chosen),
-        percent,
-        len(images.classes),
-        len(val),
-        val_split,
+        "%d labelled images (%.2f %%), %d classes, %d evaluation images; %s preset: %s",
+        data.labelled,
+        data.percent,
+        len(data.train.images.classes),
+        len(data.val),
         args.preset,
         hp,
     )
@@ -189,43 +229,39 @@ def main(args: argparse.Namespace) -> None:
     # ---- tasks keyed by the weights' content and every protocol flag
     networks = networks_to_evaluate(args.pretrained, args.baseline)
     weights = weights_identities(networks, args.arch, args.sobel, args.seed)
-    state_path = output_dir / STATE_NAME
-    state = load_state(state_path) if info.is_main else {"version": 1, "tasks": {}, "current": None}
-    state = dist_util.broadcast_object(state)
-    config = {**vars(args), **provenance(), "weights": weights, "hyperparameters": hp, "labelled": len(chosen)}
-    wandb_run = state.get("wandb_run")
-    tracker = init_tracker(args, output_dir, "semisup", config, info.is_main, wandb_run, ("ft/*",), lineage)
-    state["wandb_run"] = tracker.run_id
+    state = EvalState.load(output_dir / STATE_NAME)
+    keys = {model: task_key(args, hp, weights[model]["sha256"], data.listing) for model, _ in networks}
+    plan = plan_id(list(keys.values()))
+    config = {**vars(args), **provenance(), "weights": weights, "hyperparameters": asdict(hp)}
+    tracker = init_tracker(
+        args,
+        output_dir,
+        job_type="semisup",
+        config={**config, "labelled": data.labelled},
+        is_main=info.is_main,
+        run_id=state.wandb_runs.get(plan),
+        epoch_metrics=("ft/*",),
+        lineage=lineage,
+    )
+    state.wandb_runs[plan] = tracker.run_id
     results: dict = {}
     for model_name, path in networks:
-        key = task_key(args, hp, weights[model_name]["sha256"], listing)
-        if key in state["tasks"]:
-            logger.info(
-                "== %s: reusing results of the same weights (sha256 %s) and flags",
-                model_name,
-                weights[model_name]["sha256"][:12],
-            )
+        key = keys[model_name]
+        if key in state.tasks:
+            short_hash = weights[model_name]["sha256"][:12]
+            logger.info("== %s: reusing results of the same weights (sha256 %s) and flags", model_name, short_hash)
         else:
-            found = fine_tune(args, hp, model_name, path, key, train, val, device, state, state_path, tracker)
-            state["tasks"][key] = {"name": model_name, "weights": weights[model_name], "results": found}
-            state["current"] = None
-            if info.is_main:
-                save_checkpoint(state, state_path)
+            found = fine_tune(args, hp, model_name, path, key, data.train, data.val, device, state, tracker)
+            state.finish(key, model_name, weights[model_name], found)
         prefix = "" if model_name == "pretrained" else "random_init_"
-        results.update({prefix + k: v for k, v in state["tasks"][key]["results"].items()})
+        results.update({prefix + k: v for k, v in state.tasks[key]["results"].items()})
     if info.is_main:
-        report(args, hp, results, weights, len(chosen), percent, output_dir, tracker)
+        report(args, hp, results, weights, data.labelled, data.percent, output_dir, tracker)
     tracker.finish()
     dist_util.cleanup()
 
 
-def load_state(state_path: Path) -> dict:
-    if not state_path.is_file():
-        return {"version": 1, "tasks": {}, "current": None}
-    return load_checkpoint(state_path)
-
-
-def fine_tune(args, hp, model_name, path, key, train, val, device, state, state_path, tracker) -> dict:
+def fine_tune(args, hp: FineTuneSchedule, model_name, path, key, train, val, device, state: EvalState, tracker) -> dict:
     """SGD with step decay on every parameter; evaluated after every epoch; resumable after any epoch."""
     logger.info("== %s (%s)", model_name, path)
     torch.manual_seed(args.seed)  # the head's init (and the random-init baseline) are reproducible
@@ -234,70 +270,57 @@ def fine_tune(args, hp, model_name, path, key, train, val, device, state, state_
         param.requires_grad_(True)
     model = FineTuned(backbone, len(train.images.classes)).to(device)
     info = dist_util.current()
-    rank, world = info.rank, info.world_size
     trained: nn.Module = model
     if info.distributed:
         if device.type == "cuda":
             model = trained = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     groups = [
-        {"params": list(model.backbone.parameters()), "lr": hp["lr"]},
-        {"params": list(model.head.parameters()), "lr": hp["lr"] * hp["head_lr_mult"]},
+        {"params": list(model.backbone.parameters()), "lr": hp.lr},
+        {"params": list(model.head.parameters()), "lr": hp.lr * hp.head_lr_mult},
     ]
-    optimizer = torch.optim.SGD(groups, lr=hp["lr"], momentum=args.momentum, weight_decay=hp["wd"])
-    milestones = [max(1, round(f * hp["epochs"])) for f in hp["milestones"]]
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=hp["gamma"])
+    optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=args.momentum, weight_decay=hp.wd)
+    milestones = [max(1, round(f * hp.epochs)) for f in hp.milestones]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=hp.gamma)
     history: list[dict] = []
     start = 0
-    current = state.get("current")
-    if current and current["key"] == key:
+    if current := state.resumable(key):
         model.load_state_dict(current["model"])
         optimizer.load_state_dict(current["optimizer"])
         scheduler.load_state_dict(current["scheduler"])
         history, start = current["history"], current["epoch"]
         logger.info("resumed %s at epoch %d", model_name, start)
-    for epoch in range(start, hp["epochs"]):
-        gen = torch.Generator().manual_seed(derive_seed(args.seed, "finetune-epoch", epoch))  # order and views
-        torch.manual_seed(
-            derive_seed(args.seed, "finetune-epoch", epoch)
-        )  # views drawn in this process (--workers 0): exact resume
-        order = torch.randperm(len(train), generator=gen).numpy()
-        usable = len(order) // args.batch_size * args.batch_size
-        mine = order[:usable].reshape(-1, args.batch_size)[:, rank::world].reshape(-1)  # this rank's part of each
-        batches = train.train_batches(mine, args.batch_size // world, device, gen, rank, world)
-        loss = train_epoch(trained, batches, torch.from_numpy(train.targets), optimizer)
+    for epoch in range(start, hp.epochs):
+        loss = fine_tune_epoch(args, epoch, trained, train, optimizer, device)
         scheduler.step()
-        dist_util.broadcast_buffers(
-            model
-        )  # the BatchNorm statistics every rank scores with are rank 0's, the saved ones
+        dist_util.broadcast_buffers(model)  # every rank scores with rank 0's BatchNorm statistics, the saved ones
         top1, top5 = evaluate(model, val, device)
         history.append({"epoch": epoch, "loss": loss, "top1": top1, "top5": top5})
-        logger.info("%s epoch %d/%d loss %.4f top1 %.2f top5 %.2f", model_name, epoch, hp["epochs"], loss, top1, top5)
-        tracker.log(
-            {
-                "ft/epoch": epoch,
-                f"ft/{model_name}/loss": loss,
-                f"ft/{model_name}/top1": top1,
-                f"ft/{model_name}/top5": top5,
-            }
-        )
-        if rank == 0:
-            state["current"] = {
-                "key": key,
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "history": history,
-            }
-            save_checkpoint(state, state_path)
-    chosen = history[-1] if hp["report"] == "last" else max(history, key=lambda h: h["top1"])
-    final = state_path.parent / f"finetuned_{model_name}_{key[:12]}.pth"  # the last epoch's network
-    if rank == 0:
+        logger.info("%s epoch %d/%d loss %.4f top1 %.2f top5 %.2f", model_name, epoch, hp.epochs, loss, top1, top5)
+        metrics = {"loss": loss, "top1": top1, "top5": top5}
+        tracker.log({"ft/epoch": epoch, **{f"ft/{model_name}/{name}": value for name, value in metrics.items()}})
+        saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        state.progress(key, epoch=epoch + 1, history=history, **saved)
+    chosen = history[-1] if hp.report == "last" else max(history, key=lambda h: h["top1"])
+    final = state.path.parent / f"finetuned_{model_name}_{key[:12]}.pth"  # the last epoch's network
+    if info.is_main:
         network = {"model": model.state_dict(), "arch": args.arch, "sobel": args.sobel, "history": history}
         save_checkpoint(network, final)
     found = {"top1": chosen["top1"], "top5": chosen["top5"], "reported_epoch": chosen["epoch"]}
     return {**found, "last_epoch_top1": history[-1]["top1"], "finetuned_weights": str(final)}
+
+
+def fine_tune_epoch(args, epoch: int, trained: nn.Module, train, optimizer: torch.optim.Optimizer, device) -> float:
+    """One pass over the labelled images in an order and with views drawn from (--seed, epoch): each rank takes its
+    share of every global batch; returns the mean loss."""
+    info = dist_util.current()
+    gen = torch.Generator().manual_seed(derive_seed(args.seed, "finetune-epoch", epoch))  # order and views
+    torch.manual_seed(derive_seed(args.seed, "finetune-epoch", epoch))  # views drawn in this process: exact resume
+    order = torch.randperm(len(train), generator=gen).numpy()
+    usable = len(order) // args.batch_size * args.batch_size
+    mine = order[:usable].reshape(-1, args.batch_size)[:, info.rank :: info.world_size].reshape(-1)
+    batches = train.train_batches(mine, args.batch_size // info.world_size, device, gen, info.rank, info.world_size)
+    return train_epoch(trained, batches, torch.from_numpy(train.targets), optimizer)
 
 
 def train_epoch(model: nn.Module, batches, targets: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
@@ -338,12 +361,14 @@ def evaluate(model: nn.Module, val, device: torch.device) -> tuple[float, float]
     return top1, top5
 
 
-def report(args, hp: dict, results: dict, weights: dict, labelled: int, percent: float, output_dir: Path, tracker):
+def report(
+    args, hp: FineTuneSchedule, results: dict, weights: dict, labelled: int, percent: float, output_dir: Path, tracker
+):
     """results.json, a console table and a W&B table shaped like the reference page's semi-supervised table; every
     row names the weights (path and content hash) that produced its numbers."""
     fine_tuned = (
-        f"{args.preset} {percent:g}% lr {hp['lr']:g} head x{hp['head_lr_mult']:g} wd {hp['wd']:g} "
-        f"{hp['epochs']}e ({hp['report']} epoch)"
+        f"{args.preset} {percent:g}% lr {hp.lr:g} head x{hp.head_lr_mult:g} wd {hp.wd:g} "
+        f"{hp.epochs}e ({hp.report} epoch)"
     )
     columns = ["Model", "Weights", "Pretrain Config", "Fine-tuned Config", "Top-1 (%)", "Top-5 (%)"]
     rows = []
@@ -364,7 +389,7 @@ def report(args, hp: dict, results: dict, weights: dict, labelled: int, percent:
         "labelled_percent": percent,
         "subset_file": args.subset_file or str(output_dir / "subset.txt"),
         "preset": args.preset,
-        "hyperparameters": hp,
+        "hyperparameters": asdict(hp),
         "protocol_notes": protocol_notes(DEPARTURES),
     }
     publish(output_dir, results, meta, tracker, "semisup_eval", columns, rows, f"semi-supervised top-1 on {args.data}")

@@ -21,17 +21,17 @@ from util import dist as dist_util
 from util.args import add_baseline_arg, add_data_args, add_evaluated_model_args, add_runtime_args, add_wandb_args
 from util.augment import augment_preset
 from util.checkpoint import atomic_write
-from util.data import make_source
+from util.data import make_source, resolve_data_defaults
 from util.errors import UserError, script_entry
 from util.eval.feature_streams import probe_inputs
-from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_arch, weights_identities
+from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_pretrained, weights_identities
 from util.eval.probes import TAP_NAMES, build_tap_pooling
-from util.eval.results import protocol_notes, publish, row_identity
+from util.eval.results import publish, row_identity
 from util.eval.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, l2_normalize_features, lowshot_protocol
-from util.eval.voc import LabelledSplit, svm_splits
-from util.logging import provenance
+from util.eval.voc import LabelledSplit, is_voc_data, svm_splits
+from util.logging import protocol_notes, provenance
 from util.runtime import start_run
-from util.tracking import Tracker, init_tracker, lineage_of
+from util.tracking import Tracker, init_tracker
 
 logger = logging.getLogger("deepcluster")
 
@@ -108,11 +108,11 @@ def main(args: argparse.Namespace) -> None:
     costs = parse_list(args.costs, float, "--costs", positive=True) if args.costs else list(DEFAULT_COSTS)
     ks = parse_list(args.lowshot_ks, int, "--lowshot-ks", positive=True)
     info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
-    args.arch, args.sobel, ckpt = resolve_arch(args.pretrained, args.arch, args.sobel)
-    lineage = lineage_of(ckpt, args.pretrained)
-    del ckpt
-    args.image_size = args.image_size or (32 if args.data == "cifar10" else 224)
-    args.in_memory = (args.data == "cifar10") if args.in_memory is None else args.in_memory
+    lineage = resolve_pretrained(args)
+    if is_voc_data(args.data):  # the protocol: every image resized to 224 x 224, decoded per step
+        args.image_size, args.in_memory = args.image_size or 224, bool(args.in_memory)
+    else:
+        resolve_data_defaults(args)
 
     # ---- data and W&B
     train, test = svm_splits(args.data, args.subset, Path(args.data_cache))

@@ -114,3 +114,15 @@ class JsonLog:
 def interactive() -> bool:
     """tqdm bars on terminals only; batch logs (SLURM, CI) stay quiet."""
     return sys.stderr.isatty() and os.environ.get("SLURM_JOB_ID") is None
+
+
+def protocol_notes(departures: str) -> list[str]:
+    """The --help epilog of a script (its protocol and every departure from it) as results.json's protocol_notes:
+    one entry per item, continuation lines joined."""
+    notes: list[str] = []
+    for line in departures.splitlines()[1:]:
+        if line.startswith("  ") and not line.startswith("   "):
+            notes.append(line.strip())
+        elif notes:
+            notes[-1] += " " + line.strip()
+    return [" ".join(note.split()) for note in notes]

@@ -265,19 +265,11 @@ def newton_cg(
         ys, ss, ms, ws, cs, hinge, grad = (_take(t, sub) for t in (ys, ss, ms, ws, cs, hinge, grad))
         cs = cs * live
         active = ss * (hinge > 0)  # the generalised Hessian: I + 2c z^T diag(active) z
-        two_c = 2 * cs
-
-        def hessian_vector(v: torch.Tensor, keep: torch.Tensor, active=active, two_c=two_c) -> torch.Tensor:
-            a, t = _take(active, keep), _take(two_c, keep)
-            return v + t * (zt @ (a * (z @ v)))
-
-        rows_active = (active > 0).sum(1)  # (G, q)
-        if _exact_is_cheaper(rows_active[live[:, 0]], cg_iterations, z.shape):
+        if _exact_is_cheaper((active > 0).sum(1)[live[:, 0]], cg_iterations, z.shape):
             kernel = z @ zt if kernel is None else kernel
-            direction = exact_newton_direction(kernel, z, zt, active, two_c, grad * live)
+            direction = exact_newton_direction(kernel, z, zt, active, 2 * cs, grad * live)
         else:
-            diagonal = 1 + two_c * (z_sq_t @ active)  # Jacobi: the Hessian is near-diagonal in these coordinates
-            direction, cg_iterations = batched_cg(hessian_vector, -grad * live, diagonal, max_iter=100, rel_tol=0.1)
+            direction, cg_iterations = _cg_direction(z, zt, z_sq_t, active, 2 * cs, grad * live)
         z_dir = z @ direction
         step = line_search((ws * direction).sum(1), (direction * direction).sum(1), ms, z_dir, ys, ss, cs)
         step = step[:, None, :] * live
@@ -288,6 +280,20 @@ def newton_cg(
     if bool(todo.any()):
         logger.warning("SVM solver: %d problem(s) stopped at %d Newton iterations", int(todo.sum()), max_newton)
     return w
+
+
+def _cg_direction(
+    z: torch.Tensor, zt: torch.Tensor, z_sq_t: torch.Tensor, active: torch.Tensor, two_c: torch.Tensor, grad
+) -> tuple[torch.Tensor, int]:
+    """The truncated Newton direction: a few Jacobi-preconditioned conjugate gradient steps on
+    (I + 2c z^T diag(active) z) d = -grad; returns d and the CG iterations it took."""
+
+    def hessian_vector(v: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        a, t = _take(active, keep), _take(two_c, keep)
+        return v + t * (zt @ (a * (z @ v)))
+
+    diagonal = 1 + two_c * (z_sq_t @ active)  # Jacobi: the Hessian is near-diagonal in these coordinates
+    return batched_cg(hessian_vector, -grad, diagonal, max_iter=100, rel_tol=0.1)
 
 
 def _compact(todo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,8 @@ import torch
 from models import ARCHS, Backbone, build_model
 from util.checkpoint import load_checkpoint, load_state_strict
 from util.errors import UserError
-from util.eval.published import add_missing_bn_counters, convert_checkpoint, detect_layout
+from util.eval.layouts import add_missing_bn_counters, convert_checkpoint, detect_layout
+from util.tracking import Lineage, lineage_of
 
 logger = logging.getLogger("deepcluster")
 
@@ -61,6 +62,13 @@ def load_backbone(pretrained: str, arch: str | None, sobel: bool | None, device:
     for param in model.parameters():
         param.requires_grad_(False)
     return model.to(device).eval()
+
+
+def resolve_pretrained(args) -> Lineage | None:
+    """--arch and --sobel from what --pretrained records (when not given), and the W&B lineage of the checkpoint (its
+    pretraining run, group and project), for every evaluation script."""
+    args.arch, args.sobel, ckpt = resolve_arch(args.pretrained, args.arch, args.sobel)
+    return lineage_of(ckpt, args.pretrained)
 
 
 def networks_to_evaluate(pretrained: str, baseline: str) -> list[tuple[str, str]]:

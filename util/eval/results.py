@@ -12,18 +12,6 @@ from util.tracking import Tracker
 logger = logging.getLogger("deepcluster")
 
 
-def protocol_notes(departures: str) -> list[str]:
-    """The --help epilog of a script (its protocol and every departure from it) as results.json's protocol_notes:
-    one entry per item, continuation lines joined."""
-    notes: list[str] = []
-    for line in departures.splitlines()[1:]:
-        if line.startswith("  ") and not line.startswith("   "):
-            notes.append(line.strip())
-        elif notes:
-            notes[-1] += " " + line.strip()
-    return [" ".join(note.split()) for note in notes]
-
-
 def row_identity(model: str, pretrained: str, weights: dict) -> list[str]:
     """The first two cells of every results row: which network, and the content hash of its weights."""
     label = f"pretrained ({Path(pretrained).name})" if model == "pretrained" else "random init"

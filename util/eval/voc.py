@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from util.data import ImageList, list_images, resolve_split, subset_indices
+from util.datasets import is_named
 from util.errors import UserError
 
 VOC_CLASSES = tuple(
@@ -29,6 +30,12 @@ class LabelledSplit:
 
 def is_voc(root: Path) -> bool:
     return (root / "ImageSets" / "Main").is_dir() and (root / "JPEGImages").is_dir()
+
+
+def is_voc_data(data: str) -> bool:
+    """--data names a VOC2007 folder (not a named dataset, not an ImageFolder)."""
+    root = Path(data).expanduser()
+    return not is_named(data) and root.is_dir() and is_voc(root)
 
 
 def _read_ids(path: Path) -> list[str]:
@@ -97,11 +104,11 @@ def folder_split(images: ImageList) -> LabelledSplit:
 def svm_splits(data: str, subset: int | None, cache_dir: Path) -> tuple[LabelledSplit, LabelledSplit]:
     """(train, test): VOC2007 trainval/test, or an ImageFolder's train/(val|test), or cifar10 train/test."""
     root = Path(data).expanduser()
-    if data != "cifar10" and root.is_dir() and is_voc(root):
+    if is_voc_data(data):
         train, test = voc_split(root, "trainval"), voc_split(root, "test")
     else:
         train_root = resolve_split(data, "train", cache_dir)
-        test_name = "test" if data == "cifar10" else next((s for s in ("val", "test") if (root / s).is_dir()), None)
+        test_name = "test" if is_named(data) else next((s for s in ("val", "test") if (root / s).is_dir()), None)
         if test_name is None or train_root == root:
             raise UserError(
                 f"{root} is neither a VOC2007 folder nor an ImageFolder root with train/ and val/ (or test/)"
