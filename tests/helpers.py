@@ -15,6 +15,9 @@ from util.eval.voc import VOC_CLASSES
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+# main_deepcluster.py on the tiny folders in seconds: the flags the small-data rule would otherwise choose, and the
+# folder read through DataLoader workers as folder data is by default at 224 px
+TINY_PRETRAIN = "--arch resnet18 --k 6 --pca-dim 16 --batch-size 16 --reassign 1 --image-size 32 --no-in-memory".split()
 
 
 def make_image_folder(

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_voc, run_in_one_process
+from tests.helpers import TINY_PRETRAIN, make_voc, run_in_one_process
 
 pytestmark = pytest.mark.slow
 
-TINY = ["--arch", "resnet18", "--k", "6", "--pca-dim", "16", "--batch-size", "16", "--workers", "0", "--epochs", "1"]
+TINY = [*TINY_PRETRAIN, "--workers", "0", "--epochs", "1"]
 EVAL = ["--image-size", "32", "--workers", "0"]
 TINY_V2 = (
     "--arch resnet18 --image-size 32 --nmb-crops 2 --size-crops 32 --min-scale-crops 0.2 --max-scale-crops 1 "

@@ -9,11 +9,11 @@ import shutil
 
 import pytest
 
-from tests.helpers import make_image_folder, read_jsonl, run_script
+from tests.helpers import TINY_PRETRAIN, make_image_folder, read_jsonl, run_script
 
 pytestmark = pytest.mark.slow
 
-TINY = "--arch resnet18 --k 6 --pca-dim 16 --batch-size 16 --workers 0 --epochs 1 --image-size 32".split()
+TINY = [*TINY_PRETRAIN, "--workers", "0", "--epochs", "1"]
 
 
 def pretrain(tmp_path, *args):

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from util.errors import UserError
+from util.knn import l2_normalize
 from util.metrics import nmi
 from util.pretrain.clustering import (
     PCAWhitening,
     faiss_kmeans,
-    l2_normalize,
     power_iteration_clustering,
     preprocess_features,
     pseudo_labels,

@@ -13,7 +13,8 @@ from torchvision.transforms import functional as TF
 from main_deepclusterv2 import dcv2_loss
 from util.augment import BLUR_KERNEL, _blur
 from util.pretrain.bank import MemoryBank, last_occurrences
-from util.pretrain.lars import LARS, warmup_cosine
+from util.pretrain.lars import LARS
+from util.pretrain.schedule import warmup_cosine
 from util.pretrain.spherical import IGNORE, spherical_kmeans
 
 

@@ -14,7 +14,8 @@ from util.metrics import nmi
 
 pytestmark = pytest.mark.slow
 
-COMMON = "--arch resnet18 --k 6 --pca-dim 16 --image-size 32 --workers 0 --in-memory --epochs 2 --seed 3".split()
+COMMON = "--arch resnet18 --k 6 --pca-dim 16 --reassign 1 --image-size 32 --workers 0 --in-memory --epochs 2".split()
+COMMON += ["--seed", "3"]
 
 
 def torchrun(tmp_path, script: str, args: list[str]) -> subprocess.CompletedProcess:
@@ -96,10 +97,10 @@ class _NoBatchNormNet(torch.nn.Module):
 
 
 def _train_steps(rank: int, world: int, port: int, out: str) -> None:
-    import argparse
     import os
 
     import main_deepcluster as mdc
+    from models.neck import Trunk
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if world > 1:
@@ -112,8 +113,10 @@ def _train_steps(rank: int, world: int, port: int, out: str) -> None:
     batches = [(images[s : s + 16][rank::world], torch.arange(s, s + 16)[rank::world]) for s in (0, 16)]
     assert all(len(b[0]) == per_rank for b in batches)
     opts = (torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), torch.optim.SGD(head.parameters(), lr=0.1))
-    args = argparse.Namespace(amp=False, batch_size=per_rank)
-    mdc.train_one_epoch(net, head, opts, batches, labels, torch.device("cpu"), 0, args, False)
+    model = mdc.PseudoLabelNet(Trunk(net, None), head)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    mdc.train_steps(model, opts, batches, labels, amp=False, epoch=0)
     if rank == 0:
         torch.save({"net": net.state_dict(), "head": head.state_dict()}, out)
     if world > 1:

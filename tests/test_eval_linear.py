@@ -42,6 +42,8 @@ def checkpoint(tmp_path_factory, tiny_folder):
         "16",
         "--batch-size",
         "16",
+        "--reassign",
+        "1",
         "--epochs",
         "1",
         "--workers",
@@ -305,4 +307,4 @@ def test_multihead_schedule_presets(schedule, epochs, steps):
         ["--pretrained", "random", "--schedule", schedule, "--output-dir", "o"]
     )
     hp = eval_linear.protocol_hyperparameters(args, "multihead")
-    assert hp["epochs"] == epochs and [round(f * epochs) for f in hp["milestones"]] == steps
+    assert hp.epochs == epochs and [round(f * epochs) for f in hp.milestones] == steps

@@ -14,14 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import PYTHON, REPO, read_jsonl, script_env
+from tests.helpers import PYTHON, REPO, TINY_PRETRAIN, read_jsonl, script_env
 
 pytestmark = pytest.mark.slow
 
-TINY = (
-    "--arch resnet18 --k 6 --pca-dim 16 --batch-size 16 --image-size 32 --epochs 2 --deterministic "
-    "--wandb-mode disabled"
-).split()
+TINY = [*TINY_PRETRAIN, *"--epochs 2 --deterministic --wandb-mode disabled".split()]
 VARIANTS = {  # 90 images, 5 steps an epoch
     "dataloader": ["--no-in-memory", "--workers", "2"],
     "in-memory": ["--in-memory", "--workers", "0"],

@@ -3,6 +3,7 @@ tests/run_cases.py, each exactly as `python SCRIPT --help`)."""
 
 import pytest
 
+from slurm.job import load_script
 from tests.helpers import run_in_one_process
 
 SCRIPTS = [
@@ -25,8 +26,13 @@ def help_texts(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_help_runs(help_texts, script):
-    assert "--output-dir" in help_texts[script]
+def test_help_names_every_flag_of_the_parser(help_texts, script):
+    module = load_script(script)
+    flags = {flag for action in module.get_args_parser()._actions for flag in action.option_strings}
+    missing = sorted(
+        flag for flag in flags if flag not in help_texts[script].split() and f"{flag}," not in help_texts[script]
+    )
+    assert not missing, f"{script} --help does not show {missing}"
 
 
 def test_pretrain_help_names_departures(help_texts):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import read_jsonl, run_script, script_env
+from tests.helpers import TINY_PRETRAIN, read_jsonl, run_script, script_env
 from tests.test_bad_inputs import assert_user_error
 from util.knn import StreamingKnn, knn_predict
 
-TINY = "--arch resnet18 --k 6 --pca-dim 16 --batch-size 16 --image-size 32 --workers 0".split()
+TINY = [*TINY_PRETRAIN, "--workers", "0"]
 
 
 def brute_force_knn(train, train_labels, test, num_classes, k, temperature):
@@ -98,7 +98,7 @@ def test_monitor_logs_the_floor_and_agrees_with_eval_linear(tmp_path, tiny_split
 @pytest.mark.parametrize("reassign", ["1", "2.5"])
 def test_reassign_sets_the_images_trained_per_clustering(tmp_path, tiny_folder, reassign):
     out = tmp_path / "run"
-    args = ["--data", str(tiny_folder), "--epochs", "1", "--reassign", reassign, "--output-dir", str(out), *TINY]
+    args = [*TINY, "--data", str(tiny_folder), "--epochs", "1", "--reassign", reassign, "--output-dir", str(out)]
     assert (proc := run_script("main_deepcluster.py", args, tmp_path)).returncode == 0, proc.stderr
     expected = int(round(float(reassign) * 90)) // 16 * 16  # whole batches of 16 out of reassign x 90 draws
     assert read_jsonl(out / "log.jsonl")[0]["train_images"] == expected
@@ -153,6 +153,6 @@ def test_monitor_bad_inputs(tmp_path, tiny_folder, tiny_split_folder):
         tmp_path,
     )
     assert_user_error(proc, "other class folders")
-    proc = run_script("main_deepcluster.py", ["--data", str(tiny_folder), "--reassign", "0", *base], tmp_path)
+    proc = run_script("main_deepcluster.py", [*base, "--data", str(tiny_folder), "--reassign", "0"], tmp_path)
     assert_user_error(proc, "--reassign 0.0 must be positive")
     assert not (tmp_path / "o" / "checkpoint.pth").exists()

@@ -7,11 +7,12 @@ import pytest
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from tests.helpers import read_jsonl, run_script, script_env, wandb_history, wandb_run_dir
+from tests.helpers import TINY_PRETRAIN, read_jsonl, run_script, script_env, wandb_history, wandb_run_dir
+from util.data import list_images, resolve_split, subset_indices
 
 pytestmark = pytest.mark.slow
 
-TINY = "--arch resnet18 --k 6 --pca-dim 16 --batch-size 16 --image-size 32 --workers 0".split()
+TINY = [*TINY_PRETRAIN, "--workers", "0"]
 LOG_KEYS = {
     "epoch",
     "loss",
@@ -45,6 +46,7 @@ def test_end_to_end_writes_checkpoint_log_assignments_and_wandb(tmp_path, tiny_f
     assert all(np.isfinite(r["loss"]) for r in records[:2]) and records[2]["loss"] is None
     ckpt = torch.load(out / "checkpoint.pth", weights_only=False)
     assert ckpt["epoch"] == 2 and ckpt["arch"] == "resnet18" and len(ckpt["assignments"]) == 90
+    assert proc.stderr.count("estimate on this machine:") == 1  # said once, after the first training steps
     saved = np.load(out / "assignments" / "epoch_0001.npy")
     assert saved.dtype == np.int16 and saved.shape == (90,)
     np.testing.assert_array_equal(saved, ckpt["assignments"])
@@ -116,4 +118,28 @@ def test_bundled_cifar10_subset(tmp_path):
     proc = run_script("main_deepcluster.py", args, tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "cache" / "cifar10-jpg" / "test" / "airplane").is_dir()
-    assert read_jsonl(out / "log.jsonl")[0]["nmi_labels"] > 0
+    # the logged NMI is that of the saved clusters against the labels of the 300 images the subset chose
+    images = list_images(resolve_split("cifar10", "train", tmp_path / "cache"))
+    labels = images.targets[subset_indices(len(images), 300)]
+    saved = np.load(out / "assignments" / "epoch_0000.npy")
+    expected = normalized_mutual_info_score(labels, saved, average_method="geometric")
+    assert read_jsonl(out / "log.jsonl")[0]["nmi_labels"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_neck_is_trained_saved_and_resumed_exactly(tmp_path, tiny_folder):
+    """--neck mlp: the neck's weights travel in the checkpoint beside the backbone's (which alone the evaluations
+    read), and a run stopped after one epoch and resumed ends bit for bit where an uninterrupted run ends."""
+    flags = ["--neck", "mlp", "--deterministic", "--wandb-mode", "disabled"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert (proc := pretrain(tmp_path, tiny_folder, straight, "--epochs", "2", *flags)).returncode == 0, proc.stderr
+    assert (proc := pretrain(tmp_path, tiny_folder, resumed, "--epochs", "1", *flags)).returncode == 0, proc.stderr
+    assert (proc := pretrain(tmp_path, tiny_folder, resumed, "--epochs", "2", *flags)).returncode == 0, proc.stderr
+    one, two = (torch.load(out / "checkpoint.pth", weights_only=False) for out in (straight, resumed))
+    assert set(one["neck"]) == {f"{i}.{p}" for i in (0, 3) for p in ("weight", "bias")} | {
+        f"{i}.{p}" for i in (1, 4) for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    }
+    for part in ("backbone", "neck"):
+        for key, value in one[part].items():
+            assert torch.equal(value, two[part][key]), (part, key)
+    losses = [[r["loss"] for r in read_jsonl(out / "log.jsonl")] for out in (straight, resumed)]
+    assert losses[0] == losses[1]

@@ -9,8 +9,8 @@ import torchvision
 from torch import nn
 
 from util.errors import UserError
+from util.eval.layouts import convert_checkpoint
 from util.eval.pretrained import load_backbone
-from util.eval.published import convert_checkpoint
 
 CPU = torch.device("cpu")
 

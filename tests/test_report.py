@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from tests.helpers import run_in_one_process, run_script, wandb_records, wandb_run_dir, wandb_summary
-from util.report.cluster_images import choose_clusters
+from util.pretrain.cluster_images import choose_clusters
 from util.report.sources import PretrainRun, history_records, merge_runs
 from util.report.tables import MISSING
 
@@ -32,7 +32,7 @@ def reported(tmp_path_factory, tiny_split_folder):
     run = tmp / "run"
     pretrain = [
         *("--data", str(tiny_split_folder), "--knn-data", str(tiny_split_folder / "val"), "--arch", "resnet18"),
-        *("--k", "6", "--pca-dim", "16", "--batch-size", "16", "--epochs", "2", *IMAGES),
+        *("--k", "6", "--pca-dim", "16", "--batch-size", "16", "--reassign", "1", "--epochs", "2", *IMAGES),
         *("--cluster-images-every", "1", "--wandb-checkpoint-every", "2", "--output-dir", str(run)),
     ]
     proc = run_script("main_deepcluster.py", pretrain, tmp)

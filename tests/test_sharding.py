@@ -106,7 +106,8 @@ def test_three_uneven_processes_equal_one(tmp_path):
 def test_streaming_pca_is_fit_on_the_first_images_of_the_extraction_order():
     """--pca-fit-samples M: the PCA is fit on exactly the first M images of the fixed order (whatever the batch
     size), then applied to every image."""
-    from util.pretrain.clustering import PCAWhitening, l2_normalize
+    from util.knn import l2_normalize
+    from util.pretrain.clustering import PCAWhitening
     from util.pretrain.features import extract_features, extraction_order
 
     source, cpu = tiny_source(), torch.device("cpu")
