@@ -170,3 +170,13 @@ def run_in_one_process(cases: list[tuple], tmp: Path, timeout: int = 600) -> lis
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+def assert_user_error(proc, *fragments) -> None:
+    """Exit code 2, exactly one `error:` line holding every fragment, no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    assert "Traceback" not in proc.stderr

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from tests.helpers import TINY_PRETRAIN, make_image_folder, read_jsonl, run_script
+from tests.helpers import TINY_PRETRAIN, assert_user_error, make_image_folder, read_jsonl, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -18,15 +18,6 @@ TINY = [*TINY_PRETRAIN, "--workers", "0", "--epochs", "1"]
 
 def pretrain(tmp_path, *args):
     return run_script("main_deepcluster.py", [*TINY, *args], tmp_path)
-
-
-def assert_user_error(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("memory", ["--in-memory", "--no-in-memory"])

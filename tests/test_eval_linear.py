@@ -34,20 +34,7 @@ def checkpoint(tmp_path_factory, tiny_folder):
         str(tiny_folder),
         "--output-dir",
         str(tmp / "run"),
-        "--arch",
-        "resnet18",
-        "--k",
-        "6",
-        "--pca-dim",
-        "16",
-        "--batch-size",
-        "16",
-        "--reassign",
-        "1",
-        "--epochs",
-        "1",
-        "--workers",
-        "0",
+        *"--arch resnet18 --k 6 --pca-dim 16 --batch-size 16 --reassign 1 --epochs 1 --workers 0".split(),
     ]
     proc = run_script("main_deepcluster.py", args, tmp)
     assert proc.returncode == 0, proc.stderr
@@ -139,14 +126,7 @@ def test_interrupted_evaluation_resumes_to_the_same_numbers(tmp_path, tiny_split
         str(checkpoint),
         "--data",
         str(tiny_split_folder),
-        "--protocol",
-        "multihead",
-        "--epochs",
-        "8",
-        "--cached-features",
-        "--baseline",
-        "none",
-        "--deterministic",
+        *"--protocol multihead --epochs 8 --cached-features --baseline none --deterministic".split(),
     ]
     ref = tmp_path / "ref"
     assert evaluate(tmp_path, *common, "--output-dir", str(ref)).returncode == 0

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import TINY_PRETRAIN, read_jsonl, run_script, script_env
-from tests.test_bad_inputs import assert_user_error
+from tests.helpers import TINY_PRETRAIN, assert_user_error, read_jsonl, run_script, script_env
 from util.knn import StreamingKnn, knn_predict
 
 TINY = [*TINY_PRETRAIN, "--workers", "0"]
@@ -74,15 +73,7 @@ def test_monitor_logs_the_floor_and_agrees_with_eval_linear(tmp_path, tiny_split
             str(out / "checkpoint.pth"),
             "--data",
             str(tiny_split_folder),
-            "--protocol",
-            "knn",
-            "--image-size",
-            "32",
-            "--batch-size",
-            "16",
-            "--workers",
-            "0",
-            "--output-dir",
+            *"--protocol knn --image-size 32 --batch-size 16 --workers 0 --output-dir".split(),
             str(evaluated),
         ],
         tmp_path,
@@ -111,29 +102,10 @@ def test_true_labels_sanity_check_lifts_knn_far_above_the_floor(tmp_path):
     env = script_env(tmp_path)
     out = tmp_path / "run"
     args = [
-        "--data",
-        "cifar10",
-        "--subset",
-        "1000",
-        "--labels-from",
-        "dataset",
-        "--epochs",
-        "3",
-        "--reassign",
-        "3",
-        "--k",
-        "10",
-        "--pca-dim",
-        "32",
-        "--batch-size",
-        "64",
-        "--knn-every",
-        "3",  # the floor (epoch 0) and the final network only
-        "--seed",
-        "0",
-        "--wandb-mode",
-        "disabled",
-        "--output-dir",
+        *(
+            "--data cifar10 --subset 1000 --labels-from dataset --epochs 3 --reassign 3 --k 10 --pca-dim "
+            "32 --batch-size 64 --knn-every 3 --seed 0 --wandb-mode disabled --output-dir"
+        ).split(),
         str(out),
     ]
     proc = run_script("main_deepcluster.py", args, tmp_path, env=env, timeout=600)

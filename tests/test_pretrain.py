@@ -99,22 +99,7 @@ def test_bundled_cifar10_subset(tmp_path):
     env = script_env(tmp_path)
     env["DEEPCLUSTER_CACHE"] = str(tmp_path / "cache")
     out = tmp_path / "run"
-    args = [
-        "--data",
-        "cifar10",
-        "--subset",
-        "300",
-        "--epochs",
-        "1",
-        "--k",
-        "10",
-        "--pca-dim",
-        "32",
-        "--knn-every",
-        "0",  # the monitor is tested elsewhere; this test is the unpacking of the bundled archive
-        "--output-dir",
-        str(out),
-    ]
+    args = [*"--data cifar10 --subset 300 --epochs 1 --k 10 --pca-dim 32 --knn-every 0 --output-dir".split(), str(out)]
     proc = run_script("main_deepcluster.py", args, tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "cache" / "cifar10-jpg" / "test" / "airplane").is_dir()

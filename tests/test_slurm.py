@@ -57,16 +57,7 @@ def job_ids(stdout: str) -> list[str]:
 
 def test_two_tasks_on_one_node(slurm_env, tmp_path, tiny_folder):
     out = tmp_path / "run"
-    launcher = [
-        "--tasks-per-node",
-        "2",
-        "--cpus-per-task",
-        "1",
-        "--mem-gb",
-        "4",
-        "--job-dir",
-        str(tmp_path / "j" / "%j"),
-    ]
+    launcher = [*"--tasks-per-node 2 --cpus-per-task 1 --mem-gb 4 --job-dir".split(), str(tmp_path / "j" / "%j")]
     script = [*TINY, "--data", str(tiny_folder), "--epochs", "2", "--output-dir", str(out)]
     proc = submit(slurm_env, ["main_deepcluster.py", *launcher, "--wait", "--", *script])
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -129,16 +120,7 @@ def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path, tiny_folder):
 
 def test_job_array_sweep(slurm_env, tmp_path, tiny_folder):
     out = tmp_path / "sweep"
-    launcher = [
-        "--cpus-per-task",
-        "1",
-        "--mem-gb",
-        "4",
-        "--sweep",
-        "lr=0.01,0.02,0.03",
-        "--job-dir",
-        str(tmp_path / "j"),
-    ]
+    launcher = [*"--cpus-per-task 1 --mem-gb 4 --sweep lr=0.01,0.02,0.03 --job-dir".split(), str(tmp_path / "j")]
     script = [*TINY, "--data", str(tiny_folder), "--epochs", "1", "--output-dir", str(out)]
     proc = submit(slurm_env, ["main_deepcluster.py", *launcher, "--wait", "--", *script])
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -178,13 +160,9 @@ def test_launcher_rejects_bad_script_flags_before_submitting(slurm_env, tmp_path
     proc = submit(
         slurm_env,
         [
-            "main_deepcluster.py",
-            "--job-dir",
+            *"main_deepcluster.py --job-dir".split(),
             str(tmp_path / "jobs"),
-            "--",
-            "--arch",
-            "nope",
-            "--output-dir",
+            *"-- --arch nope --output-dir".split(),
             str(tmp_path / "o"),
         ],
     )

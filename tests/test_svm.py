@@ -359,23 +359,9 @@ def test_eval_svm_on_a_voc_layout_end_to_end(tmp_path):
     root = make_voc(tmp_path / "VOC2007", num_train=30, num_test=15)
     out = tmp_path / "svm"
     args = [
-        "--pretrained",
-        "random",
-        "--arch",
-        "resnet18",
-        "--data",
+        *"--pretrained random --arch resnet18 --data".split(),
         str(root),
-        "--image-size",
-        "64",
-        "--workers",
-        "0",
-        "--costs",
-        "0.1,1",
-        "--lowshot-ks",
-        "1,2",
-        "--lowshot-samples",
-        "2",
-        "--output-dir",
+        *"--image-size 64 --workers 0 --costs 0.1,1 --lowshot-ks 1,2 --lowshot-samples 2 --output-dir".split(),
         str(out),
     ]
     proc = run_script("eval_svm.py", args, tmp_path)
@@ -441,23 +427,9 @@ def test_svm_feature_cache_is_keyed_by_the_weights_content(tmp_path, tiny_split_
     args = [
         "--pretrained",
         str(weights),
-        "--arch",
-        "resnet18",
-        "--data",
+        *"--arch resnet18 --data".split(),
         str(tiny_split_folder),
-        "--workers",
-        "0",
-        "--image-size",
-        "32",
-        "--layers",
-        "feature5",
-        "--costs",
-        "1",
-        "--protocol",
-        "full",
-        "--baseline",
-        "none",
-        "--output-dir",
+        *"--workers 0 --image-size 32 --layers feature5 --costs 1 --protocol full --baseline none --output-dir".split(),
         str(out),
     ]
     torch.manual_seed(1)
