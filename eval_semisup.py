@@ -229,7 +229,7 @@ def main(args: argparse.Namespace) -> None:
     # ---- tasks keyed by the weights' content and every protocol flag
     networks = networks_to_evaluate(args.pretrained, args.baseline)
     weights = weights_identities(networks, args.arch, args.sobel, args.seed)
-    state = EvalState.load(output_dir / STATE_NAME)
+    state = EvalState.load(output_dir / STATE_NAME, keyed_since=1)  # version 1 states were keyed too
     keys = {model: task_key(args, hp, weights[model]["sha256"], data.listing) for model, _ in networks}
     plan = plan_id(list(keys.values()))
     config = {**vars(args), **provenance(), "weights": weights, "hyperparameters": asdict(hp)}

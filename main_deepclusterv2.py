@@ -99,6 +99,7 @@ RUN_DEFINING_ARGS = (
     "max_scale_crops",
     "crops_for_assign",
     "blur",
+    "flip",
     "nmb_prototypes",
     "temperature",
     "kmeans_iters",

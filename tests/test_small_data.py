@@ -21,7 +21,7 @@ from util.metrics import cluster_accuracy
 from util.pretrain.clock import RunClock
 from util.pretrain.features import extraction_order
 from util.pretrain.monitor import held_out_clustering, recompute_batchnorm
-from util.pretrain.recipe import MIN_STEPS_PER_CLUSTERING, PAPER, apply_rule, rule
+from util.pretrain.recipe import MIN_PCA_DIM, MIN_STEPS_PER_CLUSTERING, PAPER, apply_rule, rule
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +81,13 @@ def test_rule_keeps_the_paper_on_imagenet_and_scales_down_below(num, expected):
 @pytest.mark.parametrize("num", [256, 1_400, 5_000, 20_000, 60_000, 150_000, 2_000_000])
 def test_rule_guarantees(num):
     """Steps per clustering reach MIN_STEPS_PER_CLUSTERING unless the passes are at their cap; PCA never has
-    fewer than 40 images per dimension; every cluster has 10 images on average, or more."""
+    fewer than 40 images per dimension (or has the fewest dimensions); every cluster has 10 images on average, or
+    more."""
     chosen = rule(num)
     steps = chosen["reassign"] * num // chosen["batch_size"]
     assert steps >= MIN_STEPS_PER_CLUSTERING or chosen["reassign"] == 8
     assert chosen["reassign"] == 1 or (chosen["reassign"] / 2) * num // chosen["batch_size"] < 300
-    assert num / chosen["pca_dim"] >= 40 or chosen["pca_dim"] == 1
+    assert num / chosen["pca_dim"] >= 40 or chosen["pca_dim"] == MIN_PCA_DIM
     assert chosen["k"] <= num / 10
 
 
@@ -177,7 +178,7 @@ def test_digits_run_logs_the_rule_and_the_floor_both_ways(tmp_path):
     args = [*args.split(), "--data-cache", str(tmp_path / "cache"), "--output-dir", str(out)]
     proc = run_script("main_deepcluster.py", args, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "256 training images of 32 px: --image-size 32 --k 25 --pca-dim 4 --batch-size 64 --reassign 8" in (
+    assert "256 training images of 32 px: --image-size 32 --k 25 --pca-dim 8 --batch-size 64 --reassign 8" in (
         proc.stderr
     )
     first, final = read_jsonl(out / "log.jsonl")
@@ -188,7 +189,7 @@ def test_digits_run_logs_the_rule_and_the_floor_both_ways(tmp_path):
     for record in (first, final):
         assert 0 <= record["test_kmeans_acc"] <= 100 and 0 <= record["test_kmeans_acc_std"] <= 50
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=False)
-    assert checkpoint["args"]["rule_departures"] == ["--k 25", "--pca-dim 4", "--batch-size 64", "--reassign 8"]
+    assert checkpoint["args"]["rule_departures"] == ["--k 25", "--pca-dim 8", "--batch-size 64", "--reassign 8"]
 
 
 def test_run_clock_yields_every_batch_and_says_one_estimate(monkeypatch, caplog):
@@ -222,3 +223,30 @@ def test_a_folder_of_small_images_is_told_how_to_keep_mirror_sensitive_classes(c
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     expected = "--aug cifar flips images: if a mirror image changes what yours show (digits, text), pass --aug noflip"
     assert warnings == [expected]
+
+
+def test_recomputing_batchnorm_draws_nothing_from_the_global_generators(digits_root):
+    """The floor's BatchNorm pass keeps dropout off (AlexNet's classifier has it): measuring the floor cannot change
+    the head's initialisation or any later draw of the run."""
+    from models import build_model
+
+    source = build_source("sklearn-digits", "train", 64, augment_preset("noflip", 64), 64, True, 0, digits_root.parent)
+    net = build_model("alexnet", False)
+    before = torch.get_rng_state()
+    copy = recompute_batchnorm(net, source, batch_size=32, device=torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), before)
+    moved = [m for m in copy.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert moved and all(int(m.num_batches_tracked) == 2 for m in moved)  # 64 images in 2 batches, all counted
+
+
+def test_eval_state_keeps_keyed_states_and_moves_unkeyed_ones_aside(tmp_path):
+    from util.checkpoint import save_checkpoint
+    from util.eval.state import EvalState
+
+    path = tmp_path / "semisup_state.pth"
+    old = {"version": 1, "tasks": {"k1": {"name": "pretrained", "weights": {}, "results": {"top1": 1.0}}}}
+    save_checkpoint({**old, "current": None, "wandb_run": "abc"}, path)
+    kept = EvalState.load(path, keyed_since=1)  # eval_semisup's version 1 was keyed by the weights' sha256
+    assert kept.tasks == old["tasks"] and kept.current is None and kept.wandb_runs == {}
+    moved = EvalState.load(path)  # eval_linear's version 1 was not
+    assert moved.tasks == {} and not path.exists() and path.with_name(path.name + ".unkeyed").is_file()

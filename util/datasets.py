@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -31,12 +32,13 @@ def default_cache_dir() -> Path:
 
 
 def _publish(tmp: Path, target: Path) -> Path:
-    """Move a finished tree into place; another process that got there first wins, which is fine."""
+    """Move a finished tree into place; another process that got there first wins, which is fine (ours is removed)."""
     try:
         os.replace(tmp, target)
     except OSError:
         if not (target / "train").is_dir():
             raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

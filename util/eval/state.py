@@ -25,12 +25,13 @@ class EvalState:
     wandb_runs: dict = field(default_factory=dict)  # plan (the hash of a set of task keys) -> W&B run id
 
     @classmethod
-    def load(cls, path: Path) -> EvalState:
-        """Rank 0 reads the file (a state of another version is moved aside with a warning); every rank gets it."""
+    def load(cls, path: Path, keyed_since: int = VERSION) -> EvalState:
+        """Rank 0 reads the file; every rank gets it. States from `keyed_since` on hold keyed tasks (eval_semisup's
+        version 1 did, with one W&B run id that is not kept); older ones are moved aside with a warning."""
         saved = None
         if dist_util.current().is_main and path.is_file():
             saved = load_checkpoint(path)
-            if saved.get("version") != VERSION:
+            if not keyed_since <= saved.get("version", 0) <= VERSION:
                 aside = path.with_name(path.name + ".unkeyed")
                 path.replace(aside)
                 logger.warning("%s holds results not keyed by their weights: moved to %s, starting afresh", path, aside)
@@ -38,7 +39,7 @@ class EvalState:
         saved = dist_util.broadcast_object(saved)
         if saved is None:
             return cls(path)
-        return cls(path, saved["tasks"], saved["current"], saved["wandb_runs"])
+        return cls(path, saved["tasks"], saved["current"], saved.get("wandb_runs", {}))
 
     def save(self) -> None:
         """Atomically, on rank 0."""

@@ -118,8 +118,11 @@ def monitor_pass(
         on_raw_batch=lambda raw, idx: knn.update(raw, targets[idx]),
         project=project,
     )
-    if view is None:
-        projected = project or (lambda x: x)
+    if view is None:  # the held-out features come back on the host; a neck runs where its weights are
+
+        def projected(x: torch.Tensor) -> torch.Tensor:
+            return x if project is None else project(x.to(device))
+
         view = (lambda x: l2_normalize(pca.apply(projected(x)))) if pca is not None else l2_normalize
     scores = knn.all_reduce().scores().cpu()
     top1, top5 = topk_accuracy(scores, torch.from_numpy(held_out.targets), (1, 5))
@@ -154,12 +157,12 @@ def recompute_batchnorm(net: nn.Module, source: ImageSource, batch_size: int, de
     in training mode over the training images (deterministic view, at most BN_RECOMPUTE_IMAGES of a fixed random
     order). A network that never trained still has BatchNorm's initial statistics (mean 0, variance 1), which no
     trained network has; the floor is measured both ways. Distributed: each rank its shard, averaged over ranks."""
-    copy = deepcopy(net)
+    copy = deepcopy(net).eval()  # only BatchNorm in training mode: no dropout, no draw from the global RNGs
     norms = [m for m in copy.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the pass
-    copy.train()
+        norm.train()
     order = extraction_order(len(source))[:BN_RECOMPUTE_IMAGES]
     for images, _ in source.eval_batches(dist_util.shard(order, wrap=True), batch_size, device):
         copy(images)

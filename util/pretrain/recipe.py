@@ -21,6 +21,7 @@ logger = logging.getLogger("deepcluster")
 MIN_STEPS_PER_CLUSTERING = 300  # SGD steps between two clusterings, at least (the paper: ~5,000 on ImageNet)
 MAX_REASSIGN = 8  # passes over the data per clustering, at most
 IMAGES_PER_PCA_DIM = 40  # training images per PCA-whitened dimension, at least
+MIN_PCA_DIM = 8  # and never fewer dimensions (below 320 images the 40 per dimension are not kept)
 
 # The paper's values (Caron et al. 2018, sections 3.2 and 4.1) of the flags the rule sets.
 PAPER = {"k": 10_000, "pca_dim": 256, "batch_size": 256, "reassign": 1.0}
@@ -30,14 +31,14 @@ def rule(num_images: int, world_size: int = 1, batch_size: int | None = None) ->
     """The defaults for `num_images` training images (after --subset) on `world_size` processes: batch 256 per
     process from 10,000 images on, else 64; the fewest passes per clustering (1, 2, 4 or 8) that give at least
     MIN_STEPS_PER_CLUSTERING steps at that batch (or the given one); k = 10,000 from 500,000 images on, 1,000 from
-    100,000, else 100, and at most one cluster per 10 images; PCA to the largest power of two <= num_images /
-    IMAGES_PER_PCA_DIM, at most the paper's 256."""
+    100,000, else 100, and at most one cluster per 10 images (at least 2); PCA to the largest power of two <=
+    num_images / IMAGES_PER_PCA_DIM, between MIN_PCA_DIM and the paper's 256."""
     batch = batch_size or (256 if num_images >= 10_000 else 64)
     reassign = 1
     while reassign < MAX_REASSIGN and reassign * num_images // (batch * world_size) < MIN_STEPS_PER_CLUSTERING:
         reassign *= 2
-    k = min(10_000 if num_images >= 500_000 else 1_000 if num_images >= 100_000 else 100, num_images // 10)
-    pca_dim = min(256, 2 ** int(math.log2(max(num_images / IMAGES_PER_PCA_DIM, 1))))
+    k = min(10_000 if num_images >= 500_000 else 1_000 if num_images >= 100_000 else 100, max(2, num_images // 10))
+    pca_dim = min(256, max(MIN_PCA_DIM, 2 ** int(math.log2(max(num_images / IMAGES_PER_PCA_DIM, 1)))))
     return {"k": k, "pca_dim": pca_dim, "batch_size": batch, "reassign": float(reassign)}
 
 
