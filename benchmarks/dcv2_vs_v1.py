@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.learning_curve import read_log  # noqa: E402
 from util.errors import UserError, run_main  # noqa: E402
 
-V1 = "--data cifar10 --epochs 6"  # README Quick start: ResNet-18, k=100, --reassign 2
+V1 = "--data cifar10 --epochs 6 --reassign 2 --pca-dim 256"  # the CPU recipe on 50k images, whatever the --subset
 V2_CPU = (
     "--data cifar10 --arch resnet18 --epochs 7 --batch-size 64 --nmb-prototypes 100 100 100 --no-blur --knn-every 7 "
     "--trust 0.001 --no-lars-clip --no-lars-exclude-1d"
