@@ -29,8 +29,8 @@ from util.args import (
 from util.augment import augment_preset
 from util.data import ImageSource, build_source, evaluation_split, resolve_data_defaults
 from util.errors import UserError, script_entry
-from util.eval.feature_streams import CachedFeatures, LiveFeatures
 from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_pretrained, weights_identities
+from util.eval.probe_features import CachedFeatures, LiveFeatures
 from util.eval.probes import TAP_NAMES, AvgPoolHead, MultiHead, build_tap_pooling
 from util.eval.results import publish, row_identity
 from util.eval.state import EvalState, plan_id
@@ -127,18 +127,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 class Task:
     """One (network, protocol) evaluation; its results land under `prefix + key`."""
 
-    model: str  # "pretrained" or "random_init"
-    weights: str
+    network: str  # "pretrained" or "random_init"
+    weights: str  # the checkpoint path, or "random"
     protocol: str
     key: str = ""  # content hash of the weights + every flag that defines the protocol: what state is keyed by
 
     @property
     def name(self) -> str:
-        return f"{self.model}/{self.protocol}"
+        return f"{self.network}/{self.protocol}"
 
     @property
     def prefix(self) -> str:
-        return "" if self.model == "pretrained" else "random_init_"
+        return "" if self.network == "pretrained" else "random_init_"
 
 
 # Flags that change a task's numbers: a task is resumed or reused only when all of them and the weights match.
@@ -156,10 +156,10 @@ def task_key(args: argparse.Namespace, protocol: str, weights_hash: str) -> str:
 
 def plan_tasks(args: argparse.Namespace, hashes: dict[str, str]) -> list[Task]:
     protocols = ("multihead", "avgpool", "knn") if args.protocol == "all" else (args.protocol,)
-    models = networks_to_evaluate(args.pretrained, args.baseline)
+    networks = networks_to_evaluate(args.pretrained, args.baseline)
     return [
-        Task(model, weights, protocol, task_key(args, protocol, hashes[model]))
-        for model, weights in models
+        Task(network, weights, protocol, task_key(args, protocol, hashes[network]))
+        for network, weights in networks
         for protocol in protocols
     ]
 
@@ -187,36 +187,36 @@ def main(args: argparse.Namespace) -> None:
 
     # ---- the weights' content hashes key every task; resume or reuse only tasks with the same key
     networks = networks_to_evaluate(args.pretrained, args.baseline)
-    weights = weights_identities(networks, args.arch, args.sobel, args.seed)
-    tasks = plan_tasks(args, {model: w["sha256"] for model, w in weights.items()})
+    identities = weights_identities(networks, args.arch, args.sobel, args.seed)
+    tasks = plan_tasks(args, {network: w["sha256"] for network, w in identities.items()})
     state = EvalState.load(output_dir / STATE_NAME)
     plan = plan_id([task.key for task in tasks])
     tracker = init_tracker(
         args,
         output_dir,
         job_type="linear",
-        config={**vars(args), **provenance(), "weights": weights},
+        config={**vars(args), **provenance(), "weights": identities},
         is_main=info.is_main,
         run_id=state.wandb_runs.get(plan),
         epoch_metrics=("probe/*",),
         lineage=lineage,
     )
     state.wandb_runs[plan] = tracker.run_id
-    streams: dict[str, object] = {}
+    features_by_network: dict[str, object] = {}
     results: dict = {}
     for task in tasks:
         if task.key in state.tasks:
-            short_hash = weights[task.model]["sha256"][:12]
+            short_hash = identities[task.network]["sha256"][:12]
             logger.info("== %s: reusing results of the same weights (sha256 %s) and flags", task.name, short_hash)
         else:
-            if task.model not in streams:
-                streams.clear()  # one network's features at a time
-                streams[task.model] = make_stream(args, task.weights, train, val, device)
-            found = run_task(args, task, streams[task.model], num_classes, device, state, tracker)
-            state.finish(task.key, task.name, weights[task.model], found)
+            if task.network not in features_by_network:
+                features_by_network.clear()  # one network's features at a time
+                features_by_network[task.network] = make_features(args, task.weights, train, val, device)
+            found = run_task(args, task, features_by_network[task.network], num_classes, device, state, tracker)
+            state.finish(task.key, task.name, identities[task.network], found)
         results.update({task.prefix + k: v for k, v in state.tasks[task.key]["results"].items()})
     if info.is_main:
-        report(args, results, weights, output_dir, tracker)
+        write_results(args, results, identities, output_dir, tracker)
     tracker.finish()
     dist_util.cleanup()
 
@@ -230,7 +230,7 @@ def eval_sources(args: argparse.Namespace) -> tuple[ImageSource, ImageSource]:
     return train, val
 
 
-def make_stream(args: argparse.Namespace, weights: str, train: ImageSource, val: ImageSource, device: torch.device):
+def make_features(args: argparse.Namespace, weights: str, train: ImageSource, val: ImageSource, device: torch.device):
     torch.manual_seed(args.seed)  # the random-init baseline is reproducible
     backbone = load_backbone(weights, args.arch, args.sobel, device)
     pooling = build_tap_pooling(backbone, args.arch, args.image_size, device)
@@ -238,12 +238,12 @@ def make_stream(args: argparse.Namespace, weights: str, train: ImageSource, val:
     return kind(backbone, pooling, train, val, args.batch_size, device, args.seed, interactive())
 
 
-def run_task(args, task: Task, stream, num_classes: int, device, state: EvalState, tracker: Tracker) -> dict:
+def run_task(args, task: Task, features, num_classes: int, device, state: EvalState, tracker: Tracker) -> dict:
     logger.info("== %s", task.name)
     if task.protocol == "knn":
-        return knn_eval(stream, num_classes, args.knn_k, args.knn_temperature, device)
+        return knn_eval(features, num_classes, args.knn_k, args.knn_temperature, device)
     hp = protocol_hyperparameters(args, task.protocol)
-    return train_probe(task, hp, args, stream, num_classes, device, state, tracker)
+    return train_probe(task, hp, args, features, num_classes, device, state, tracker)
 
 
 def protocol_hyperparameters(args: argparse.Namespace, protocol: str) -> ProbeSchedule:
@@ -255,16 +255,16 @@ def protocol_hyperparameters(args: argparse.Namespace, protocol: str) -> ProbeSc
     return replace(hp, **{k: getattr(args, k) for k in ("epochs", "lr", "wd") if getattr(args, k) is not None})
 
 
-def build_probe(task: Task, stream, num_classes: int, device: torch.device) -> torch.nn.Module:
-    pooled, avg, _, _ = next(iter(stream.val_batches()))
+def build_probe(task: Task, features, num_classes: int, device: torch.device) -> torch.nn.Module:
+    pooled, avg, _, _ = next(iter(features.val_batches()))
     if task.protocol == "multihead":
         return MultiHead([p.shape[1] for p in pooled], [p[0].numel() for p in pooled], num_classes).to(device)
     return AvgPoolHead(avg.shape[1], num_classes).to(device)
 
 
-def train_probe(task, hp: ProbeSchedule, args, stream, num_classes, device, state: EvalState, tracker) -> dict:
+def train_probe(task, hp: ProbeSchedule, args, features, num_classes, device, state: EvalState, tracker) -> dict:
     """SGD with step decay; evaluates every epoch; resumable from the state file after any epoch."""
-    probe = build_probe(task, stream, num_classes, device)
+    probe = build_probe(task, features, num_classes, device)
     trained = probe
     if dist_util.current().distributed:
         if device.type == "cuda":  # the heads' BatchNorm normalises over the global batch, as mmselfsup's SyncBN
@@ -285,9 +285,9 @@ def train_probe(task, hp: ProbeSchedule, args, stream, num_classes, device, stat
         history, start = current["history"], current["epoch"]
         logger.info("resumed %s at epoch %d", task.name, start)
     for epoch in range(start, hp.epochs):
-        loss = probe_epoch(task, trained, optimizer, stream.train_epoch(epoch))
+        loss = probe_epoch(task, trained, optimizer, features.train_epoch(epoch))
         scheduler.step()
-        metrics = {"epoch": epoch, "loss": loss, **probe_accuracy(task, probe, stream)}
+        metrics = {"epoch": epoch, "loss": loss, **probe_accuracy(task, probe, features)}
         history.append(metrics)
         logger.info(
             "%s epoch %d/%d loss %.4f %s",
@@ -336,19 +336,19 @@ def probe_epoch(task: Task, probe: torch.nn.Module, optimizer: torch.optim.Optim
 
 
 @torch.no_grad()
-def probe_accuracy(task: Task, probe: torch.nn.Module, stream) -> dict:
+def probe_accuracy(task: Task, probe: torch.nn.Module, features) -> dict:
     probe.eval()
     names = list(TAP_NAMES) if task.protocol == "multihead" else ["avgpool"]
     logits: list[list[torch.Tensor]] = [[] for _ in names]
     targets, indices = [], []
-    for pooled, avg, labels, idx in stream.val_batches():
+    for pooled, avg, labels, idx in features.val_batches():
         outputs = probe(pooled) if task.protocol == "multihead" else [probe(avg)]
         for store, out in zip(logits, outputs, strict=True):
             store.append(out.float().cpu())
         targets.append(labels.cpu())
         indices.append(idx)
     idx = torch.cat(indices)
-    num = len(stream.val_labels)
+    num = len(features.val_labels)
     target = dist_util.gather_rows_by_index(idx, torch.cat(targets), num)
     logits = [[dist_util.gather_rows_by_index(idx, torch.cat(store), num)] for store in logits]
     metrics = {}
@@ -358,9 +358,9 @@ def probe_accuracy(task: Task, probe: torch.nn.Module, stream) -> dict:
     return metrics
 
 
-def knn_eval(stream, num_classes: int, k: int, temperature: float, device: torch.device) -> dict:
-    train_feats, train_labels = stream.avgpool_features("train")
-    val_feats, val_labels = stream.avgpool_features("val")
+def knn_eval(features, num_classes: int, k: int, temperature: float, device: torch.device) -> dict:
+    train_feats, train_labels = features.avgpool_features("train")
+    val_feats, val_labels = features.avgpool_features("val")
     scores = knn_predict(
         l2_normalize(train_feats).to(device),
         train_labels.to(device),
@@ -374,25 +374,27 @@ def knn_eval(stream, num_classes: int, k: int, temperature: float, device: torch
     return {"knn_top1": top1, "knn_top5": top5}
 
 
-def report(args: argparse.Namespace, results: dict, weights: dict, output_dir: Path, tracker: Tracker) -> None:
+def write_results(
+    args: argparse.Namespace, results: dict, identities: dict, output_dir: Path, tracker: Tracker
+) -> None:
     """results.json, a console table and a W&B table shaped like the reference page's; every row names the weights
     (path and content hash) that produced its numbers."""
     columns = ["Model", "Weights", "Config", *[name.capitalize() for name in TAP_NAMES], "AvgPool", "kNN"]
     config = f"{args.arch}{'+sobel' if args.sobel else ''}{' (cached)' if args.cached_features else ''}"
     keys = [f"{t}_top1" for t in TAP_NAMES] + ["avgpool_top1", "knn_top1"]
     rows = []
-    for model, prefix in (("pretrained", ""), ("random_init", "random_init_")):
-        if model not in weights:
+    for network, prefix in (("pretrained", ""), ("random_init", "random_init_")):
+        if network not in identities:
             continue
         rows.append(
-            [*row_identity(model, args.pretrained, weights), config, *[results.get(prefix + key) for key in keys]]
+            [*row_identity(network, args.pretrained, identities), config, *[results.get(prefix + key) for key in keys]]
         )
     meta = {
         "evaluation": "linear",
         "arch": args.arch,
         "sobel": args.sobel,
         "pretrained": args.pretrained,
-        "weights": weights,
+        "weights": identities,
         "cached_features": args.cached_features,
         "data": args.data,
         "subset": args.subset,

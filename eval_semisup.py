@@ -59,7 +59,7 @@ from util.logging import protocol_notes, provenance
 from util.metrics import topk_accuracy
 from util.runtime import start_run
 from util.seeds import derive_seed
-from util.tracking import init_tracker
+from util.tracking import Tracker, init_tracker
 
 logger = logging.getLogger("deepcluster")
 
@@ -121,7 +121,7 @@ class FineTuneSchedule:
     lr: float
     head_lr_mult: float
     wd: float
-    report: str
+    pick: str
 
 
 def hyperparameters(args: argparse.Namespace, percent: float) -> FineTuneSchedule:
@@ -134,7 +134,7 @@ def hyperparameters(args: argparse.Namespace, percent: float) -> FineTuneSchedul
         lr=preset["lr"][regime],
         head_lr_mult=preset["head_lr_mult"][regime],
         wd=preset["wd"][regime],
-        report=preset["report"],
+        pick=preset["pick"],
     )
     return replace(
         hp, **{k: getattr(args, k) for k in ("epochs", "lr", "head_lr_mult", "wd") if getattr(args, k) is not None}
@@ -228,11 +228,11 @@ def main(args: argparse.Namespace) -> None:
 
     # ---- tasks keyed by the weights' content and every protocol flag
     networks = networks_to_evaluate(args.pretrained, args.baseline)
-    weights = weights_identities(networks, args.arch, args.sobel, args.seed)
+    identities = weights_identities(networks, args.arch, args.sobel, args.seed)
     state = EvalState.load(output_dir / STATE_NAME, keyed_since=1)  # version 1 states were keyed too
-    keys = {model: task_key(args, hp, weights[model]["sha256"], data.listing) for model, _ in networks}
+    keys = {network: task_key(args, hp, identities[network]["sha256"], data.listing) for network, _ in networks}
     plan = plan_id(list(keys.values()))
-    config = {**vars(args), **provenance(), "weights": weights, "hyperparameters": asdict(hp)}
+    config = {**vars(args), **provenance(), "weights": identities, "hyperparameters": asdict(hp)}
     tracker = init_tracker(
         args,
         output_dir,
@@ -245,25 +245,25 @@ def main(args: argparse.Namespace) -> None:
     )
     state.wandb_runs[plan] = tracker.run_id
     results: dict = {}
-    for model_name, path in networks:
-        key = keys[model_name]
+    for network, path in networks:
+        key = keys[network]
         if key in state.tasks:
-            short_hash = weights[model_name]["sha256"][:12]
-            logger.info("== %s: reusing results of the same weights (sha256 %s) and flags", model_name, short_hash)
+            short_hash = identities[network]["sha256"][:12]
+            logger.info("== %s: reusing results of the same weights (sha256 %s) and flags", network, short_hash)
         else:
-            found = fine_tune(args, hp, model_name, path, key, data.train, data.val, device, state, tracker)
-            state.finish(key, model_name, weights[model_name], found)
-        prefix = "" if model_name == "pretrained" else "random_init_"
+            found = fine_tune(args, hp, network, path, key, data.train, data.val, device, state, tracker)
+            state.finish(key, network, identities[network], found)
+        prefix = "" if network == "pretrained" else "random_init_"
         results.update({prefix + k: v for k, v in state.tasks[key]["results"].items()})
     if info.is_main:
-        report(args, hp, results, weights, data.labelled, data.percent, output_dir, tracker)
+        write_results(args, hp, results, identities, data.labelled, data.percent, output_dir, tracker)
     tracker.finish()
     dist_util.cleanup()
 
 
-def fine_tune(args, hp: FineTuneSchedule, model_name, path, key, train, val, device, state: EvalState, tracker) -> dict:
+def fine_tune(args, hp: FineTuneSchedule, network, path, key, train, val, device, state: EvalState, tracker) -> dict:
     """SGD with step decay on every parameter; evaluated after every epoch; resumable after any epoch."""
-    logger.info("== %s (%s)", model_name, path)
+    logger.info("== %s (%s)", network, path)
     torch.manual_seed(args.seed)  # the head's init (and the random-init baseline) are reproducible
     backbone = load_backbone(path, args.arch, args.sobel, device)
     for param in backbone.parameters():
@@ -289,20 +289,20 @@ def fine_tune(args, hp: FineTuneSchedule, model_name, path, key, train, val, dev
         optimizer.load_state_dict(current["optimizer"])
         scheduler.load_state_dict(current["scheduler"])
         history, start = current["history"], current["epoch"]
-        logger.info("resumed %s at epoch %d", model_name, start)
+        logger.info("resumed %s at epoch %d", network, start)
     for epoch in range(start, hp.epochs):
         loss = fine_tune_epoch(args, epoch, trained, train, optimizer, device)
         scheduler.step()
         dist_util.broadcast_buffers(model)  # every rank scores with rank 0's BatchNorm statistics, the saved ones
-        top1, top5 = evaluate(model, val, device)
+        top1, top5 = top1_top5(model, val, device)
         history.append({"epoch": epoch, "loss": loss, "top1": top1, "top5": top5})
-        logger.info("%s epoch %d/%d loss %.4f top1 %.2f top5 %.2f", model_name, epoch, hp.epochs, loss, top1, top5)
+        logger.info("%s epoch %d/%d loss %.4f top1 %.2f top5 %.2f", network, epoch, hp.epochs, loss, top1, top5)
         metrics = {"loss": loss, "top1": top1, "top5": top5}
-        tracker.log({"ft/epoch": epoch, **{f"ft/{model_name}/{name}": value for name, value in metrics.items()}})
+        tracker.log({"ft/epoch": epoch, **{f"ft/{network}/{name}": value for name, value in metrics.items()}})
         saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         state.progress(key, epoch=epoch + 1, history=history, **saved)
-    chosen = history[-1] if hp.report == "last" else max(history, key=lambda h: h["top1"])
-    final = state.path.parent / f"finetuned_{model_name}_{key[:12]}.pth"  # the last epoch's network
+    chosen = history[-1] if hp.pick == "last" else max(history, key=lambda h: h["top1"])
+    final = state.path.parent / f"finetuned_{network}_{key[:12]}.pth"  # the last epoch's network
     if info.is_main:
         network = {"model": model.state_dict(), "arch": args.arch, "sobel": args.sobel, "history": history}
         save_checkpoint(network, final)
@@ -348,7 +348,7 @@ def all_finite(loss: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, val, device: torch.device) -> tuple[float, float]:
+def top1_top5(model: nn.Module, val, device: torch.device) -> tuple[float, float]:
     """Top-1 / top-5 (%) on the whole evaluation split, each rank scoring its shard."""
     model.eval()
     (scores,) = dist_util.sharded_map(
@@ -361,29 +361,35 @@ def evaluate(model: nn.Module, val, device: torch.device) -> tuple[float, float]
     return top1, top5
 
 
-def report(
-    args, hp: FineTuneSchedule, results: dict, weights: dict, labelled: int, percent: float, output_dir: Path, tracker
-):
+def write_results(
+    args,
+    hp: FineTuneSchedule,
+    results: dict,
+    identities: dict,
+    labelled: int,
+    percent: float,
+    output_dir: Path,
+    tracker: Tracker,
+) -> None:
     """results.json, a console table and a W&B table shaped like the reference page's semi-supervised table; every
     row names the weights (path and content hash) that produced its numbers."""
     fine_tuned = (
-        f"{args.preset} {percent:g}% lr {hp.lr:g} head x{hp.head_lr_mult:g} wd {hp.wd:g} "
-        f"{hp.epochs}e ({hp.report} epoch)"
+        f"{args.preset} {percent:g}% lr {hp.lr:g} head x{hp.head_lr_mult:g} wd {hp.wd:g} {hp.epochs}e ({hp.pick} epoch)"
     )
     columns = ["Model", "Weights", "Pretrain Config", "Fine-tuned Config", "Top-1 (%)", "Top-5 (%)"]
     rows = []
-    for model, prefix in (("pretrained", ""), ("random_init", "random_init_")):
-        if model not in weights:
+    for network, prefix in (("pretrained", ""), ("random_init", "random_init_")):
+        if network not in identities:
             continue
         config = f"{args.arch}{'+sobel' if args.sobel else ''}"
         scores = [results.get(prefix + "top1"), results.get(prefix + "top5")]
-        rows.append([*row_identity(model, args.pretrained, weights), config, fine_tuned, *scores])
+        rows.append([*row_identity(network, args.pretrained, identities), config, fine_tuned, *scores])
     meta = {
         "evaluation": "semisup",
         "arch": args.arch,
         "sobel": args.sobel,
         "pretrained": args.pretrained,
-        "weights": weights,
+        "weights": identities,
         "data": args.data,
         "labelled_images": labelled,
         "labelled_percent": percent,

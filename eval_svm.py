@@ -23,8 +23,8 @@ from util.augment import augment_preset
 from util.checkpoint import atomic_write
 from util.data import make_source, resolve_data_defaults
 from util.errors import UserError, script_entry
-from util.eval.feature_streams import probe_inputs
 from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_pretrained, weights_identities
+from util.eval.probe_features import probe_inputs
 from util.eval.probes import TAP_NAMES, build_tap_pooling
 from util.eval.results import publish, row_identity
 from util.eval.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, l2_normalize_features, lowshot_protocol
@@ -73,7 +73,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         choices=("batched", "liblinear"),
         default="batched",
         help="batched (default): all problems at once in torch, on --device; liblinear: scikit-learn LinearSVC, the "
-        "reference. On CIFAR-10 features they agree to 0.02 mAP; batched is 13-27x faster on 2 CPU cores",
+        "reference (their agreement and speed: docs/benchmarks.md)",
     )
     group.add_argument("--costs", default=None, help="comma-separated SVM costs (default: 1,10,100 and 2^-4..2^-19)")
     group.add_argument("--lowshot-samples", type=int, default=5, help="independent samples per k (protocol: 5)")
@@ -128,27 +128,27 @@ def main(args: argparse.Namespace) -> None:
     tracker = init_tracker(args, output_dir, "svm", config, info.is_main, lineage=lineage)
 
     # ---- per network: features (cached on disk), full SVM per layer, low-shot on the best layer
-    models = networks_to_evaluate(args.pretrained, args.baseline)
-    identities = weights_identities(models, args.arch, args.sobel, args.seed)
+    networks = networks_to_evaluate(args.pretrained, args.baseline)
+    identities = weights_identities(networks, args.arch, args.sobel, args.seed)
     results: dict = {}
     solver = get_solver(args.solver, str(device))
-    for model, weights in models:
-        feats = cached_features(args, model, weights, identities[model], train, test, layers, device, output_dir)
+    for network, weights in networks:
+        feats = cached_features(args, network, weights, identities[network], train, test, layers, device, output_dir)
         if not info.is_main:
             continue
-        prefix = "" if model == "pretrained" else "random_init_"
+        prefix = "" if network == "pretrained" else "random_init_"
         results.update(
-            {prefix + k: v for k, v in evaluate(args, feats, train, test, layers, costs, ks, solver).items()}
+            {prefix + k: v for k, v in svm_scores(args, feats, train, test, layers, costs, ks, solver).items()}
         )
     if info.is_main:
-        report(args, results, identities, output_dir, tracker, ks)
+        write_results(args, results, identities, output_dir, tracker, ks)
     tracker.finish()
     dist_util.cleanup()
 
 
 def cached_features(
     args,
-    model: str,
+    network: str,
     weights: str,
     weights_identity: dict,
     train: LabelledSplit,
@@ -173,12 +173,12 @@ def cached_features(
         "train_paths": hashlib.sha256("\n".join(train.images.paths).encode()).hexdigest(),
         "test_paths": hashlib.sha256("\n".join(test.images.paths).encode()).hexdigest(),
     }
-    meta_path = folder / f"{model}.json"
-    wanted = [folder / f"{model}-{split}-{layer}.npy" for split in ("train", "test") for layer in layers]
+    meta_path = folder / f"{network}.json"
+    wanted = [folder / f"{network}-{split}-{layer}.npy" for split in ("train", "test") for layer in layers]
     if meta_path.is_file() and json.loads(meta_path.read_text()) == identity and all(p.is_file() for p in wanted):
-        logger.info("using cached %s features in %s", model, folder)
+        logger.info("using cached %s features in %s", network, folder)
     else:
-        extract_to_disk(args, model, weights, {"train": train, "test": test}, layers, device, folder)
+        extract_to_disk(args, network, weights, {"train": train, "test": test}, layers, device, folder)
         if dist_util.current().is_main:
             text = json.dumps(identity, indent=2)
             atomic_write(meta_path, lambda handle: handle.write(text.encode()))
@@ -186,13 +186,13 @@ def cached_features(
     if not dist_util.current().is_main:
         return {}  # the SVMs run on rank 0
     return {
-        split: {layer: np.load(folder / f"{model}-{split}-{layer}.npy") for layer in layers}
+        split: {layer: np.load(folder / f"{network}-{split}-{layer}.npy") for layer in layers}
         for split in ("train", "test")
     }
 
 
 @torch.inference_mode()
-def extract_to_disk(args, model: str, weights: str, splits: dict, layers, device, folder: Path) -> None:
+def extract_to_disk(args, network: str, weights: str, splits: dict, layers, device, folder: Path) -> None:
     torch.manual_seed(args.seed)
     backbone = load_backbone(weights, args.arch, args.sobel, device)
     pooling = build_tap_pooling(backbone, args.arch, args.image_size, device)
@@ -215,14 +215,14 @@ def extract_to_disk(args, model: str, weights: str, splits: dict, layers, device
         for layer, column in zip(layers, columns, strict=True):
             array = column.numpy()
             if dist_util.current().is_main:
-                path = folder / f"{model}-{split}-{layer}.npy"
+                path = folder / f"{network}-{split}-{layer}.npy"
                 atomic_write(path, lambda handle, array=array: np.save(handle, array))
         logger.info(
-            "extracted %s %s features (%d images) in %.1fs", model, split, len(source), time.perf_counter() - start
+            "extracted %s %s features (%d images) in %.1fs", network, split, len(source), time.perf_counter() - start
         )
 
 
-def evaluate(args, feats, train: LabelledSplit, test: LabelledSplit, layers, costs, ks, solver) -> dict:
+def svm_scores(args, feats, train: LabelledSplit, test: LabelledSplit, layers, costs, ks, solver) -> dict:
     out: dict = {}
     normalised = {
         layer: (l2_normalize_features(feats["train"][layer]), l2_normalize_features(feats["test"][layer]))
@@ -265,15 +265,15 @@ def _xy(normalised, train: LabelledSplit, test: LabelledSplit):
     return train_x, train.labels, test_x, test.labels
 
 
-def report(args, results: dict, weights: dict, output_dir: Path, tracker: Tracker, ks) -> None:
+def write_results(args, results: dict, identities: dict, output_dir: Path, tracker: Tracker, ks) -> None:
     """results.json, a console table and a W&B table shaped like the reference page's; every row names the weights
     (path and content hash) that produced its numbers."""
     columns = ["Model", "Weights", "Config", "Best Layer", "SVM", *[f"k={k}" for k in ks]]
     config = f"{args.arch}{'+sobel' if args.sobel else ''}"
     rows = []
-    for model, prefix in (("pretrained", ""), ("random_init", "random_init_")):
-        if model in weights and prefix + "best_layer" in results:
-            row = [*row_identity(model, args.pretrained, weights), config, results[prefix + "best_layer"]]
+    for network, prefix in (("pretrained", ""), ("random_init", "random_init_")):
+        if network in identities and prefix + "best_layer" in results:
+            row = [*row_identity(network, args.pretrained, identities), config, results[prefix + "best_layer"]]
             rows.append(
                 row + [results.get(prefix + "best_map")] + [results.get(f"{prefix}lowshot_k{k}_map") for k in ks]
             )
@@ -282,7 +282,7 @@ def report(args, results: dict, weights: dict, output_dir: Path, tracker: Tracke
         "arch": args.arch,
         "sobel": args.sobel,
         "pretrained": args.pretrained,
-        "weights": weights,
+        "weights": identities,
         "data": args.data,
         "subset": args.subset,
         "solver": args.solver,

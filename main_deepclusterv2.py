@@ -556,7 +556,8 @@ def train_one_epoch(run: Run, epoch: int, targets: list[torch.Tensor], before_tr
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            embeddings, scores = model(crops)
+            embeddings, scores = model(crops)  # (crops x B, dim) L2-normalised; per head (crops x B, k_h) cosines
+        # every crop of an image has that image's assignment from the last clustering: (crops x B,) per head
         loss = dcv2_loss(scores, [t[idx].repeat(num_crops).to(device) for t in targets], args.temperature)
         if not torch.isfinite(loss):
             raise UserError(
@@ -565,7 +566,7 @@ def train_one_epoch(run: Run, epoch: int, targets: list[torch.Tensor], before_tr
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
-        views = embeddings.detach().float().reshape(num_crops, len(idx), -1)[args.crops_for_assign]
+        views = embeddings.detach().float().reshape(num_crops, len(idx), -1)[args.crops_for_assign]  # (views, B, dim)
         run.bank.write(idx, views)
         kill_point("mid-step")
         total_loss += loss.item() * len(idx)

@@ -26,8 +26,8 @@ from util.augment import augment_preset
 from util.data import list_images, make_source, resolve_split, subset_indices
 from util.datasets import default_cache_dir
 from util.dist import sharded_map
-from util.eval.feature_streams import probe_inputs
 from util.eval.pretrained import load_backbone
+from util.eval.probe_features import probe_inputs
 from util.eval.probes import TAP_NAMES, build_tap_pooling
 from util.eval.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, l2_normalize_features, lowshot_protocol
 from util.eval.voc import folder_split

@@ -16,8 +16,8 @@ import torchvision
 from tests.helpers import PYTHON, REPO, random_resnet18, run_script, script_env, wandb_records, wandb_run_dir
 from util.augment import augment_preset
 from util.data import build_source
-from util.eval.feature_streams import LiveFeatures
 from util.eval.pretrained import load_backbone
+from util.eval.probe_features import LiveFeatures
 from util.eval.probes import build_tap_pooling
 
 pytestmark = pytest.mark.slow
@@ -41,13 +41,13 @@ def checkpoint(tmp_path_factory, tiny_folder):
     return tmp / "run" / "checkpoint.pth"
 
 
-def evaluate(tmp_path, *args, **kwargs):
+def run_eval_linear(tmp_path, *args, **kwargs):
     return run_script("eval_linear.py", [*FAST, *args], tmp_path, **kwargs)
 
 
 def test_all_protocols_cached_with_random_baseline(tmp_path, tiny_split_folder, checkpoint):
     out = tmp_path / "eval"
-    proc = evaluate(
+    proc = run_eval_linear(
         tmp_path,
         "--pretrained",
         str(checkpoint),
@@ -83,7 +83,7 @@ def test_all_protocols_cached_with_random_baseline(tmp_path, tiny_split_folder, 
 def test_probe_learns_on_separable_images(tmp_path, tiny_split_folder):
     """Live protocol path (augmented crops through the frozen net): far above the 25 % chance level."""
     out = tmp_path / "eval"
-    proc = evaluate(
+    proc = run_eval_linear(
         tmp_path,
         *random_resnet18(tiny_split_folder),
         "--protocol",
@@ -107,13 +107,13 @@ def test_backbone_stays_frozen(tiny_split_folder, checkpoint):
     spec = augment_preset("paper", 32)
     train = build_source(str(tiny_split_folder), "train", 32, spec, None, True, 0, tiny_split_folder)
     val = build_source(str(tiny_split_folder), "val", 32, spec, None, True, 0, tiny_split_folder)
-    stream = LiveFeatures(backbone, build_tap_pooling(backbone, "resnet18", 32, device), train, val, 32, device, 0)
+    features = LiveFeatures(backbone, build_tap_pooling(backbone, "resnet18", 32, device), train, val, 32, device, 0)
     from eval_linear import Task, build_probe, probe_epoch
 
     task = Task("pretrained", str(checkpoint), "multihead")
-    probe = build_probe(task, stream, 4, device)
+    probe = build_probe(task, features, 4, device)
     optimizer = torch.optim.SGD(probe.parameters(), lr=0.1)
-    probe_epoch(task, probe, optimizer, stream.train_epoch(0))
+    probe_epoch(task, probe, optimizer, features.train_epoch(0))
     after = backbone.state_dict()
     for key, value in before.items():
         assert torch.equal(value, after[key]), key  # weights and BN running statistics untouched
@@ -129,7 +129,7 @@ def test_interrupted_evaluation_resumes_to_the_same_numbers(tmp_path, tiny_split
         *"--protocol multihead --epochs 8 --cached-features --baseline none --deterministic".split(),
     ]
     ref = tmp_path / "ref"
-    assert evaluate(tmp_path, *common, "--output-dir", str(ref)).returncode == 0
+    assert run_eval_linear(tmp_path, *common, "--output-dir", str(ref)).returncode == 0
     out = tmp_path / "killed"
     cmd = [PYTHON, str(REPO / "eval_linear.py"), *FAST, *common, "--output-dir", str(out)]
     proc = subprocess.Popen(
@@ -149,7 +149,7 @@ def test_interrupted_evaluation_resumes_to_the_same_numbers(tmp_path, tiny_split
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "results.json").exists(), "the kill must land before the evaluation ends"
-    again = evaluate(tmp_path, *common, "--output-dir", str(out))
+    again = run_eval_linear(tmp_path, *common, "--output-dir", str(out))
     assert again.returncode == 0, again.stderr
     assert "resumed pretrained/multihead at epoch" in again.stderr
     ref_results = json.loads((ref / "results.json").read_text())
@@ -161,7 +161,7 @@ def test_interrupted_evaluation_resumes_to_the_same_numbers(tmp_path, tiny_split
 def test_torchvision_state_dict_loads_and_drops_the_classifier(tmp_path, tiny_split_folder):
     path = tmp_path / "tv.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    proc = evaluate(
+    proc = run_eval_linear(
         tmp_path,
         "--pretrained",
         str(path),
@@ -206,7 +206,7 @@ def test_bad_inputs(tmp_path, tiny_split_folder, tiny_folder, checkpoint, case, 
         args = ["--pretrained", str(tmp_path / "tv.pth"), "--arch", "resnet18"]
     else:
         data, args = str(tiny_folder.parent), ["--pretrained", str(checkpoint)]
-    proc = evaluate(tmp_path, *args, "--data", data, "--output-dir", str(tmp_path / "o"))
+    proc = run_eval_linear(tmp_path, *args, "--data", data, "--output-dir", str(tmp_path / "o"))
     assert proc.returncode == 2, proc.stderr
     assert fragment in proc.stderr and "Traceback" not in proc.stderr
     assert not np.any([p.name == "results.json" for p in (tmp_path / "o").glob("*")])
@@ -217,13 +217,13 @@ def test_one_folder_never_reports_another_networks_numbers(tmp_path, tiny_split_
     row names the weights' hash, and coming back to A reuses A's results (same weights, same flags)."""
     out = tmp_path / "eval"
     common = ["--data", str(tiny_split_folder), "--protocol", "knn", "--output-dir", str(out)]
-    first = evaluate(tmp_path, "--pretrained", str(checkpoint), "--baseline", "none", *common)
+    first = run_eval_linear(tmp_path, "--pretrained", str(checkpoint), "--baseline", "none", *common)
     assert first.returncode == 0, first.stderr
     a_results = json.loads((out / "results.json").read_text())
     a_hash = a_results["weights"]["pretrained"]["sha256"]
     assert f"sha256:{a_hash[:12]}" in first.stderr
 
-    rand = evaluate(tmp_path, "--pretrained", "random", "--arch", "resnet18", "--baseline", "none", *common)
+    rand = run_eval_linear(tmp_path, "--pretrained", "random", "--arch", "resnet18", "--baseline", "none", *common)
     assert rand.returncode == 0, rand.stderr
     r_results = json.loads((out / "results.json").read_text())
     assert "knn_top1" not in r_results and set(r_results["weights"]) == {"random_init"}
@@ -231,7 +231,7 @@ def test_one_folder_never_reports_another_networks_numbers(tmp_path, tiny_split_
     assert r_results["weights"]["random_init"]["sha256"] != a_hash
     # The baseline row beside A is this same random network (same seed): the same weights and the same number.
     beside = tmp_path / "beside"
-    assert evaluate(tmp_path, "--pretrained", str(checkpoint), *common[:-1], str(beside)).returncode == 0
+    assert run_eval_linear(tmp_path, "--pretrained", str(checkpoint), *common[:-1], str(beside)).returncode == 0
     with_baseline = json.loads((beside / "results.json").read_text())
     assert with_baseline["weights"]["random_init"] == r_results["weights"]["random_init"]
     assert with_baseline["random_init_knn_top1"] == r_results["random_init_knn_top1"]
@@ -239,12 +239,12 @@ def test_one_folder_never_reports_another_networks_numbers(tmp_path, tiny_split_
     other = tmp_path / "b.pth"  # B: other weights of the same arch (a torchvision-format state dict)
     torch.manual_seed(5)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), other)
-    b = evaluate(tmp_path, "--pretrained", str(other), "--arch", "resnet18", "--baseline", "none", *common)
+    b = run_eval_linear(tmp_path, "--pretrained", str(other), "--arch", "resnet18", "--baseline", "none", *common)
     assert b.returncode == 0, b.stderr
     b_results = json.loads((out / "results.json").read_text())
     assert "reusing" not in b.stderr and b_results["weights"]["pretrained"]["sha256"] != a_hash
 
-    again = evaluate(tmp_path, "--pretrained", str(checkpoint), "--baseline", "none", *common)
+    again = run_eval_linear(tmp_path, "--pretrained", str(checkpoint), "--baseline", "none", *common)
     assert again.returncode == 0 and "reusing results of the same weights" in again.stderr
     assert json.loads((out / "results.json").read_text())["knn_top1"] == a_results["knn_top1"]
 
@@ -264,8 +264,8 @@ def test_knn_equals_an_independent_computation_on_the_features(tiny_split_folder
         build_source(str(tiny_split_folder), split, 32, spec, None, False, 0, tiny_split_folder)
         for split in ("train", "val")
     ]
-    stream = LiveFeatures(backbone, pooling, sources[0], sources[1], 32, device, seed=0)
-    (train, train_y), val = stream.avgpool_features("train"), stream.avgpool_features("val")[0]
+    features = LiveFeatures(backbone, pooling, sources[0], sources[1], 32, device, seed=0)
+    (train, train_y), val = features.avgpool_features("train"), features.avgpool_features("val")[0]
     scores = knn_predict(train, train_y, val, 4, k=20, temperature=0.07).numpy()
     train_n = (train / train.norm(dim=1, keepdim=True)).double().numpy()
     val_n = (val / val.norm(dim=1, keepdim=True)).double().numpy()

@@ -111,7 +111,7 @@ def test_mmselfsup_checkpoint_with_sobel_layer_loads(tmp_path):
     state.update({"neck.fc.weight": torch.zeros(10, 512), "head.fc_cls.weight": torch.zeros(10, 10)})
     path = tmp_path / "mmselfsup.pth"
     torch.save({"meta": {"epoch": 200}, "state_dict": state}, path)
-    report = convert_checkpoint(torch.load(path, weights_only=False), "resnet18").report("mmselfsup.pth")
+    report = convert_checkpoint(torch.load(path, weights_only=False), "resnet18").summary("mmselfsup.pth")
     assert "mmselfsup layout" in report and "neck" in report and "head" in report and "sobel_layer.* (4)" in report
     ours = load_backbone(str(path), "resnet18", None, CPU)
     torch.testing.assert_close(ours.conv1.weight, backbone.conv1.weight)

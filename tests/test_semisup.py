@@ -155,18 +155,18 @@ def test_interrupted_fine_tuning_resumes_exactly(tiny_split_folder, tmp_path, mo
     ]
     eval_semisup.main(parser.parse_args([*common, "--output-dir", str(tmp_path / "straight")]))
     calls = {"n": 0}
-    evaluate = eval_semisup.evaluate
+    top1_top5 = eval_semisup.top1_top5
 
     def dies_in_epoch_two(*a, **k):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return evaluate(*a, **k)
+        return top1_top5(*a, **k)
 
-    monkeypatch.setattr(eval_semisup, "evaluate", dies_in_epoch_two)
+    monkeypatch.setattr(eval_semisup, "top1_top5", dies_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         eval_semisup.main(parser.parse_args([*common, "--output-dir", str(tmp_path / "killed")]))
-    monkeypatch.setattr(eval_semisup, "evaluate", evaluate)
+    monkeypatch.setattr(eval_semisup, "top1_top5", top1_top5)
     eval_semisup.main(parser.parse_args([*common, "--output-dir", str(tmp_path / "killed")]))
     straight = json.loads((tmp_path / "straight" / "results.json").read_text())
     resumed = json.loads((tmp_path / "killed" / "results.json").read_text())

@@ -35,7 +35,7 @@ class Converted:
     renamed: dict[str, str] = field(default_factory=dict)  # checkpoint key -> our key, where they differ
     dropped: list[str] = field(default_factory=list)
 
-    def report(self, name: str) -> str:
+    def summary(self, name: str) -> str:
         kept = len(self.state) - len(self.renamed)
         dropped = ", ".join(_summarise(self.dropped)) or "none"
         counts = f"{kept} keys kept, {len(self.renamed)} renamed, {len(self.dropped)} dropped ({dropped})"

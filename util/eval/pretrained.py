@@ -57,7 +57,7 @@ def load_backbone(pretrained: str, arch: str | None, sobel: bool | None, device:
         added = add_missing_bn_counters(converted.state, model.state_dict())
         if converted.layout != "deepcluster" or added:
             note = f"; {len(added)} BatchNorm counters added (saved before PyTorch 0.4.1)" if added else ""
-            logger.info("%s%s", converted.report(Path(pretrained).name), note)
+            logger.info("%s%s", converted.summary(Path(pretrained).name), note)
         load_state_strict(model, converted.state, f"weights {pretrained}")
     for param in model.parameters():
         param.requires_grad_(False)

@@ -12,10 +12,10 @@ from util.tracking import Tracker
 logger = logging.getLogger("deepcluster")
 
 
-def row_identity(model: str, pretrained: str, weights: dict) -> list[str]:
+def row_identity(network: str, pretrained: str, identities: dict) -> list[str]:
     """The first two cells of every results row: which network, and the content hash of its weights."""
-    label = f"pretrained ({Path(pretrained).name})" if model == "pretrained" else "random init"
-    return [label, f"sha256:{weights[model]['sha256'][:12]}"]
+    label = f"pretrained ({Path(pretrained).name})" if network == "pretrained" else "random init"
+    return [label, f"sha256:{identities[network]['sha256'][:12]}"]
 
 
 def format_table(columns: list[str], rows: list[list]) -> str:
@@ -43,6 +43,6 @@ def publish(
     logger.info("%s:\n%s", title, format_table(columns, rows))
     tracker.table(table, columns, rows)
     summary = {k: v for k, v in results.items() if isinstance(v, (int, float, str))}
-    summary.update({f"weights/{model}": f"sha256:{w['sha256']}" for model, w in meta.get("weights", {}).items()})
+    summary.update({f"weights/{network}": f"sha256:{w['sha256']}" for network, w in meta.get("weights", {}).items()})
     summary.update({k: v for k, v in meta.items() if isinstance(v, (bool, int, float, str)) or k == "hyperparameters"})
     tracker.summary(summary)

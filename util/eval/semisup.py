@@ -23,7 +23,7 @@ PRESETS: dict[str, dict] = {
         "lr": {1: 0.1, 10: 0.1},
         "head_lr_mult": {1: 1.0, 10: 1.0},
         "wd": {1: 5e-4, 10: 1e-4},
-        "report": "last",
+        "pick": "last",
     },
     "swav": {
         "epochs": 20,
@@ -32,7 +32,7 @@ PRESETS: dict[str, dict] = {
         "lr": {1: 0.02, 10: 0.01},
         "head_lr_mult": {1: 5 / 0.02, 10: 0.2 / 0.01},
         "wd": {1: 0.0, 10: 0.0},
-        "report": "best",
+        "pick": "best",
     },
 }
 

@@ -18,7 +18,7 @@ def uniform_cluster_indices(pseudo_labels: np.ndarray, num_samples: int, seed: i
     """
     rng = np.random.default_rng(seed)
     clusters = [members for members in cluster_members(pseudo_labels) if members.size > 0]
-    per_cluster = -(-num_samples // len(clusters))
+    per_cluster = -(-num_samples // len(clusters))  # ceil(N / K') for the K' non-empty clusters
     draws = []
     for members in clusters:
         if members.size >= per_cluster:
@@ -26,7 +26,7 @@ def uniform_cluster_indices(pseudo_labels: np.ndarray, num_samples: int, seed: i
         else:
             extra = rng.choice(members, per_cluster - members.size, replace=True)
             draws.append(np.concatenate([members, extra]))
-    indices = np.concatenate(draws)
+    indices = np.concatenate(draws)  # (K' x per_cluster,) >= num_samples
     rng.shuffle(indices)
     return indices[:num_samples]
 

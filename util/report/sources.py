@@ -106,10 +106,10 @@ def _evaluations_under(folder: Path) -> list[Evaluation]:
 def _evaluates(evaluation: Evaluation, checkpoint: Path, sha: str | None) -> bool:
     """Whether an evaluation read this run's checkpoint: the same file (maybe an earlier version of it), or the
     same weights."""
-    weights = evaluation.results.get("weights", {}).get("pretrained", {})
-    if sha and weights.get("sha256") == sha:
+    identity = evaluation.results.get("weights", {}).get("pretrained", {})
+    if sha and identity.get("sha256") == sha:
         return True
-    path = weights.get("path") or evaluation.results.get("pretrained")
+    path = identity.get("path") or evaluation.results.get("pretrained")
     return bool(path) and Path(path).resolve() == checkpoint.resolve()
 
 
@@ -217,12 +217,12 @@ def _from_wandb(
         for k, v in summary.items()
         if not k.startswith("_") and not isinstance(v, dict)
     }
-    weights = {
+    identities = {
         k.split("/", 1)[1]: {"sha256": v.removeprefix("sha256:")}
         for k, v in summary.items()
         if k.startswith("weights/")
     }
-    results["weights"] = weights or config.get("weights") or {}  # runs written before weights/* were summarised
+    results["weights"] = identities or config.get("weights") or {}  # runs written before weights/* were summarised
     for key in _CONFIG_META:
         if key in config and key not in results:
             results[key] = config[key]

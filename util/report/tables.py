@@ -59,8 +59,8 @@ def _config(results: dict) -> str:
     return config + (" (cached)" if results.get("cached_features") else "")
 
 
-def _sha(results: dict, model: str) -> str | None:
-    return results.get("weights", {}).get(model, {}).get("sha256")
+def _sha(results: dict, network: str) -> str | None:
+    return results.get("weights", {}).get(network, {}).get("sha256")
 
 
 def _model_label(run: PretrainRun | None, evaluation: Evaluation) -> str:
@@ -73,15 +73,15 @@ def _model_label(run: PretrainRun | None, evaluation: Evaluation) -> str:
 
 
 def _pairs(run: PretrainRun | None, evaluation: Evaluation) -> list[tuple[str, str, str]]:
-    """(model label, weights, key prefix) of the evaluation's pretrained and random-init rows; the weights are
+    """(row label, identity, key prefix) of the evaluation's pretrained and random-init rows; the identity is
     NOT_EVALUATED where the evaluation has no such network (--baseline none), `unknown` where it measured the
     network but did not record its hash (W&B runs from before the hash was summarised)."""
     rows = []
-    for model, prefix, label in (
+    for network, prefix, label in (
         ("pretrained", "", _model_label(run, evaluation)),
         ("random_init", "random_init_", "random init"),
     ):
-        sha = _sha(evaluation.results, model)
+        sha = _sha(evaluation.results, network)
         numbers = [k for k, v in evaluation.results.items() if isinstance(v, float)]
         measured = any(k.startswith("random_init_") == bool(prefix) for k in numbers)
         if sha:
@@ -93,9 +93,9 @@ def _pairs(run: PretrainRun | None, evaluation: Evaluation) -> list[tuple[str, s
     return rows
 
 
-def _value(results: dict, key: str, weights: str):
+def _value(results: dict, key: str, identity: str):
     """The measured number, None where the evaluation did not measure it, MISSING for a row never evaluated."""
-    if weights == NOT_EVALUATED:
+    if identity == NOT_EVALUATED:
         return MISSING
     return results.get(key)
 
@@ -122,12 +122,12 @@ def svm_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
     table.columns += k_columns
     for run, evaluation in evaluations:
         r = evaluation.results
-        for label, weights, prefix in _pairs(run, evaluation):
-            scores = [_value(r, f"{prefix}best_map", weights)] + [
-                _value(r, f"{prefix}lowshot_k{k}_map", weights) for k in ks
+        for label, identity, prefix in _pairs(run, evaluation):
+            scores = [_value(r, f"{prefix}best_map", identity)] + [
+                _value(r, f"{prefix}lowshot_k{k}_map", identity) for k in ks
             ]
-            best = r.get(prefix + "best_layer", MISSING if weights == "-" else None)
-            table.add([label, weights, _config(r), _eval_data(r), best, *scores], evaluation.where)
+            best = r.get(prefix + "best_layer", MISSING if identity == "-" else None)
+            table.add([label, identity, _config(r), _eval_data(r), best, *scores], evaluation.where)
     _missing_rows(table, runs, "svm", 4)
     for published in published_rows("svm"):
         values = published.values
@@ -151,9 +151,9 @@ def linear_tables(runs: list[PretrainRun], alone: list[Evaluation]) -> list[Tabl
             r = evaluation.results
             if _data_label(r.get("data")) != data:
                 continue
-            for label, weights, prefix in _pairs(run, evaluation):
+            for label, identity, prefix in _pairs(run, evaluation):
                 table.add(
-                    [label, weights, _config(r), _eval_data(r), *[_value(r, prefix + k, weights) for k in keys]],
+                    [label, identity, _config(r), _eval_data(r), *[_value(r, prefix + k, identity) for k in keys]],
                     evaluation.where,
                 )
         _missing_rows(table, runs, "linear", 4, data_filter=data)
@@ -176,10 +176,10 @@ def knn_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
         r = evaluation.results
         if "knn_top1" not in r and "random_init_knn_top1" not in r:
             continue
-        for label, weights, prefix in _pairs(run, evaluation):
-            row = [label, weights, _eval_data(r), "eval_linear.py"]
+        for label, identity, prefix in _pairs(run, evaluation):
+            row = [label, identity, _eval_data(r), "eval_linear.py"]
             table.add(
-                row + [_value(r, prefix + "knn_top1", weights), _value(r, prefix + "knn_top5", weights)],
+                row + [_value(r, prefix + "knn_top1", identity), _value(r, prefix + "knn_top5", identity)],
                 evaluation.where,
             )
     for run in runs:
@@ -212,9 +212,9 @@ def semisup_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
         data = _data_label(r.get("data")) + (f" {percent:g}%" if isinstance(percent, (int, float)) else "")
         hp = r.get("hyperparameters") or {}
         tuned = f"{r.get('preset', '?')} lr {hp.get('lr', '?')} head x{hp.get('head_lr_mult', '?')}"
-        for label, weights, prefix in _pairs(run, evaluation):
-            scores = [_value(r, prefix + "top1", weights), _value(r, prefix + "top5", weights)]
-            table.add([label, weights, _config(r), data, tuned, *scores], evaluation.where)
+        for label, identity, prefix in _pairs(run, evaluation):
+            scores = [_value(r, prefix + "top1", identity), _value(r, prefix + "top5", identity)]
+            table.add([label, identity, _config(r), data, tuned, *scores], evaluation.where)
     _missing_rows(table, runs, "semisup", 4)
     for published in published_rows("semisup"):
         values = published.values
