@@ -63,6 +63,7 @@ from util.pretrain.run import (
     train_and_measure,
 )
 from util.pretrain.sampler import UniformClusterSampler
+from util.pretrain.step_log import StepLog
 from util.runtime import start_run
 from util.seeds import derive_seed
 
@@ -433,14 +434,15 @@ def train_one_epoch(run: Run, epoch: int, labels: np.ndarray, num_classes: int, 
     gen = torch.Generator().manual_seed(derive_seed(args.seed, "pretrain-batches", epoch))
     indices = np.asarray(sampler.indices)
     batches = run.source.train_batches(indices, args.batch_size, run.device, gen, info.rank, info.world_size)
-    batches = run.clock.watch(
-        batches, len(indices) // args.batch_size, before_training, args.batch_size * info.world_size
-    )
+    num_steps = len(indices) // args.batch_size
+    batches = run.clock.watch(batches, num_steps, before_training, args.batch_size * info.world_size)
     batches = tqdm(batches, desc=f"epoch {epoch} train", disable=not (interactive() and info.is_main), leave=False)
     model: nn.Module = PseudoLabelNet(run.trunk, head)
     if info.distributed:
         model = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    stats = train_steps(model, (run.optimizer, head_optimizer), batches, torch.from_numpy(labels), args.amp, epoch)
+    log = StepLog(args.log_every, epoch, num_steps, run.device, "lower --lr", info.is_main)
+    targets = torch.from_numpy(labels).to(run.device)  # (N,) pseudo-labels, on the device for the whole epoch
+    stats = train_steps(model, (run.optimizer, head_optimizer), batches, targets, args.amp, log)
     if stats["images"] == 0:
         raise UserError(f"no training step ran: --batch-size {args.batch_size} is larger than the dataset")
     return stats
@@ -505,31 +507,25 @@ def train_steps(
     batches,
     labels: torch.Tensor,
     amp: bool,
-    epoch: int,
+    log: StepLog,
 ) -> dict:
     """Cross-entropy on the pseudo-labels, one SGD step per batch of (images on the device, dataset indices) for
-    every optimizer; returns the mean loss and the number of images."""
+    every optimizer; no host-device synchronisation in a step (the loss is read once per --log-every steps)."""
     model.train()
     device = next(model.parameters()).device
-    total_loss, num_images = 0.0, 0
     use_amp = amp and device.type == "cuda"
     for step, (images, idx) in enumerate(batches):
-        target = labels[idx].to(device, non_blocking=True)  # (B,) pseudo-labels of the batch
+        target = labels[idx.to(device, non_blocking=True)]  # (B,) pseudo-labels of the batch
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss = F.cross_entropy(model(images), target)
-        if not torch.isfinite(loss):
-            raise UserError(
-                f"loss is {loss.item()} at epoch {epoch} step {step}: lower --lr; the last checkpoint is kept"
-            )
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for optimizer in optimizers:
             optimizer.step()
         kill_point("mid-step")
-        total_loss += loss.item() * len(idx)
-        num_images += len(idx)
-    return {"loss": total_loss / max(1, num_images), "images": num_images}
+        log.add(step, loss, len(idx))
+    return log.finish()
 
 
 def cluster_metrics(result: ClusteringResult, previous: np.ndarray | None, targets: np.ndarray) -> dict:

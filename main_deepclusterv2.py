@@ -54,6 +54,7 @@ from util.pretrain.run import (
 )
 from util.pretrain.schedule import warmup_cosine
 from util.pretrain.spherical import IGNORE, SphericalResult, spherical_kmeans
+from util.pretrain.step_log import StepLog
 from util.runtime import start_run
 from util.seeds import derive_seed
 
@@ -524,6 +525,7 @@ def cluster_bank(run: Run, epoch: int) -> list:
 def class_means(points: torch.Tensor, usable: torch.Tensor, labels: torch.Tensor, k: int) -> SphericalResult:
     """The sanity check's clustering: the true labels as assignments, the normalised class means of the bank as the
     first prototypes (the others are zero and never a target)."""
+    usable = usable.cpu()
     assignments = torch.where(usable, labels, torch.full_like(labels, IGNORE))
     sums = torch.zeros(k, points.shape[1], dtype=torch.float64, device=points.device)
     sums.index_add_(0, labels[usable].to(points.device), points[usable.to(points.device)].double())
@@ -550,7 +552,9 @@ def train_one_epoch(run: Run, epoch: int, targets: list[torch.Tensor], before_tr
     model.train()
     num_crops = len(run.specs)
     use_amp = args.amp and device.type == "cuda"
-    total_loss, num_images, lr = 0.0, 0, None
+    log = StepLog(args.log_every, epoch, run.steps_per_epoch, device, "lower --base-lr", info.is_main)
+    targets = [t.to(device) for t in targets]  # per head (N,) assignments, on the device for the whole epoch
+    lr = None
     for step, (crops, idx) in enumerate(tqdm(batches, desc=f"epoch {epoch} train", disable=not progress, leave=False)):
         lr = float(run.schedule[epoch * run.steps_per_epoch + step])
         for group in run.optimizer.param_groups:
@@ -558,32 +562,27 @@ def train_one_epoch(run: Run, epoch: int, targets: list[torch.Tensor], before_tr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             embeddings, scores = model(crops)  # (crops x B, dim) L2-normalised; per head (crops x B, k_h) cosines
         # every crop of an image has that image's assignment from the last clustering: (crops x B,) per head
-        loss = dcv2_loss(scores, [t[idx].repeat(num_crops).to(device) for t in targets], args.temperature)
-        if not torch.isfinite(loss):
-            raise UserError(
-                f"loss is {loss.item()} at epoch {epoch} step {step}: lower --base-lr; the last checkpoint is kept"
-            )
+        on_device = idx.to(device, non_blocking=True)
+        loss = dcv2_loss(scores, [t[on_device].repeat(num_crops) for t in targets], args.temperature)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
         views = embeddings.detach().float().reshape(num_crops, len(idx), -1)[args.crops_for_assign]  # (views, B, dim)
-        run.bank.write(idx, views)
+        run.bank.write(on_device, views)
         kill_point("mid-step")
-        total_loss += loss.item() * len(idx)
-        num_images += len(idx)
-    return {"loss": total_loss / max(1, num_images), "images": num_images, "lr": lr}
+        log.add(step, loss, len(idx))
+    return {**log.finish(), "lr": lr}
 
 
 def dcv2_loss(scores: list[torch.Tensor], targets: list[torch.Tensor], temperature: float) -> torch.Tensor:
     """Mean over heads of the cross-entropy of scores / temperature against the targets; rows whose target is
-    IGNORE (an image the clustering did not see) are left out; a head with no target left adds zero."""
+    IGNORE (an image the clustering did not see) are left out; a head with no target left adds zero. No value is
+    read on the host: the mean over a head's kept rows is its summed loss over max(1, their count)."""
     losses = []
     for head_scores, head_targets in zip(scores, targets, strict=True):  # (crops x B, k_h) scores, (crops x B,)
-        if (head_targets != IGNORE).any():
-            # scores are cosines to the head's frozen prototypes (SwAV appendix: DeepCluster-v2, temperature 0.1)
-            losses.append(F.cross_entropy(head_scores.float() / temperature, head_targets, ignore_index=IGNORE))
-        else:
-            losses.append(head_scores.sum() * 0.0)
+        # scores are cosines to the head's frozen prototypes (SwAV appendix: DeepCluster-v2, temperature 0.1)
+        summed = F.cross_entropy(head_scores.float() / temperature, head_targets, ignore_index=IGNORE, reduction="sum")
+        losses.append(summed / (head_targets != IGNORE).sum().clamp(min=1))
     return torch.stack(losses).mean()
 
 

@@ -45,8 +45,8 @@ def test_bank_keeps_the_last_write_of_every_image_and_clusters_only_the_previous
 
 
 def test_last_occurrences():
-    idx = np.array([5, 1, 5, 2, 1, 7])
-    assert last_occurrences(idx).tolist() == [2, 3, 4, 5]
+    idx = torch.tensor([5, 1, 5, 2, 1, 7])
+    assert last_occurrences(idx, 8).tolist() == [2, 4, 2, 3, 4, 5]
 
 
 def swav_kmeans_reference(points: np.ndarray, usable: np.ndarray, initial: np.ndarray, niter: int) -> list[np.ndarray]:
@@ -118,29 +118,47 @@ def test_loss_equals_a_per_row_loop_and_ignores_unseen_images():
     assert torch.allclose(loss, expected, rtol=1e-6)
 
 
+def branchy_lars_step(params, grads, buffers, lr, momentum, wd, trust, clip, exclude_1d) -> None:
+    """The update with a Python branch per tensor, in the parameters' dtype (a second implementation)."""
+    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+        w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+        if not (exclude_1d and p.ndim == 1) and w_norm > 0 and g_norm > 0:
+            ratio = trust * w_norm / (g_norm + wd * w_norm + 1e-8)
+            ratio = torch.clamp(ratio / lr, max=1.0) if clip else ratio
+            g = (g + wd * p) * ratio
+        buffers[i] = g.clone() if buffers[i] is None else buffers[i].mul_(momentum).add_(g)
+        p.add_(buffers[i], alpha=-lr)
+
+
 @pytest.mark.parametrize("clip, exclude_1d", [(False, False), (True, True)])
 def test_lars_step_equals_its_formula(clip, exclude_1d):
     gen = torch.Generator().manual_seed(0)
     weight = torch.nn.Parameter(torch.randn(4, 3, generator=gen))
     bias = torch.nn.Parameter(torch.randn(4, generator=gen))
+    zero = torch.nn.Parameter(torch.zeros(2, 2))  # a zero weight norm at the first step: no ratio, no weight decay
     lr, wd, trust, momentum = 0.5, 1e-2, 0.02, 0.9
-    optimizer = LARS([weight, bias], lr, momentum, wd, trust, clip=clip, exclude_1d=exclude_1d)
-    params = [weight.detach().double().clone(), bias.detach().double().clone()]
-    buffers = [None, None]
-    for _ in range(3):
-        grads = [torch.randn(4, 3, generator=gen), torch.randn(4, generator=gen)]
-        weight.grad, bias.grad = grads[0].clone(), grads[1].clone()
+    optimizer = LARS([weight, bias, zero], lr, momentum, wd, trust, clip=clip, exclude_1d=exclude_1d)
+    params = [t.detach().double().clone() for t in (weight, bias, zero)]
+    branchy = [t.detach().clone() for t in (weight, bias, zero)]
+    buffers, branchy_buffers = [None] * 3, [None] * 3
+    for step in range(3):
+        grads = [torch.randn(4, 3, generator=gen), torch.randn(4, generator=gen), torch.randn(2, 2, generator=gen)]
+        if step == 1:
+            grads[0] = torch.zeros(4, 3)  # a zero gradient norm
+        weight.grad, bias.grad, zero.grad = (g.clone() for g in grads)
         optimizer.step()
+        branchy_lars_step(branchy, grads, branchy_buffers, lr, momentum, wd, trust, clip, exclude_1d)
         for i, (p, g) in enumerate(zip(params, grads, strict=True)):
             g = g.double()
-            if not (exclude_1d and p.ndim == 1):
+            if not (exclude_1d and p.ndim == 1) and p.norm() > 0 and g.norm() > 0:
                 ratio = trust * p.norm() / (g.norm() + wd * p.norm() + 1e-8)
                 ratio = min(ratio / lr, 1.0) if clip else ratio
                 g = (g + wd * p) * ratio
             buffers[i] = g.clone() if buffers[i] is None else momentum * buffers[i] + g
             params[i] = p - lr * buffers[i]
-    assert torch.allclose(weight.double(), params[0], rtol=1e-5, atol=1e-6)
-    assert torch.allclose(bias.double(), params[1], rtol=1e-5, atol=1e-6)
+    for ours, formula, second in zip((weight, bias, zero), params, branchy, strict=True):
+        assert torch.allclose(ours.double(), formula, rtol=1e-5, atol=1e-6)  # the formula in float64
+        assert torch.equal(ours.detach(), second)  # the branchy update, the same float32 operations: bit for bit
 
 
 def test_warmup_then_cosine():

@@ -101,6 +101,7 @@ def _train_steps(rank: int, world: int, port: int, out: str) -> None:
 
     import main_deepcluster as mdc
     from models.neck import Trunk
+    from util.pretrain.step_log import StepLog
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if world > 1:
@@ -116,7 +117,8 @@ def _train_steps(rank: int, world: int, port: int, out: str) -> None:
     model = mdc.PseudoLabelNet(Trunk(net, None), head)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    mdc.train_steps(model, opts, batches, labels, amp=False, epoch=0)
+    log = StepLog(every=1, epoch=0, num_steps=2, device=torch.device("cpu"), advice="lower --lr")
+    mdc.train_steps(model, opts, batches, labels, amp=False, log=log)
     if rank == 0:
         torch.save({"net": net.state_dict(), "head": head.state_dict()}, out)
     if world > 1:

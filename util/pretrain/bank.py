@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from util import dist as dist_util
@@ -18,17 +17,18 @@ class MemoryBank:
 
     def __init__(self, num_views: int, num_images: int, dim: int, device: torch.device) -> None:
         self.embeddings = torch.zeros(num_views, num_images, dim, device=device)
-        self.fresh = torch.zeros(num_images, dtype=torch.bool)
-        self.usable = torch.zeros(num_images, dtype=torch.bool)
+        self.fresh = torch.zeros(num_images, dtype=torch.bool, device=device)
+        self.usable = torch.zeros(num_images, dtype=torch.bool, device=device)
 
     def write(self, idx: torch.Tensor, views: torch.Tensor) -> None:
-        """Store this process's batch: idx (B,) dataset indices, views (views, B, dim). Distributed, every rank's
-        batch is gathered so the banks stay identical; an image twice in one step (a wrapped-around duplicate)
-        keeps its last copy in rank order."""
-        idx = dist_util.all_gather_rows(idx.to(dist_util.collective_device())).cpu()  # (B x world,)
+        """Store this process's batch: idx (B,) dataset indices, views (views, B, dim), without a host-device
+        synchronisation. Distributed, every rank's batch is gathered so the banks stay identical; an image twice in
+        one step (a wrapped-around duplicate) keeps its last copy in rank order: every copy writes the last one."""
+        idx = dist_util.all_gather_rows(idx.to(dist_util.collective_device()))  # (B x world,)
         views = dist_util.all_gather_rows(views.transpose(0, 1).contiguous()).transpose(0, 1)  # (views, B x world, dim)
-        keep = last_occurrences(idx.numpy())
-        self.embeddings[:, idx[keep].to(self.embeddings.device)] = views[:, keep.to(views.device)].to(self.embeddings)
+        idx = idx.to(self.embeddings.device)
+        last = last_occurrences(idx, self.fresh.numel())  # (B x world,) the position of each image's last copy
+        self.embeddings[:, idx] = views[:, last.to(views.device)].to(self.embeddings)
         self.fresh[idx] = True
 
     def rotate(self) -> None:
@@ -36,7 +36,7 @@ class MemoryBank:
         self.usable, self.fresh = self.fresh.clone(), torch.zeros_like(self.fresh)
 
     def state_dict(self) -> dict:
-        return {"embeddings": self.embeddings.cpu(), "fresh": self.fresh.clone(), "usable": self.usable.clone()}
+        return {"embeddings": self.embeddings.cpu(), "fresh": self.fresh.cpu(), "usable": self.usable.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
         if state["embeddings"].shape != self.embeddings.shape:
@@ -48,7 +48,10 @@ class MemoryBank:
         self.usable.copy_(state["usable"])
 
 
-def last_occurrences(idx: np.ndarray) -> torch.Tensor:
-    """Positions of the last occurrence of every distinct value of idx, in increasing order."""
-    _, first_in_reversed = np.unique(idx[::-1], return_index=True)
-    return torch.from_numpy(np.sort(len(idx) - 1 - first_in_reversed))
+def last_occurrences(idx: torch.Tensor, num_images: int) -> torch.Tensor:
+    """For every position of idx (values < num_images), the position of the last occurrence of its value: computed
+    on idx's device with a scatter of the positions (max is order-free, so the result is deterministic)."""
+    positions = torch.arange(len(idx), device=idx.device)
+    last = torch.zeros(num_images, dtype=positions.dtype, device=idx.device)
+    last.scatter_reduce_(0, idx, positions, reduce="amax", include_self=False)
+    return last[idx]

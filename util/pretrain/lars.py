@@ -36,22 +36,24 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None) -> None:
+        """One update of every parameter, without reading a tensor's value on the host: the zero-norm case is a
+        torch.where, not a Python branch (which would make the host wait for the device once per tensor)."""
         for group in self.param_groups:
+            wd, lr = group["weight_decay"], group["lr"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 grad = p.grad
-                adapted = not (group["exclude_1d"] and p.ndim == 1)
-                weight_norm, grad_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
-                if adapted and weight_norm > 0 and grad_norm > 0:
-                    wd = group["weight_decay"]
-                    ratio = group["trust"] * weight_norm / (grad_norm + wd * weight_norm + group["eps"])
+                if not (group["exclude_1d"] and p.ndim == 1):
+                    weight_norm, grad_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
+                    ratio = group["trust"] * weight_norm / (grad_norm + wd * weight_norm + group["eps"])  # () scalar
                     if group["clip"]:
-                        ratio = torch.clamp(ratio / group["lr"], max=1.0)
-                    grad = (grad + wd * p) * ratio
+                        ratio = torch.clamp(ratio / lr, max=1.0)
+                    adapted = (weight_norm > 0) & (grad_norm > 0)  # () bool: else neither the ratio nor weight decay
+                    grad = torch.where(adapted, (grad + wd * p) * ratio, grad)
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = grad.clone()
                 else:
                     state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
-                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+                p.add_(state["momentum_buffer"], alpha=-lr)

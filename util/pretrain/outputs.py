@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from util.args import non_negative_int
+from util.args import non_negative_int, positive_int
 from util.data import ImageList
 from util.pretrain.cluster_images import draw_epoch_grid
 from util.tracking import Tracker
@@ -21,6 +21,14 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
     """--resume, and what a run leaves beside its checkpoint every few epochs (both pretraining scripts)."""
     parser.add_argument(
         "--resume", default=None, help="checkpoint to resume from (default: OUTPUT_DIR/checkpoint.pth if present)"
+    )
+    parser.add_argument(
+        "--log-every",
+        type=positive_int,
+        default=50,
+        metavar="N",
+        help="log the mean training loss and images/s every N steps (default: 50); the loss is read from the device "
+        "only then, so a non-finite loss stops the run at the end of its N-step interval (the last checkpoint kept)",
     )
     group = parser.add_argument_group("cluster images")
     group.add_argument(
