@@ -232,7 +232,7 @@ def eval_sources(args: argparse.Namespace) -> tuple[ImageSource, ImageSource]:
 
 def make_features(args: argparse.Namespace, weights: str, train: ImageSource, val: ImageSource, device: torch.device):
     torch.manual_seed(args.seed)  # the random-init baseline is reproducible
-    backbone = load_backbone(weights, args.arch, args.sobel, device)
+    backbone = load_backbone(weights, args.arch, args.sobel, device, args.channels_last)
     pooling = build_tap_pooling(backbone, args.arch, args.image_size, device)
     kind = CachedFeatures if args.cached_features else LiveFeatures
     return kind(backbone, pooling, train, val, args.batch_size, device, args.seed, interactive())

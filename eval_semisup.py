@@ -265,7 +265,7 @@ def fine_tune(args, hp: FineTuneSchedule, network, path, key, train, val, device
     """SGD with step decay on every parameter; evaluated after every epoch; resumable after any epoch."""
     logger.info("== %s (%s)", network, path)
     torch.manual_seed(args.seed)  # the head's init (and the random-init baseline) are reproducible
-    backbone = load_backbone(path, args.arch, args.sobel, device)
+    backbone = load_backbone(path, args.arch, args.sobel, device, args.channels_last)
     for param in backbone.parameters():
         param.requires_grad_(True)
     model = FineTuned(backbone, len(train.images.classes)).to(device)

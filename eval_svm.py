@@ -194,7 +194,7 @@ def cached_features(
 @torch.inference_mode()
 def extract_to_disk(args, network: str, weights: str, splits: dict, layers, device, folder: Path) -> None:
     torch.manual_seed(args.seed)
-    backbone = load_backbone(weights, args.arch, args.sobel, device)
+    backbone = load_backbone(weights, args.arch, args.sobel, device, args.channels_last)
     pooling = build_tap_pooling(backbone, args.arch, args.image_size, device)
     taps = [TAP_NAMES.index(layer) for layer in layers]
 

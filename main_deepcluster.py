@@ -36,6 +36,7 @@ from util.errors import UserError, script_entry
 from util.faults import kill_point
 from util.logging import JsonLog, interactive
 from util.metrics import ari, cluster_accuracy, nmi, purity
+from util.precision import autocast, check_amp, to_channels_last
 from util.pretrain.clock import RunClock
 from util.pretrain.clustering import (
     ClusteringResult,
@@ -203,7 +204,12 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         help="clusters: DeepCluster. dataset: train on the true labels instead, a SANITY CHECK of the training "
         "machinery (supervised, not DeepCluster; clustering still runs for its metrics)",
     )
-    group.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast on CUDA")
+    group.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="bf16 autocast of the training steps, on CUDA or on a CPU with native bf16 (avx512_bf16 or amx_bf16)",
+    )
     group.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False, help="SyncBatchNorm (GPUs)")
 
 
@@ -237,6 +243,7 @@ def finalize_args(args: argparse.Namespace, world_size: int = 1, device_type: st
     """Reject impossible flags; fill the defaults that depend on the data (util/pretrain/recipe.py: the rule); reject
     what the data makes impossible (k, the batch, the PCA dimension against the number of images)."""
     args.head_lr = args.lr if args.head_lr is None else args.head_lr
+    check_amp(args.amp, device_type)
     if args.lr <= 0 or args.head_lr <= 0:
         raise UserError(f"--lr {args.lr} / --head-lr {args.head_lr} must be positive")
     if args.reassign is not None and args.reassign <= 0:
@@ -310,7 +317,8 @@ def main(args: argparse.Namespace) -> None:
     # ---- model, optimizer, resume
     backbone = build_model(args.arch, args.sobel).to(device)
     check_image_size(backbone, args.arch, args.image_size)
-    trunk = Trunk(backbone, build_neck(args.neck, backbone.feature_dim)).to(device)
+    trunk = Trunk(backbone, build_neck(args.neck, backbone.feature_dim))
+    trunk = to_channels_last(trunk.to(device), args.channels_last)
     if args.sync_bn and info.distributed:
         trunk = nn.SyncBatchNorm.convert_sync_batchnorm(trunk)
     optimizer = torch.optim.SGD(trunk.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
@@ -513,10 +521,9 @@ def train_steps(
     every optimizer; no host-device synchronisation in a step (the loss is read once per --log-every steps)."""
     model.train()
     device = next(model.parameters()).device
-    use_amp = amp and device.type == "cuda"
     for step, (images, idx) in enumerate(batches):
         target = labels[idx.to(device, non_blocking=True)]  # (B,) pseudo-labels of the batch
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with autocast(device, amp):
             loss = F.cross_entropy(model(images), target)
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)

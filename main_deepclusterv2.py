@@ -34,6 +34,7 @@ from util.errors import UserError, script_entry
 from util.faults import kill_point
 from util.logging import JsonLog, interactive
 from util.metrics import nmi
+from util.precision import autocast, check_amp, to_channels_last
 from util.pretrain.bank import MemoryBank
 from util.pretrain.clock import RunClock
 from util.pretrain.epoch_log import PhaseTimer, close_record
@@ -254,7 +255,12 @@ def add_optimisation_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="plain SGD without weight decay for biases and BatchNorm (ImageNet: off, SwAV; small images: on)",
     )
-    group.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast on CUDA")
+    group.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="bf16 autocast of the training steps, on CUDA or on a CPU with native bf16 (avx512_bf16 or amx_bf16)",
+    )
     group.add_argument(
         "--sync-bn",
         action=argparse.BooleanOptionalAction,
@@ -267,6 +273,7 @@ def finalize_args(args: argparse.Namespace, world_size: int, device_type: str = 
     """Fill the defaults of the recipe, reject impossible combinations. Images of at most 64 px (cifar10,
     sklearn-digits, a folder of small images) get the CIFAR-10 recipe, with batch 64 below 10,000 images and at most
     one prototype per 10 images; digits get no flips and crops of at least 40 %% of the area (docs/recipes.md)."""
+    check_amp(args.amp, device_type)
     profile = profile_data(args.data, "train", args.subset, Path(args.data_cache))
     resolve_image_defaults(args, profile)
     small = args.image_size <= SMALL_IMAGE
@@ -419,7 +426,7 @@ def build_model_and_optimizer(
     for size in sorted({args.image_size, *args.size_crops}):
         check_image_size(backbone, args.arch, size)
     head = ProjectionPrototypes(backbone.feature_dim, args.hidden_mlp, args.feat_dim, args.nmb_prototypes)
-    model = MultiCropNet(backbone, head).to(device)
+    model = to_channels_last(MultiCropNet(backbone, head).to(device), args.channels_last)
     if args.sync_bn and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     trained = [p for p in model.parameters() if p.requires_grad]
@@ -551,7 +558,6 @@ def train_one_epoch(run: Run, epoch: int, targets: list[torch.Tensor], before_tr
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
     num_crops = len(run.specs)
-    use_amp = args.amp and device.type == "cuda"
     log = StepLog(args.log_every, epoch, run.steps_per_epoch, device, "lower --base-lr", info.is_main)
     targets = [t.to(device) for t in targets]  # per head (N,) assignments, on the device for the whole epoch
     lr = None
@@ -559,7 +565,7 @@ def train_one_epoch(run: Run, epoch: int, targets: list[torch.Tensor], before_tr
         lr = float(run.schedule[epoch * run.steps_per_epoch + step])
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with autocast(device, args.amp):
             embeddings, scores = model(crops)  # (crops x B, dim) L2-normalised; per head (crops x B, k_h) cosines
         # every crop of an image has that image's assignment from the last clustering: (crops x B,) per head
         on_device = idx.to(device, non_blocking=True)

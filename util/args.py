@@ -104,6 +104,13 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
         default=False,
         help="deterministic kernels (bit-exact resume on CPU; slower on GPU)",
     )
+    group.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="convnets in the channels_last (NHWC) memory format, for training and feature extraction (default: on; "
+        "the same function to float rounding, faster convolutions on CPUs and GPUs: docs/benchmarks.md)",
+    )
 
 
 def add_wandb_args(parser: argparse.ArgumentParser, pretraining: bool = False) -> None:

@@ -12,6 +12,7 @@ from models import ARCHS, Backbone, build_model
 from util.checkpoint import load_checkpoint, load_state_strict
 from util.errors import UserError
 from util.eval.layouts import add_missing_bn_counters, convert_checkpoint, detect_layout
+from util.precision import to_channels_last
 from util.tracking import Lineage, lineage_of
 
 logger = logging.getLogger("deepcluster")
@@ -47,9 +48,11 @@ def resolve_arch(pretrained: str, arch: str | None, sobel: bool | None) -> tuple
     return arch, bool(has_sobel if has_sobel is not None else sobel), ckpt
 
 
-def load_backbone(pretrained: str, arch: str | None, sobel: bool | None, device: torch.device) -> Backbone:
+def load_backbone(
+    pretrained: str, arch: str | None, sobel: bool | None, device: torch.device, channels_last: bool = False
+) -> Backbone:
     """Build the backbone and load its weights strictly (any layout of util/eval/published.py, with a printed report of
-    the kept, renamed and dropped keys); frozen (no grad) and in eval mode."""
+    the kept, renamed and dropped keys); frozen (no grad) and in eval mode; in channels_last when asked."""
     arch, sobel, ckpt = resolve_arch(pretrained, arch, sobel)
     model = build_model(arch, sobel)
     if ckpt is not None:
@@ -61,7 +64,7 @@ def load_backbone(pretrained: str, arch: str | None, sobel: bool | None, device:
         load_state_strict(model, converted.state, f"weights {pretrained}")
     for param in model.parameters():
         param.requires_grad_(False)
-    return model.to(device).eval()
+    return to_channels_last(model.to(device), channels_last).eval()
 
 
 def resolve_pretrained(args) -> Lineage | None:
