@@ -560,6 +560,7 @@ def train_one_epoch(run: Run, epoch: int, targets: list[torch.Tensor], before_tr
     num_crops = len(run.specs)
     log = StepLog(args.log_every, epoch, run.steps_per_epoch, device, "lower --base-lr", info.is_main)
     targets = [t.to(device) for t in targets]  # per head (N,) assignments, on the device for the whole epoch
+    assign = torch.tensor(args.crops_for_assign, device=device)  # the crops the bank keeps, as a device index
     lr = None
     for step, (crops, idx) in enumerate(tqdm(batches, desc=f"epoch {epoch} train", disable=not progress, leave=False)):
         lr = float(run.schedule[epoch * run.steps_per_epoch + step])
@@ -573,7 +574,7 @@ def train_one_epoch(run: Run, epoch: int, targets: list[torch.Tensor], before_tr
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
-        views = embeddings.detach().float().reshape(num_crops, len(idx), -1)[args.crops_for_assign]  # (views, B, dim)
+        views = embeddings.detach().float().reshape(num_crops, len(idx), -1).index_select(0, assign)  # (views, B, dim)
         run.bank.write(on_device, views)
         kill_point("mid-step")
         log.add(step, loss, len(idx))

@@ -162,6 +162,16 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes, strict=True)])
 
 
+def all_gather_equal_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate (n, ...) tensors of every rank, n the same on all of them, in rank order; no size exchange, so
+    nothing is read back on the host (all_gather_rows reads the sizes)."""
+    if not current().distributed:
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered)
+
+
 def shard_positions(num: int, info: DistInfo | None = None, wrap: bool = True) -> np.ndarray:
     """The positions 0..num-1 this rank handles: every world-th one from its rank. With `wrap`, the list is first
     wrapped around to a multiple of the world size, so every rank gets as many (and runs the same number of

@@ -22,10 +22,13 @@ class MemoryBank:
 
     def write(self, idx: torch.Tensor, views: torch.Tensor) -> None:
         """Store this process's batch: idx (B,) dataset indices, views (views, B, dim), without a host-device
-        synchronisation. Distributed, every rank's batch is gathered so the banks stay identical; an image twice in
-        one step (a wrapped-around duplicate) keeps its last copy in rank order: every copy writes the last one."""
-        idx = dist_util.all_gather_rows(idx.to(dist_util.collective_device()))  # (B x world,)
-        views = dist_util.all_gather_rows(views.transpose(0, 1).contiguous()).transpose(0, 1)  # (views, B x world, dim)
+        synchronisation. Distributed, every rank's batch (B the same on every rank) is gathered so the banks stay
+        identical; an image twice in one step (a wrapped-around duplicate) keeps its last copy in rank order: every
+        copy writes the last one."""
+        if dist_util.current().distributed:
+            idx = dist_util.all_gather_equal_rows(idx.to(dist_util.collective_device()))  # (B x world,)
+            views = views.to(dist_util.collective_device()).transpose(0, 1)
+            views = dist_util.all_gather_equal_rows(views).transpose(0, 1)  # (views, B x world, dim)
         idx = idx.to(self.embeddings.device)
         last = last_occurrences(idx, self.fresh.numel())  # (B x world,) the position of each image's last copy
         self.embeddings[:, idx] = views[:, last.to(views.device)].to(self.embeddings)
