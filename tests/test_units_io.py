@@ -1,5 +1,9 @@
 """Data, augmentation, checkpoint and error-path units."""
 
+import io
+import tarfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +13,7 @@ from models import build_model
 from util.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugment, _shift_hue, augment_preset
 from util.checkpoint import atomic_write, load_checkpoint, load_state_strict, save_checkpoint
 from util.data import list_images, load_image, resolve_split, subset_indices
+from util.datasets import safe_extract
 from util.errors import UserError
 
 
@@ -114,3 +119,26 @@ def test_lighting_noise_is_alexnet_pca_noise_in_both_paths():
     image = torch.full((3, 4, 4), 0.5)
     moved = Lighting(0.1)(image) - image
     assert torch.allclose(moved, moved[:, :1, :1].expand_as(moved)) and moved.abs().max() > 0
+
+
+@pytest.mark.parametrize("with_filter", [True, False], ids=["tarfile-data-filter", "python-without-it"])
+def test_safe_extract_keeps_members_inside_the_folder(tmp_path, monkeypatch, with_filter):
+    if not with_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+
+    def archive(name: str) -> Path:
+        path = tmp_path / f"{len(list(tmp_path.iterdir()))}.tar"
+        with tarfile.open(path, "w") as tar:
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+        return path
+
+    good = tmp_path / "good"
+    with tarfile.open(archive("cifar/train/a.jpg")) as tar:
+        safe_extract(tar, good)
+    assert (good / "cifar" / "train" / "a.jpg").read_bytes() == b"abc"
+    bad = tmp_path / "bad"
+    with tarfile.open(archive("../escaped.jpg")) as tar, pytest.raises(Exception, match="escaped|outside|not a plain"):
+        safe_extract(tar, bad)
+    assert not (tmp_path / "escaped.jpg").exists()
