@@ -36,7 +36,7 @@ from util.errors import UserError, script_entry
 from util.faults import kill_point
 from util.logging import JsonLog, interactive
 from util.metrics import ari, cluster_accuracy, nmi, purity
-from util.precision import autocast, check_amp, to_channels_last
+from util.precision import add_amp_arg, autocast, check_amp, to_channels_last
 from util.pretrain.clock import RunClock
 from util.pretrain.clustering import (
     ClusteringResult,
@@ -204,12 +204,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         help="clusters: DeepCluster. dataset: train on the true labels instead, a SANITY CHECK of the training "
         "machinery (supervised, not DeepCluster; clustering still runs for its metrics)",
     )
-    group.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="bf16 autocast of the training steps, on CUDA or on a CPU with native bf16 (avx512_bf16 or amx_bf16)",
-    )
+    add_amp_arg(group)
     group.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False, help="SyncBatchNorm (GPUs)")
 
 

@@ -34,7 +34,7 @@ from util.errors import UserError, script_entry
 from util.faults import kill_point
 from util.logging import JsonLog, interactive
 from util.metrics import nmi
-from util.precision import autocast, check_amp, to_channels_last
+from util.precision import add_amp_arg, autocast, check_amp, to_channels_last
 from util.pretrain.bank import MemoryBank
 from util.pretrain.clock import RunClock
 from util.pretrain.epoch_log import PhaseTimer, close_record
@@ -255,12 +255,7 @@ def add_optimisation_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="plain SGD without weight decay for biases and BatchNorm (ImageNet: off, SwAV; small images: on)",
     )
-    group.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="bf16 autocast of the training steps, on CUDA or on a CPU with native bf16 (avx512_bf16 or amx_bf16)",
-    )
+    add_amp_arg(group)
     group.add_argument(
         "--sync-bn",
         action=argparse.BooleanOptionalAction,

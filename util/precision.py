@@ -8,6 +8,7 @@ CPUs with avx512_bf16 or amx_bf16 (elsewhere a CPU emulates bf16, slower than fl
 
 from __future__ import annotations
 
+import argparse
 import functools
 from pathlib import Path
 
@@ -45,3 +46,13 @@ def check_amp(amp: bool, device_type: str) -> None:
     """--amp only where bf16 is computed natively (an emulated bf16 is slower than float32)."""
     if amp and not native_bf16(torch.device(device_type)):
         raise UserError("--amp needs CUDA or a CPU with native bf16 (avx512_bf16 or amx_bf16): drop --amp on this CPU")
+
+
+def add_amp_arg(group: argparse._ArgumentGroup) -> None:
+    """--amp, the same flag in both pretraining scripts."""
+    group.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="bf16 autocast of the training steps, on CUDA or on a CPU with native bf16 (avx512_bf16 or amx_bf16)",
+    )
