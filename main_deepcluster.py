@@ -36,7 +36,7 @@ from util.errors import UserError, script_entry
 from util.faults import kill_point
 from util.logging import JsonLog, interactive
 from util.metrics import ari, cluster_accuracy, nmi, purity
-from util.precision import add_amp_arg, autocast, check_amp, to_channels_last
+from util.precision import add_amp_arg, add_compile_arg, autocast, check_amp, compile_in_place, to_channels_last
 from util.pretrain.clock import RunClock
 from util.pretrain.clustering import (
     ClusteringResult,
@@ -205,6 +205,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         "machinery (supervised, not DeepCluster; clustering still runs for its metrics)",
     )
     add_amp_arg(group)
+    add_compile_arg(group)
     group.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False, help="SyncBatchNorm (GPUs)")
 
 
@@ -306,6 +307,9 @@ def main(args: argparse.Namespace) -> None:
         cache_dir=Path(args.data_cache),
     )
     held_out = build_held_out(args, source) if args.knn_every > 0 else None
+    for images in (source, held_out):  # in-memory images on the GPU when they fit
+        if images is not None:
+            images.place(device)
     if args.labels_from == "dataset":
         logger.warning("--labels-from dataset: training on the TRUE labels (a sanity check, not DeepCluster)")
 
@@ -316,6 +320,7 @@ def main(args: argparse.Namespace) -> None:
     trunk = to_channels_last(trunk.to(device), args.channels_last)
     if args.sync_bn and info.distributed:
         trunk = nn.SyncBatchNorm.convert_sync_batchnorm(trunk)
+    compile_in_place(trunk.backbone, args.compile)
     optimizer = torch.optim.SGD(trunk.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
     cluster_rng = np.random.default_rng(args.seed)  # a fresh k-means seed every epoch (paper, section 3.2)
     saved = {"backbone": trunk.backbone, "neck": trunk.neck, "optimizer": optimizer}
@@ -422,6 +427,7 @@ def extract(run: Run, epoch: int, monitored: bool) -> tuple[torch.Tensor, dict]:
         progress=progress,
         desc=desc,
         project=trunk.project,
+        amp=args.amp,
     )
     return features, {}
 

@@ -34,7 +34,7 @@ from util.errors import UserError, script_entry
 from util.faults import kill_point
 from util.logging import JsonLog, interactive
 from util.metrics import nmi
-from util.precision import add_amp_arg, autocast, check_amp, to_channels_last
+from util.precision import add_amp_arg, add_compile_arg, autocast, check_amp, compile_in_place, to_channels_last
 from util.pretrain.bank import MemoryBank
 from util.pretrain.clock import RunClock
 from util.pretrain.epoch_log import PhaseTimer, close_record
@@ -256,6 +256,7 @@ def add_optimisation_args(parser: argparse.ArgumentParser) -> None:
         help="plain SGD without weight decay for biases and BatchNorm (ImageNet: off, SwAV; small images: on)",
     )
     add_amp_arg(group)
+    add_compile_arg(group)
     group.add_argument(
         "--sync-bn",
         action=argparse.BooleanOptionalAction,
@@ -375,6 +376,9 @@ def main(args: argparse.Namespace) -> None:
     )
     steps_per_epoch = -(-len(source) // info.world_size) // args.batch_size
     held_out = build_held_out(args, source) if args.knn_every > 0 else None
+    for images in (source, held_out):  # in-memory images on the GPU when they fit
+        if images is not None:
+            images.place(device)
     if args.labels_from == "dataset":
         logger.warning("--labels-from dataset: training on the TRUE labels (a sanity check, not DeepCluster-v2)")
 
@@ -424,6 +428,7 @@ def build_model_and_optimizer(
     model = to_channels_last(MultiCropNet(backbone, head).to(device), args.channels_last)
     if args.sync_bn and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    compile_in_place(model.backbone, args.compile)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = LARS(
         trained,

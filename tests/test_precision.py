@@ -34,3 +34,18 @@ def test_amp_needs_native_bf16(monkeypatch):
     precision.check_amp(True, "cuda")
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     precision.check_amp(True, "cpu")
+
+
+def test_compile_keeps_the_weights_names_and_the_function():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).eval()
+    reference = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).eval()
+    reference.load_state_dict(net.state_dict())
+    keys = list(net.state_dict())
+    assert precision.compile_in_place(net, False) is net and net._compiled_call_impl is None
+    precision.compile_in_place(net, True)
+    assert net._compiled_call_impl is not None and list(net.state_dict()) == keys
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # the compiled kernels sum in another order: float32 rounding apart
+        torch.testing.assert_close(net(images), reference(images), rtol=1e-4, atol=1e-5)
+    reference.load_state_dict(net.state_dict())  # a compiled model's checkpoint loads into a plain one

@@ -1,9 +1,11 @@
-"""The training steps of both pretraining scripts read no tensor value on the host except once per --log-every steps.
+"""The training steps of both pretraining scripts, in-memory data pipeline included, read no tensor value on the host
+except once per --log-every steps, and make no tensor from host data after their first step.
 
 On a GPU every such read (Tensor.item, bool(), tolist, numpy, nonzero, a boolean-mask index, ...) makes the host wait
-for the queued kernels. On the CPU nothing waits, but the calls are the same Python calls: the test counts them over
-a real training epoch of each script (its data pipeline excluded: the images' augmentation is drawn on the host) and
-asserts at most one per log interval.
+for the queued kernels, and every tensor made from host data (torch.tensor, as_tensor, from_numpy) is a copy to the
+device. On the CPU nothing waits, but the calls are the same Python calls: the test counts them over a real training
+epoch of each script, from the first batch's augmentation to the epoch's end, and asserts at most one read per log
+interval and no host-made tensor after the first step (which may hold the epoch's one copy of its indices).
 """
 
 from __future__ import annotations
@@ -27,18 +29,20 @@ LOG_EVERY = 3
 # Tensor methods that copy a value to the host (or need a result size only the device knows).
 READS = ("item", "tolist", "numpy", "nonzero", "cpu", "unique", "__bool__", "__int__", "__float__", "__index__")
 FUNCTIONS = ("nonzero", "unique", "masked_select", "argwhere")
+CREATIONS = ("tensor", "as_tensor", "from_numpy")  # a tensor from host data: a host-to-device copy on a GPU
 
 
 class Reads:
-    """Counts host reads while `on`; remembers where each happened."""
+    """Counts host reads and host-made tensors while `on`; remembers where each happened, and the step."""
 
     def __init__(self) -> None:
-        self.on, self.where = False, []
+        self.on, self.where, self.made, self.step = False, [], [], 0
 
     def hit(self, name: str) -> None:
         if self.on:
             self.on = False  # the stack below must not count itself
-            self.where.append(f"{name} at {traceback.format_stack(limit=4)[-3].strip()}")
+            where = f"{name} at step {self.step}, {traceback.format_stack(limit=4)[-3].strip()}"
+            (self.made if name in CREATIONS else self.where).append((self.step, where))
             self.on = True
 
 
@@ -58,7 +62,7 @@ def counting(monkeypatch: pytest.MonkeyPatch, module, batches_method: str):
 
     for name in READS:
         wrap(torch.Tensor, name)
-    for name in FUNCTIONS:
+    for name in FUNCTIONS + CREATIONS:
         wrap(torch, name)
     getitem, setitem = torch.Tensor.__getitem__, torch.Tensor.__setitem__
 
@@ -86,16 +90,11 @@ def counting(monkeypatch: pytest.MonkeyPatch, module, batches_method: str):
         if not inside:  # v2 fills its memory bank with the same batches before the first epoch
             yield from iterator
             return
-        while True:
-            reads.on = False  # the data pipeline is not a training step
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                reads.on = True  # what follows the last step (the epoch's last read) counts
-                return
-            steps[-1] += 1
-            reads.on = True
+        reads.on, reads.step = True, 0
+        for batch in iterator:  # the data pipeline counts as part of the step it feeds
             yield batch
+            steps[-1] += 1
+            reads.step = steps[-1]
 
     monkeypatch.setattr(ImageSource, batches_method, batches)
     train_one_epoch = module.train_one_epoch
@@ -103,12 +102,12 @@ def counting(monkeypatch: pytest.MonkeyPatch, module, batches_method: str):
 
     def epoch(*args, **kwargs):
         steps.append(0)
-        before = len(reads.where)
+        before, made_before = len(reads.where), len(reads.made)
         inside.append(True)
         result = train_one_epoch(*args, **kwargs)
         reads.on = False
         inside.clear()
-        per_epoch.append((steps[-1], reads.where[before:]))
+        per_epoch.append((steps[-1], reads.where[before:], reads.made[made_before:]))
         return result
 
     monkeypatch.setattr(module, "train_one_epoch", epoch)
@@ -117,9 +116,11 @@ def counting(monkeypatch: pytest.MonkeyPatch, module, batches_method: str):
 
 def check(per_epoch: list) -> None:
     assert per_epoch, "no epoch trained"
-    for num_steps, where in per_epoch:
+    for num_steps, reads, made in per_epoch:
         assert num_steps > LOG_EVERY, "the test needs more steps than one interval"
-        assert len(where) <= math.ceil(num_steps / LOG_EVERY), "\n".join(where)
+        assert len(reads) <= math.ceil(num_steps / LOG_EVERY), "\n".join(where for _, where in reads)
+        late = [where for step, where in made if step > 0]
+        assert not late, "\n".join(late)
 
 
 def test_v1_steps_read_the_device_once_per_log_interval(monkeypatch, tiny_folder, tmp_path):

@@ -2,7 +2,9 @@
 
 Both paths implement one `AugmentSpec`. The batched path augments a whole uint8 batch at once on its device
 (CPU or GPU) with one affine `grid_sample` per batch: it is what in-memory datasets use, so that small
-datasets pay neither JPEG decoding nor per-image Python. Its departures from torchvision's per-image
+datasets pay neither JPEG decoding nor per-image Python. Its random parameters are drawn on the device of the
+generator it is given, and its constants are made once per device: on a GPU a batch costs no host-to-device copy
+and no host wait. Its departures from torchvision's per-image
 transforms: bilinear resampling without antialiasing, and the colour jitter applied in a fixed order
 (brightness, contrast, saturation, hue) rather than a random one.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -130,10 +133,16 @@ def train_transform(spec: AugmentSpec) -> T.Compose:
     return T.Compose(ops)
 
 
+@cache
+def constant(values: tuple, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A tensor of fixed values, made once per device and dtype (a GPU pays its copy once, not once per batch)."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def lighting_shift(alpha: torch.Tensor) -> torch.Tensor:
     """alpha (B, 3) ~ N(0, std) -> the RGB shift (B, 3) = eigvec @ (alpha * eigval) added to every pixel."""
-    eigval = torch.tensor(LIGHTING_EIGVAL, dtype=alpha.dtype, device=alpha.device)
-    eigvec = torch.tensor(LIGHTING_EIGVEC, dtype=alpha.dtype, device=alpha.device)
+    eigval = constant(LIGHTING_EIGVAL, alpha.device, alpha.dtype)
+    eigvec = constant(LIGHTING_EIGVEC, alpha.device, alpha.dtype)
     return (alpha * eigval) @ eigvec.T
 
 
@@ -168,8 +177,8 @@ def eval_transform(crop: int, square: bool = False) -> T.Compose:
 # --------------------------------------------------------------------------------------- batched
 def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) uint8 -> float normalised with the ImageNet statistics."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=images.device)[:, None, None]
+    mean = constant(IMAGENET_MEAN, images.device)[:, None, None]
+    std = constant(IMAGENET_STD, images.device)[:, None, None]
     return (images.float() / 255.0 - mean) / std
 
 
@@ -181,76 +190,69 @@ def center_crop_batch(images: torch.Tensor, crop: int) -> torch.Tensor:
 
 
 class BatchAugment:
-    """Batched `AugmentSpec` for (B, 3, H, W) uint8 tensors; randomness from the given generator."""
+    """Batched `AugmentSpec` for (B, 3, H, W) uint8 tensors; randomness from the given generator, on its device."""
 
     def __init__(self, spec: AugmentSpec) -> None:
         self.spec = spec
 
     def __call__(self, images: torch.Tensor, gen: torch.Generator, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-        """images: (B, 3, H, W) uint8. Distributed: every rank draws the parameters of the whole global batch
-        (B x world_size) from the same generator and keeps rows rank::world_size, so a run on N processes augments
-        each image exactly as a single process with an N-times larger batch would."""
+        """images: (B, 3, H, W) uint8 on the generator's device. Distributed: every rank draws the parameters of the
+        whole global batch (B x world_size) from the same generator and keeps rows rank::world_size, so a run on N
+        processes augments each image exactly as a single process with an N-times larger batch would."""
+        if images.device != gen.device:
+            raise ValueError(f"images on {images.device} but the generator on {gen.device}: draw where the images are")
         batch, device = images.shape[0], images.device
         total = batch * world_size
         mine = slice(rank, None, world_size)
         x = images.float() / 255.0
-        theta = self._affine(total, gen)[mine].to(device)
+        theta = self._affine(total, gen)[mine]
         grid = F.affine_grid(theta, [batch, 3, self.spec.size, self.spec.size], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         if self.spec.jitter_p > 0:
             x = self._jitter(x, gen, total, mine)
         if self.spec.grayscale_p > 0:
-            gray = (_uniform(total, gen, 0, 1) < self.spec.grayscale_p)[mine].to(device)
+            gray = (_uniform(total, gen, 0, 1) < self.spec.grayscale_p)[mine]
             x = torch.where(gray[:, None, None, None], _gray(x).expand_as(x), x)
         if self.spec.blur_p > 0:
-            blurred = (_uniform(total, gen, 0, 1) < self.spec.blur_p)[mine].to(device)
-            sigma = _uniform(total, gen, *BLUR_SIGMA)[mine].to(device)
+            blurred = (_uniform(total, gen, 0, 1) < self.spec.blur_p)[mine]
+            sigma = _uniform(total, gen, *BLUR_SIGMA)[mine]
             x = torch.where(blurred[:, None, None, None], _blur(x, sigma), x)
         if self.spec.lighting > 0:
-            alpha = torch.randn(total, 3, generator=gen)[mine] * self.spec.lighting
-            x = x + lighting_shift(alpha).to(device)[:, :, None, None]
-        mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
-        std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
+            alpha = torch.randn(total, 3, generator=gen, device=device)[mine] * self.spec.lighting
+            x = x + lighting_shift(alpha)[:, :, None, None]
+        mean = constant(IMAGENET_MEAN, device)[:, None, None]
+        std = constant(IMAGENET_STD, device)[:, None, None]
         return (x - mean) / std
 
     def _affine(self, batch: int, gen: torch.Generator) -> torch.Tensor:
         """Per-image (2, 3) maps from output to input coordinates: crop box, flip and rotation."""
-        spec = self.spec
+        spec, device = self.spec, gen.device
         attempts = 10
         area = _uniform((batch, attempts), gen, *spec.scale)
         log_ratio = _uniform((batch, attempts), gen, math.log(spec.ratio[0]), math.log(spec.ratio[1]))
         width, height = (area * log_ratio.exp()).sqrt(), (area / log_ratio.exp()).sqrt()
         valid = (width <= 1) & (height <= 1)
-        first = torch.where(valid.any(1), valid.float().argmax(1), torch.zeros(batch, dtype=torch.long))
-        rows = torch.arange(batch)
-        width = torch.where(valid.any(1), width[rows, first], torch.ones(batch))  # fallback: whole image
-        height = torch.where(valid.any(1), height[rows, first], torch.ones(batch))
+        found = valid.any(1)
+        first = torch.where(found, valid.float().argmax(1), torch.zeros(batch, dtype=torch.long, device=device))
+        rows = torch.arange(batch, device=device)
+        ones = torch.ones(batch, device=device)
+        width = torch.where(found, width[rows, first], ones)  # fallback: whole image
+        height = torch.where(found, height[rows, first], ones)
         center_x = (1 - width) * (2 * _uniform(batch, gen, 0, 1) - 1)  # crop fully inside [-1, 1]
         center_y = (1 - height) * (2 * _uniform(batch, gen, 0, 1) - 1)
-        sign_x = torch.where(_uniform(batch, gen, 0, 1) < 0.5, -1.0, 1.0) if spec.flip else torch.ones(batch)
+        sign_x = torch.where(_uniform(batch, gen, 0, 1) < 0.5, -1.0, 1.0) if spec.flip else ones
         angle = _uniform(batch, gen, -spec.rotation, spec.rotation) * math.pi / 180
         cos, sin = angle.cos(), angle.sin()
-        theta = torch.zeros(batch, 2, 3)
-        theta[:, 0, 0], theta[:, 0, 1], theta[:, 0, 2] = (
-            cos * width * sign_x,
-            -sin * height,
-            center_x,
-        )
-        theta[:, 1, 0], theta[:, 1, 1], theta[:, 1, 2] = (
-            sin * width * sign_x,
-            cos * height,
-            center_y,
-        )
-        return theta
+        row_x = torch.stack([cos * width * sign_x, -sin * height, center_x], 1)
+        row_y = torch.stack([sin * width * sign_x, cos * height, center_y], 1)
+        return torch.stack([row_x, row_y], 1)  # (batch, 2, 3)
 
     def _jitter(self, x: torch.Tensor, gen: torch.Generator, total: int, mine: slice) -> torch.Tensor:
-        device = x.device
         brightness, contrast, saturation, hue = self.spec.jitter
-        apply = (_uniform(total, gen, 0, 1) < self.spec.jitter_p)[mine].to(device)[:, None, None, None]
+        apply = (_uniform(total, gen, 0, 1) < self.spec.jitter_p)[mine][:, None, None, None]
 
         def factor(strength: float) -> torch.Tensor:
-            values = _uniform(total, gen, max(0.0, 1 - strength), 1 + strength)[mine]
-            return values.to(device)[:, None, None, None]
+            return _uniform(total, gen, max(0.0, 1 - strength), 1 + strength)[mine][:, None, None, None]
 
         y = x
         if brightness:
@@ -262,13 +264,13 @@ class BatchAugment:
             gray = _gray(y)
             y = ((y - gray) * factor(saturation) + gray).clamp(0, 1)
         if hue:
-            y = _shift_hue(y, _uniform(total, gen, -hue, hue)[mine].to(device))
+            y = _shift_hue(y, _uniform(total, gen, -hue, hue)[mine])
         return torch.where(apply, y, x)
 
 
 def _uniform(shape: int | tuple[int, ...], gen: torch.Generator, low: float, high: float) -> torch.Tensor:
     shape = (shape,) if isinstance(shape, int) else shape
-    return torch.rand(shape, generator=gen) * (high - low) + low
+    return torch.rand(shape, generator=gen, device=gen.device) * (high - low) + low
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:

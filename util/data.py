@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from util.augment import (
 )
 from util.datasets import default_cache_dir, is_named, named_image_size, named_root
 from util.errors import UserError
-from util.seeds import derive_seed
+from util.loaders import PersistentLoader, SeededImages, epoch_seeds
 
 logger = logging.getLogger("deepcluster")
 
@@ -204,24 +204,15 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.transform(load_image(self.images.paths[index])), index
 
 
-class MultiCropDataset(ImageDataset):
-    """Several independently augmented crops of every image; returns ([crop per transform], index)."""
-
-    def __init__(self, images: ImageList, transforms: list) -> None:
-        super().__init__(images, None)
-        self.transforms = transforms
-
-    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int]:
-        image = load_image(self.images.paths[index])
-        return [transform(image) for transform in self.transforms], index
+DEVICE_MEMORY_SHARE = 0.25  # in-memory images move to the GPU when they take at most this share of its free memory
 
 
 @dataclass
 class ImageSource:
     """A training set with two ways to read it: a deterministic view (extraction) and augmented batches.
 
-    `memory` holds the (N, 3, S, S) uint8 images when the set is kept in memory; else images are decoded per
-    item by DataLoader workers.
+    `memory` holds the (N, 3, S, S) uint8 images when the set is kept in memory (on the host, or on the GPU after
+    place()); else images are decoded per item by DataLoader workers.
     """
 
     images: ImageList
@@ -230,6 +221,7 @@ class ImageSource:
     memory: torch.Tensor | None
     workers: int
     square: bool = False  # deterministic view = plain (crop x crop) resize instead of resize + center crop
+    _loaders: dict = field(default_factory=dict, repr=False)  # persistent training loaders, by their transforms
 
     def __len__(self) -> int:
         return len(self.images)
@@ -238,17 +230,28 @@ class ImageSource:
     def targets(self) -> np.ndarray:
         return self.images.targets
 
+    def place(self, device: torch.device) -> None:
+        """In-memory images on a GPU: moved there when they fit in DEVICE_MEMORY_SHARE of its free memory (then
+        batches are gathered and augmented there, with no copy from the host), else pinned for asynchronous copies."""
+        if self.memory is None or device.type != "cuda" or self.memory.device == device:
+            return
+        free, _ = torch.cuda.mem_get_info(device)
+        if self.memory.numel() <= DEVICE_MEMORY_SHARE * free:
+            self.memory = self.memory.to(device)
+            logger.info("kept the %d images on %s (%.0f MB)", len(self), device, self.memory.numel() / 2**20)
+        else:
+            self.memory = self.memory.pin_memory()
+            logger.info("kept the %d images in pinned host memory: too large for %s", len(self), device)
+
     def eval_batches(
         self, indices: np.ndarray, batch_size: int, device: torch.device
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(normalised images on device, dataset indices) over `indices`, deterministic view."""
+        """(normalised images on device, dataset indices on the host) over `indices`, deterministic view."""
         if self.memory is not None:
+            order = torch.from_numpy(indices).to(self.memory.device)  # one copy for the whole pass
             for start in range(0, len(indices), batch_size):
-                idx = torch.from_numpy(indices[start : start + batch_size])
-                yield (
-                    center_crop_batch(self.memory[idx].to(device, non_blocking=True), self.crop),
-                    idx,
-                )
+                images = self._gather(order[start : start + batch_size], device)
+                yield center_crop_batch(images, self.crop), torch.from_numpy(indices[start : start + batch_size])
             return
         transform = eval_transform(self.crop, square=self.square)
         dataset = torch.utils.data.Subset(ImageDataset(self.images, transform), indices.tolist())
@@ -264,18 +267,10 @@ class ImageSource:
         world_size: int = 1,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(augmented images on device, dataset indices) in the order of `indices` (this rank's shard); drops the
-        last partial batch. In memory, augmentations are drawn for the global batch (see BatchAugment)."""
-        num_batches = len(indices) // batch_size
-        if self.memory is not None:
-            augment = BatchAugment(self.augment)
-            for b in range(num_batches):
-                idx = torch.from_numpy(indices[b * batch_size : (b + 1) * batch_size])
-                yield augment(self.memory[idx].to(device, non_blocking=True), gen, rank, world_size), idx
-            return
-        draw = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-        torch_seed = derive_seed(rank, "loader-rank", draw)  # rank * 7919 + the epoch's draw
-        dataset = torch.utils.data.Subset(ImageDataset(self.images, train_transform(self.augment)), indices.tolist())
-        yield from self._loader(dataset, batch_size, device, drop_last=True, seed=torch_seed)
+        last partial batch. In memory, augmentations are drawn for the global batch (see BatchAugment), and the
+        indices come on the images' device."""
+        for views, idx in self.multicrop_batches(indices, [self.augment], batch_size, device, gen, rank, world_size):
+            yield views[0], idx
 
     def multicrop_batches(
         self,
@@ -288,45 +283,52 @@ class ImageSource:
         world_size: int = 1,
     ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
         """(one augmented batch per spec, dataset indices) in the order of `indices` (this rank's shard), as
-        train_batches but with several crops of every image (multi-crop); drops the last partial batch."""
+        train_batches but with several crops of every image (multi-crop); drops the last partial batch.
+
+        In memory, one copy of the epoch's indices goes to the images' device, and the augmentation's parameters are
+        drawn there: from `gen` itself on the CPU, from a device generator seeded by one draw of `gen` on a GPU."""
         num_batches = len(indices) // batch_size
         if self.memory is not None:
             augments = [BatchAugment(spec) for spec in specs]
+            order = torch.from_numpy(indices[: num_batches * batch_size]).to(self.memory.device)
+            draws = gen if device.type == "cpu" else device_generator(gen, device)
             for b in range(num_batches):
-                idx = torch.from_numpy(indices[b * batch_size : (b + 1) * batch_size])
-                images = self.memory[idx].to(device, non_blocking=True)
-                yield [augment(images, gen, rank, world_size) for augment in augments], idx
+                idx = order[b * batch_size : (b + 1) * batch_size]
+                images = self._gather(idx, device)
+                yield [augment(images, draws, rank, world_size) for augment in augments], idx
             return
-        draw = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-        transforms = [train_transform(spec) for spec in specs]
-        dataset = torch.utils.data.Subset(MultiCropDataset(self.images, transforms), indices.tolist())
-        for crops, idx in self._loader(dataset, batch_size, device, True, derive_seed(rank, "loader-rank", draw)):
-            yield crops, idx
+        key = tuple(specs)
+        if key not in self._loaders:
+            dataset = SeededImages(self._load, [train_transform(spec) for spec in specs])
+            self._loaders[key] = PersistentLoader(dataset, self.workers, pin_memory=device.type == "cuda")
+        seeds = epoch_seeds(gen, rank, len(indices))
+        for views, idx in self._loaders[key].batches(indices, seeds, batch_size):
+            views = views if isinstance(views, list) else [views]
+            yield [view.to(device, non_blocking=True) for view in views], idx
 
-    def _loader(
-        self,
-        dataset,
-        batch_size: int,
-        device: torch.device,
-        drop_last: bool = False,
-        seed: int = 0,
-    ):
-        loader_gen = torch.Generator().manual_seed(seed)
+    def _load(self, index: int) -> Image.Image:
+        return load_image(self.images.paths[index])
+
+    def _gather(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The uint8 images of `idx` (on the memory's device) on `device`."""
+        return self.memory.index_select(0, idx).to(device, non_blocking=True)
+
+    def _loader(self, dataset, batch_size: int, device: torch.device):
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=False,
             num_workers=self.workers,
             pin_memory=device.type == "cuda",
-            drop_last=drop_last,
-            persistent_workers=False,
-            generator=loader_gen,
+            generator=torch.Generator().manual_seed(0),  # the workers' base seed: not from the caller's RNG
         )
         for images, idx in loader:
-            if isinstance(images, list):  # multi-crop
-                yield [crop.to(device, non_blocking=True) for crop in images], idx
-            else:
-                yield images.to(device, non_blocking=True), idx
+            yield images.to(device, non_blocking=True), idx
+
+
+def device_generator(gen: torch.Generator, device: torch.device) -> torch.Generator:
+    """A generator on `device` seeded by one draw of the host generator `gen` (one host draw per epoch)."""
+    return torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
 
 
 def build_source(

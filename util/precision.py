@@ -1,4 +1,5 @@
-"""Memory format and precision of the convnets: channels_last, and bf16 autocast where the hardware computes bf16.
+"""Memory format, precision and compilation of the convnets: channels_last, bf16 autocast where the hardware computes
+bf16, torch.compile on request.
 
 channels_last (NHWC) lets oneDNN on CPUs and cuDNN on GPUs run convolutions without layout conversions; a model
 converted with `to_channels_last` computes the same function (to float rounding) and its state_dict loads into a
@@ -54,5 +55,25 @@ def add_amp_arg(group: argparse._ArgumentGroup) -> None:
         "--amp",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="bf16 autocast of the training steps, on CUDA or on a CPU with native bf16 (avx512_bf16 or amx_bf16)",
+        help="bf16 autocast of the training steps and of the feature extraction (clustering, kNN monitor, its floor "
+        "included), on CUDA or on a CPU with native bf16 (avx512_bf16 or amx_bf16); evaluations stay in float32",
     )
+
+
+def add_compile_arg(group: argparse._ArgumentGroup) -> None:
+    """--compile, the same flag in both pretraining scripts."""
+    group.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="torch.compile the backbone (training and extraction; its weights keep their names). The first steps "
+        "of each mode and crop size wait for the compiler (about a minute on a 2-core CPU): docs/benchmarks.md",
+    )
+
+
+def compile_in_place(model: nn.Module, enabled: bool) -> nn.Module:
+    """model.compile() when enabled: its forward runs compiled, its state_dict keys are unchanged (checkpoints load
+    into an uncompiled model)."""
+    if enabled:
+        model.compile()
+    return model

@@ -12,6 +12,7 @@ from util.data import ImageSource
 from util.dist import all_gather_rows, broadcast_object, current, gather_rows_by_index, shard_positions
 from util.errors import UserError
 from util.knn import l2_normalize
+from util.precision import autocast
 from util.pretrain.clustering import PCAWhitening
 
 EXTRACTION_ORDER_SEED = 12345  # fixed: the order never depends on --seed
@@ -35,8 +36,9 @@ def extract_features(
     desc: str = "extract",
     on_raw_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    amp: bool = False,
 ) -> torch.Tensor:
-    """Features of every image, rows in dataset order, float32 on the host.
+    """Features of every image, rows in dataset order, float32 on the host (computed under bf16 autocast with amp).
 
     Without pca_dim or pca: (N, D) raw features. With pca_dim, or an unfitted `pca` the caller keeps (fitted here):
     (N, pca_dim) PCA-whitened and L2-normalised; PCA is fit on the first `pca_fit_samples` features of a fixed random
@@ -55,13 +57,15 @@ def extract_features(
     bar = tqdm(total=len(order), desc=desc, disable=not progress, leave=False, unit="img")
     seen = 0
     for images, idx in source.eval_batches(order, batch_size, device):
-        feats = forward(images).float()  # (B, D) pooled backbone features
+        with autocast(device, amp):
+            feats = forward(images).float()  # (B, D) pooled backbone features
         bar.update(len(idx))
         if on_raw_batch is not None:
             real = torch.from_numpy(~is_padding[seen : seen + len(idx)])
             on_raw_batch(feats[real.to(feats.device)], idx[real])
         if project is not None:
-            feats = project(feats).float()  # (B, D') the neck's features
+            with autocast(device, amp):
+                feats = project(feats).float()  # (B, D') the neck's features
         sink.add(idx, feats, seen, positions[seen : seen + len(idx)])
         seen += len(idx)
     store = sink.store

@@ -102,7 +102,8 @@ def monitor_pass(
     the epoch's PCA-whitening (fit on the training images) and L2 normalisation, the view k-means sees in training.
     project: a neck between the backbone's features (kNN) and the clustered ones."""
     net.eval()
-    held_out_feats = extract_features(net, held_out, args.extract_batch_size, device)  # (M, D)
+    amp = getattr(args, "amp", False)  # the pretraining run's precision, for the floor and every later epoch alike
+    held_out_feats = extract_features(net, held_out, args.extract_batch_size, device, amp=amp)  # (M, D)
     knn = StreamingKnn(held_out_feats.to(device), len(held_out.images.classes), args.knn_k, args.knn_temperature)
     targets = torch.from_numpy(source.targets)
     pca = PCAWhitening(pca_dim) if pca_dim else None
@@ -117,6 +118,7 @@ def monitor_pass(
         desc=desc,
         on_raw_batch=lambda raw, idx: knn.update(raw, targets[idx]),
         project=project,
+        amp=amp,
     )
     if view is None:  # the held-out features come back on the host; a neck runs where its weights are
 
