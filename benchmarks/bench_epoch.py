@@ -19,6 +19,7 @@ pass over the held-out split).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ from util.augment import augment_preset, multicrop_specs
 from util.checkpoint import checkpoint_path, save_assignments, save_checkpoint
 from util.data import build_source
 from util.dist import DistInfo
-from util.precision import autocast, to_channels_last
+from util.precision import autocast, compile_in_place, to_channels_last
 from util.pretrain.bank import MemoryBank
 from util.pretrain.clock import RunClock
 from util.pretrain.clustering import pseudo_labels
@@ -52,6 +53,7 @@ from util.pretrain.schedule import warmup_cosine
 def epoch_run(args, source, device) -> tuple[mdc.Run, torch.nn.Module]:
     """A fresh ResNet trunk and its optimizer in the script's own epoch context (one process, no monitor)."""
     trunk = to_channels_last(Trunk(build_model(args.arch, args.sobel), None).to(device), args.channels_last)
+    compile_in_place(trunk.backbone, args.compile)
     optimizer = torch.optim.SGD(trunk.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
     clock = RunClock(epochs_left=1, is_main=False)
     return mdc.Run(args, source, None, device, DistInfo(), clock, trunk, optimizer, np.random.default_rng(0)), trunk
@@ -92,7 +94,7 @@ def supervised_epoch(args, source, device) -> dict:
 def v2_setup(own, device: torch.device):
     """main_deepclusterv2.py's CIFAR-10 recipe on the first --v2-steps x 256 images (in memory)."""
     argv = f"--data cifar10 --subset {own.v2_steps * 256} --batch-size 256 --knn-every 0 --output-dir unused"
-    argv += " --amp" if own.amp else ""
+    argv += own_flags(own)
     args = mdcv2.finalize_args(mdcv2.get_args_parser().parse_args(argv.split()), 1, device.type)
     specs = multicrop_specs(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops, args.blur)
     source = build_source(
@@ -121,7 +123,7 @@ def v2_steps(args, specs, source, device) -> dict:
 
 def supervised_steps(args, specs, source, device) -> dict:
     """The same crops through the same backbone and a linear classifier: cross-entropy on the true labels, SGD."""
-    backbone = build_model(args.arch, args.sobel)
+    backbone = compile_in_place(build_model(args.arch, args.sobel), args.compile)
     model = to_channels_last(
         nn.Sequential(backbone, nn.Linear(backbone.feature_dim, 10)).to(device), args.channels_last
     )
@@ -143,12 +145,20 @@ def supervised_steps(args, specs, source, device) -> dict:
     return {"train": time.perf_counter() - start, "images": images}
 
 
+def own_flags(own) -> str:
+    return (
+        (" --amp" if own.amp else "")
+        + ("" if own.channels_last else " --no-channels-last")
+        + (" --compile" if own.compile else "")
+    )
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def compare_v2(own, device: torch.device) -> None:
+def compare_v2(own, device: torch.device) -> dict:
     args, specs, source = v2_setup(own, device)
     best: dict[str, dict] = {}
     for _ in range(own.repeats):
@@ -168,6 +178,8 @@ def compare_v2(own, device: torch.device) -> None:
         print(f"{name:12} {times['train']:>8.2f} {rate:>9.0f} {rate * len(specs):>9.0f}")
     ratio = (v2["train"] / v2["images"]) / (sup["train"] / sup["images"])
     print(f"v2 step / supervised step: {ratio:.2f}x (goal <= 1.15x)")
+    rates = {name: times["images"] / times["train"] for name, times in best.items()}
+    return {"v2_images_per_s": rates["v2"], "supervised_2crop_images_per_s": rates["supervised"], "v2_ratio": ratio}
 
 
 def main() -> None:
@@ -179,17 +191,28 @@ def main() -> None:
     parser.add_argument("--v2-steps", type=int, default=20, help="training steps of section 2 (batch 256)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast in section 2 (both loops)")
     parser.add_argument("--only", choices=("v1", "v2"), default=None, help="one section only")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the backbones (each repeat builds new networks and compiles them again: keep the best)",
+    )
+    parser.add_argument("--json", default=None, help="also write the figures here")
     own = parser.parse_args()
     device = torch.device(own.device)
+    found = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    found.update(amp=own.amp, channels_last=own.channels_last, compile=own.compile)
     if own.only != "v2":
-        compare_v1(own, device)
+        found.update(compare_v1(own, device))
     if own.only != "v1":
-        compare_v2(own, device)
+        found.update(compare_v2(own, device))
+    if own.json:
+        Path(own.json).write_text(json.dumps(found, indent=2) + "\n")
 
 
-def compare_v1(own, device: torch.device) -> None:
+def compare_v1(own, device: torch.device) -> dict:
     argv = f"--data cifar10 --subset {own.subset} --knn-every 0 --reassign {own.reassign} --k 100 --pca-dim 256"
-    argv += " --batch-size 256 --output-dir unused"
+    argv += " --batch-size 256 --output-dir unused" + own_flags(own)
     args = mdc.finalize_args(mdc.get_args_parser().parse_args(argv.split()), device_type=device.type)
     torch.manual_seed(0)
     source = build_source(
@@ -231,6 +254,14 @@ def compare_v1(own, device: torch.device) -> None:
         f"extraction + clustering + bookkeeping: {overhead:.2f} s = {overhead / total_sup:.0%} of the supervised "
         f"epoch; the epoch is {above:.1%} above train + one inference pass (goal <= 5 %)"
     )
+    trained = args.reassign * len(source)
+    return {
+        "v1_epoch_s": total_dc,
+        "supervised_epoch_s": total_sup,
+        "v1_epoch_ratio": total_dc / total_sup,
+        "v1_train_images_per_s": trained / dc["train"],
+        "v1_phases_s": dc,
+    }
 
 
 if __name__ == "__main__":

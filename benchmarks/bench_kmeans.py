@@ -62,7 +62,8 @@ def run_one(method: str, num: int, dim: int, k: int, iters: int, device: str) ->
     seconds = time.perf_counter() - start
     from util.blas import blas_kernels
 
-    return {"seconds": seconds, "kernels": blas_kernels()}
+    on_gpu = (use_gpu if method.startswith("faiss") else device == "cuda") if method != "sklearn" else False
+    return {"seconds": seconds, "on_gpu": on_gpu, "kernels": blas_kernels()}
 
 
 def main() -> None:
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5, help="Lloyd iterations of every method")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--device", default="cpu", help="cpu or cuda (faiss on the GPU needs faiss-gpu)")
+    parser.add_argument("--json", default=None, help="also write every timing here")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # method:N:dim:k, in a child process
     args = parser.parse_args()
     if args.one:
@@ -82,6 +84,7 @@ def main() -> None:
     env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_CORETYPE"}
     print(f"{os.cpu_count()} CPUs, {args.iters} iterations, device {args.device}")
     print(f"{'N':>8} {'dim':>4} {'k':>6} {'method':14} {'seconds':>8} {'vs best':>8}  BLAS kernels")
+    found = []
     for size in args.sizes.split(","):
         num, dim, k = (int(v) for v in size.split(":"))
         rows = {}
@@ -101,6 +104,9 @@ def main() -> None:
         for method, r in rows.items():
             kernels = ", ".join(f"{name.split('-')[0].split('.')[0]}={arch}" for name, arch in r["kernels"].items())
             print(f"{num:>8} {dim:>4} {k:>6} {method:14} {r['seconds']:>8.1f} {r['seconds'] / best:>7.2f}x  {kernels}")
+            found.append({"num": num, "dim": dim, "k": k, "method": method, **r})
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": args.device, "iters": args.iters, "rows": found}, indent=2))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ The earlier commit is checked out with `git worktree` into a temporary folder an
 run trains --epochs epochs and the training phase's images/s (log.jsonl `images_per_s`, the SGD steps with their data
 pipeline) of its last epoch is kept. Both trees read the same decoded-image cache.
 
-    .venv/bin/python benchmarks/vs_commit.py --commit 0f941f4                         # CIFAR-10, 10,000 images
-    .venv/bin/python benchmarks/vs_commit.py --commit 0f941f4 --extra "--amp"        # this tree with bf16
+    .venv/bin/python benchmarks/vs_commit.py --commit "$(git rev-list -1 --before=2026-11-28 HEAD)"
+    .venv/bin/python benchmarks/vs_commit.py --commit "$(git rev-list -1 --before=2026-11-28 HEAD)" --extra=--amp
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def train_rate(tree: Path, argv: list[str], out: Path) -> float:
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed in {tree}:\n{done.stderr[-2000:]}")
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    return [r for r in records if "images_per_s" in r][-1]["images_per_s"]
+    return [r for r in records if r.get("images_per_s", 0) > 0][-1]["images_per_s"]  # the last trained epoch
 
 
 def main() -> None:
