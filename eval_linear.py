@@ -166,7 +166,7 @@ def plan_tasks(args: argparse.Namespace, hashes: dict[str, str]) -> list[Task]:
 
 def main(args: argparse.Namespace) -> None:
     # ---- set-up
-    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
+    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir, args.dist_timeout)
     lineage = resolve_pretrained(args)
     resolve_data_defaults(args)
 

@@ -209,7 +209,7 @@ def labelled_data(args: argparse.Namespace, info: dist_util.DistInfo, output_dir
 
 
 def main(args: argparse.Namespace) -> None:
-    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
+    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir, args.dist_timeout)
     lineage = resolve_pretrained(args)
     resolve_data_defaults(args)
 

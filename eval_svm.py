@@ -107,7 +107,7 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(f"--layers {','.join(unknown)} unknown: choose from {','.join(TAP_NAMES)}")
     costs = parse_list(args.costs, float, "--costs", positive=True) if args.costs else list(DEFAULT_COSTS)
     ks = parse_list(args.lowshot_ks, int, "--lowshot-ks", positive=True)
-    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
+    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir, args.dist_timeout)
     lineage = resolve_pretrained(args)
     if is_voc_data(args.data):  # the protocol: every image resized to 224 x 224, decoded per step
         args.image_size, args.in_memory = args.image_size or 224, bool(args.in_memory)
@@ -174,21 +174,46 @@ def cached_features(
         "test_paths": hashlib.sha256("\n".join(test.images.paths).encode()).hexdigest(),
     }
     meta_path = folder / f"{network}.json"
-    wanted = [folder / f"{network}-{split}-{layer}.npy" for split in ("train", "test") for layer in layers]
-    if meta_path.is_file() and json.loads(meta_path.read_text()) == identity and all(p.is_file() for p in wanted):
-        logger.info("using cached %s features in %s", network, folder)
-    else:
-        extract_to_disk(args, network, weights, {"train": train, "test": test}, layers, device, folder)
+    splits = {"train": train, "test": test}
+    loaded = None
+    if dist_util.current().is_main:  # rank 0 reads the cache; every rank learns whether it must be made again
+        loaded = load_feature_cache(folder, network, identity, splits, layers)
+    if not dist_util.broadcast_object(loaded is not None):
+        extract_to_disk(args, network, weights, splits, layers, device, folder)
         if dist_util.current().is_main:
             text = json.dumps(identity, indent=2)
             atomic_write(meta_path, lambda handle: handle.write(text.encode()))
+            loaded = load_feature_cache(folder, network, identity, splits, layers, fresh=True)
     dist_util.barrier()
-    if not dist_util.current().is_main:
-        return {}  # the SVMs run on rank 0
-    return {
-        split: {layer: np.load(folder / f"{network}-{split}-{layer}.npy") for layer in layers}
-        for split in ("train", "test")
-    }
+    return loaded or {}  # the SVMs run on rank 0
+
+
+def load_feature_cache(
+    folder: Path, network: str, identity: dict, splits: dict, layers, fresh: bool = False
+) -> dict[str, dict[str, np.ndarray]] | None:
+    """The cached features when their key (the weights' hash and every flag that changes them) is this run's and
+    every array reads back whole, one row per image; else None, said in one line when a file is damaged."""
+    meta_path = folder / f"{network}.json"
+    try:
+        if not meta_path.is_file() or json.loads(meta_path.read_text()) != identity:
+            return None
+        found = {}
+        for split, labelled in splits.items():
+            found[split] = {}
+            for layer in layers:
+                path = folder / f"{network}-{split}-{layer}.npy"
+                array = np.load(path)
+                if array.ndim != 2 or len(array) != len(labelled.images):
+                    raise ValueError(f"{path.name} holds {array.shape}, not one row per {split} image")
+                found[split][layer] = array
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError) as err:  # cut off, overwritten, or not an array
+        logger.warning("cached %s features in %s are damaged (%s): extracting them again", network, folder, err)
+        return None
+    if not fresh:  # (fresh: read back right after they were extracted)
+        logger.info("using cached %s features in %s", network, folder)
+    return found
 
 
 @torch.inference_mode()

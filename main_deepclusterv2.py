@@ -356,7 +356,7 @@ class Run(EpochContext):
 
 def main(args: argparse.Namespace) -> None:
     # ---- set-up: processes, device, seeds, output folder; the flags the data decides
-    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir)
+    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir, args.dist_timeout)
     args = finalize_args(args, info.world_size, device.type)
     logger.info("args: %s", " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
 

@@ -54,7 +54,14 @@ class ScriptJob(submitit.helpers.Checkpointable):
             torch.set_num_threads(int(cpus))
         module = load_script(self.script)
         args = script_parser(module).parse_args(self.argv)
-        module.main(args)
+        try:
+            module.main(args)
+        except Exception as err:
+            from util.abort import share_failure
+            from util.errors import failure_line
+
+            share_failure(*failure_line(err))  # the job's other tasks end with this task's line
+            raise
         return getattr(args, "output_dir", "")
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:

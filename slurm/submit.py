@@ -105,6 +105,7 @@ def make_executor(opts: argparse.Namespace) -> submitit.AutoExecutor:
         slurm_partition=opts.partition,
         slurm_signal_delay_s=120,
         slurm_additional_parameters=additional,
+        slurm_srun_args=["--kill-on-bad-exit=1"],  # a task that fails ends the job's other tasks
         slurm_setup=[f"export PYTHONPATH={REPO_ROOT}:${{PYTHONPATH:-}}"],
     )
     return executor

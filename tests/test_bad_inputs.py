@@ -94,3 +94,23 @@ def test_arch_too_deep_for_the_image_size_names_the_size_it_needs(tiny_folder, t
     args = ["--pretrained", "random", "--arch", "alexnet", "--data", str(tiny_split_folder), "--image-size", "32"]
     proc = run_script("eval_linear.py", [*args, "--output-dir", str(out)], tmp_path)
     assert proc.returncode == 2 and "--image-size 63" in proc.stderr
+
+
+EVALUATIONS = [
+    ("eval_linear.py", ["--protocol", "knn"]),
+    ("eval_svm.py", ["--protocol", "full", "--costs", "1", "--layers", "feature5"]),
+    ("eval_semisup.py", ["--percent", "50", "--epochs", "1", "--batch-size", "16"]),
+]
+
+
+@pytest.mark.parametrize("memory", ["--in-memory", "--no-in-memory"])
+@pytest.mark.parametrize("script,extra", EVALUATIONS, ids=[s for s, _ in EVALUATIONS])
+def test_a_jpeg_cut_off_mid_image_is_named_by_every_evaluation(tiny_split_folder, tmp_path, script, extra, memory):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_split_folder, data)
+    bad = sorted((data / "val").rglob("*.jpg"))[3]
+    whole = bad.read_bytes()
+    bad.write_bytes(whole[: len(whole) // 2])  # a download or copy cut off: the header reads, the pixels end early
+    args = ["--pretrained", "random", "--arch", "resnet18", "--data", str(data), "--image-size", "32", "--workers", "0"]
+    proc = run_script(script, [*args, *extra, memory, "--output-dir", str(tmp_path / "out")], tmp_path)
+    assert_user_error(proc, "cannot decode image", str(bad))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -154,3 +156,57 @@ def test_knn_monitor_of_two_processes_equals_one(tmp_path, tiny_split_folder):
     one_image = 100 / 60  # 60 held-out images; batches of other sizes may move features in the last float bits
     assert abs(records["one"][0]["knn_top1"] - records["two"][0]["knn_top1"]) <= one_image
     assert records["two"][0]["knn_floor"] == records["two"][0]["knn_top1"]
+
+
+def two_ranks(tmp_path, script: str, args: list[str], rank0_fault: str = "", rank1_fault: str = "") -> list[dict]:
+    """Two processes started by hand, as srun without --kill-on-bad-exit would (no launcher ends the other when one
+    fails); each rank's exit status, output and the second it ended."""
+    port, procs, start = free_port(), [], time.monotonic()
+    for rank, fault in ((0, rank0_fault), (1, rank1_fault)):
+        env = script_env(tmp_path)
+        env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        env.update(OMP_NUM_THREADS="1", DEEPCLUSTER_FAULT=fault)
+        cmd = [PYTHON, str(REPO / script), *args]
+        procs.append(
+            subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
+    ended = [None, None]
+    while None in ended and time.monotonic() - start < 600:
+        for rank, proc in enumerate(procs):
+            if ended[rank] is None and proc.poll() is not None:
+                ended[rank] = time.monotonic() - start
+        time.sleep(0.1)
+    for proc in procs:
+        proc.kill()
+    return [{"status": p.wait(), "log": p.stdout.read(), "ended_s": e} for p, e in zip(procs, ended, strict=True)]
+
+
+def error_line(log: str) -> str:
+    lines = [line for line in log.splitlines() if "error: " in line]
+    assert lines, log[-3000:]
+    return lines[-1].split("error: ", 1)[1]
+
+
+def test_a_failure_on_rank_0_ends_rank_1_with_its_line(tmp_path, tiny_folder):
+    """Only rank 0's checkpoint write fails (a full disk): both ranks exit 2 within seconds of each other, rank 1
+    with rank 0's line, no traceback."""
+    args = [*COMMON, "--data", str(tiny_folder), "--batch-size", "16", "--output-dir", str(tmp_path / "run")]
+    ranks = two_ranks(tmp_path, "main_deepcluster.py", [*args, "--wandb-mode", "disabled"], rank0_fault="no-space")
+    assert [r["status"] for r in ranks] == [2, 2], ranks[0]["log"][-2000:] + ranks[1]["log"][-2000:]
+    assert error_line(ranks[1]["log"]) == f"rank 0: {error_line(ranks[0]['log'])}"
+    assert "Traceback" not in ranks[1]["log"]
+    assert abs(ranks[1]["ended_s"] - ranks[0]["ended_s"]) < 15
+
+
+def test_a_hung_rank_times_out_with_a_named_line(tmp_path, tiny_folder):
+    """Rank 1 hangs in its second training step: rank 0's collective gives up after --dist-timeout (3 s here) with
+    one line naming itself, and rank 1 ends with that line."""
+    args = [*COMMON, "--data", str(tiny_folder), "--batch-size", "16", "--dist-timeout", "0.05"]
+    args += ["--wandb-mode", "disabled", "--output-dir", str(tmp_path / "run")]
+    ranks = two_ranks(tmp_path, "main_deepcluster.py", args, rank1_fault="mid-step@2:stall")
+    assert [r["status"] for r in ranks] == [2, 2], ranks[0]["log"][-2000:] + ranks[1]["log"][-2000:]
+    line = error_line(ranks[0]["log"])
+    assert re.fullmatch(
+        r"rank 0: (a|an|the) .+ \(\S+\.py:\d+ \(\w+\)\) timed out after 0\.05 min .+--dist-timeout.*", line
+    ), line
+    assert error_line(ranks[1]["log"]) == f"rank 0: {line}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import PYTHON, REPO, TINY_PRETRAIN, read_jsonl, script_env
+from tests.helpers import PYTHON, REPO, TINY_PRETRAIN, read_jsonl, run_script, script_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -191,3 +192,121 @@ def test_recipes_parse(tmp_path, recipe):
     )
     assert proc.returncode == 0, proc.stderr
     assert "would submit" in proc.stdout
+
+
+FAILING_TASK = [
+    ("main_deepcluster.py", [*TINY, "--epochs", "2"], "tiny_folder"),
+    (
+        "main_deepclusterv2.py",
+        [
+            "--arch",
+            "resnet18",
+            "--image-size",
+            "32",
+            "--in-memory",
+            "--workers",
+            "0",
+            "--nmb-crops",
+            "2",
+            "--size-crops",
+            "32",
+            "--feat-dim",
+            "16",
+            "--hidden-mlp",
+            "32",
+            "--nmb-prototypes",
+            "12",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "2",
+        ],
+        "tiny_folder",
+    ),
+    (
+        "eval_linear.py",
+        [
+            "--pretrained",
+            "random",
+            "--arch",
+            "resnet18",
+            "--image-size",
+            "32",
+            "--workers",
+            "0",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+        ],
+        "tiny_split_folder",
+    ),
+]
+
+
+@pytest.mark.parametrize("script,args,data", FAILING_TASK, ids=[s for s, _, _ in FAILING_TASK])
+def test_a_failing_task_ends_every_task(slurm_env, tmp_path, request, script, args, data):
+    """A 2-task srun job told not to kill the other tasks (--kill-on-bad-exit=0), where only task 0's checkpoint
+    write fails (a full disk): both tasks exit 2 within seconds of each other, task 1 with task 0's line."""
+    wrapper = (
+        'if [ "$SLURM_PROCID" = 0 ]; then export DEEPCLUSTER_FAULT=no-space; fi; "$@" > "$LOGS/task$SLURM_PROCID.log" '
+        '2>&1; echo "task $SLURM_PROCID exit $? at $(date +%s.%N)"'
+    )
+    env = {**slurm_env, "LOGS": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    data_args = ["--data", str(request.getfixturevalue(data)), "--output-dir", str(tmp_path / "out")]
+    cmd = ["srun", "--ntasks", "2", "--cpus-per-task", "1", "--mem", "4G", "--kill-on-bad-exit=0", "bash", "-c"]
+    cmd += [wrapper, "task", PYTHON, str(REPO / script), *args, *data_args, "--wandb-mode", "disabled"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    ends = {int(t): (int(code), float(at)) for t, code, at in re.findall(r"task (\d) exit (\d+) at (\S+)", proc.stdout)}
+    logs = [(tmp_path / f"task{t}.log").read_text() for t in (0, 1)]
+    assert sorted(ends) == [0, 1] and [ends[0][0], ends[1][0]] == [2, 2], proc.stdout + proc.stderr + "".join(logs)
+    assert abs(ends[0][1] - ends[1][1]) < 15
+    line0 = [line for line in logs[0].splitlines() if "error: " in line][-1].split("error: ", 1)[1]
+    assert f"error: rank 0: {line0}" in logs[1] and "Traceback" not in logs[1]
+
+
+REQUEUED = [
+    ("eval_linear.py", ["--epochs", "6", "--batch-size", "16"], "linear_state.pth"),
+    ("eval_semisup.py", ["--percent", "50", "--epochs", "6", "--batch-size", "16"], "semisup_state.pth"),
+    ("eval_svm.py", ["--protocol", "full", "--costs", "0.1,1", "--layers", "feature4,feature5"], "features"),
+]
+
+
+@pytest.mark.parametrize("script,args,progress", REQUEUED, ids=[s for s, _, _ in REQUEUED])
+def test_requeued_evaluation_ends_as_an_uninterrupted_one(
+    slurm_env, tmp_path, tiny_split_folder, script, args, progress
+):
+    """`scontrol requeue` (what a preempting scheduler does) once the evaluation has saved progress: the job runs
+    again, resumes from its output folder and writes the results of a run never interrupted."""
+    common = ["--pretrained", "random", "--arch", "resnet18", "--data", str(tiny_split_folder), "--image-size", "32"]
+    common += ["--workers", "0", "--wandb-mode", "disabled", *args]
+    out, jobs = tmp_path / "requeued", tmp_path / "jobs"
+    launcher = [script, "--cpus-per-task", "2", "--mem-gb", "4", "--timeout-min", "10", "--job-dir", str(jobs / "%j")]
+    proc = submit(slurm_env, [*launcher, "--", *common, "--output-dir", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    job_id = job_ids(proc.stdout)[0]
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / progress).exists():
+        time.sleep(0.2)
+    requeue = subprocess.run(["scontrol", "requeue", job_id], env=slurm_env, capture_output=True, text=True)
+    assert requeue.returncode == 0, requeue.stderr
+    assert not (out / "results.json").exists(), "the requeue must land before the evaluation ends"
+    deadline, state = time.time() + 400, ""
+    while time.time() < deadline:
+        state = sacct_state(slurm_env, job_id)
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") and (out / "results.json").exists():
+            break
+        time.sleep(1)
+    assert state == "COMPLETED", state
+    history = subprocess.run(
+        ["sacct", "-j", job_id, "-D", "-X", "-n", "-o", "State"], env=slurm_env, capture_output=True
+    )
+    assert history.stdout.decode().split()[:1] == ["REQUEUED"], history.stdout  # it ran twice
+    alone = run_script(script, [*common, "--output-dir", str(tmp_path / "alone")], tmp_path)
+    assert alone.returncode == 0, alone.stderr
+
+    def numbers(folder: Path) -> dict:
+        found = json.loads((folder / "results.json").read_text())
+        return {k: v for k, v in found.items() if isinstance(v, (int, float)) and "time" not in k and "_s" not in k}
+
+    assert numbers(out) == numbers(tmp_path / "alone") and numbers(out)

@@ -481,3 +481,25 @@ def test_voc_ap_of_every_column_equals_voc_ap_one_by_one(seed):
     labels[:, 6] = -1  # no positive: NaN
     expected = [voc_ap(scores[:, p], labels[:, p]) for p in range(7)]
     np.testing.assert_allclose(voc_ap_columns(scores, labels), expected, rtol=1e-12, equal_nan=True)
+
+
+def test_a_damaged_svm_feature_cache_is_extracted_again(tmp_path, tiny_split_folder):
+    """A cached feature file cut off (or replaced by a foreign array) under a valid key: one line saying so, the
+    features extracted again, the same results."""
+    out = tmp_path / "svm"
+    args = ["--pretrained", "random", "--arch", "resnet18", "--data", str(tiny_split_folder), "--workers", "0"]
+    args += [*"--image-size 32 --layers feature5 --costs 1 --protocol full --output-dir".split(), str(out)]
+    first = run_script("eval_svm.py", args, tmp_path)
+    assert first.returncode == 0, first.stderr
+    expected = json.loads((out / "results.json").read_text())["random_init_feature5_map"]
+    cached = out / "features" / "random_init-train-feature5.npy"
+    for damage in (cached.read_bytes()[:200], None):
+        if damage is None:
+            np.save(cached, np.zeros((3, 7), dtype=np.float32))  # a foreign array: readable, the wrong shape
+        else:
+            cached.write_bytes(damage)  # cut off mid-file
+        again = run_script("eval_svm.py", args, tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert "cached random_init features" in again.stderr and "are damaged" in again.stderr
+        assert json.loads((out / "results.json").read_text())["random_init_feature5_map"] == expected
+        assert np.load(cached).shape[0] == len(list((tiny_split_folder / "train").rglob("*.jpg")))

@@ -105,6 +105,13 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
         help="deterministic kernels (bit-exact resume on CPU; slower on GPU)",
     )
     group.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=10.0,
+        help="minutes a collective waits for the other ranks before the run ends with a line naming it (default: 10; "
+        "raise it when rank 0 clusters a large set on the CPU while the others wait)",
+    )
+    group.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=True,

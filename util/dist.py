@@ -6,7 +6,8 @@ import datetime
 import logging
 import os
 import subprocess
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from util.abort import start_watching, stop_watching
 from util.errors import UserError
 
 logger = logging.getLogger("deepcluster")
@@ -87,8 +89,13 @@ def env_info() -> tuple[DistInfo, str | None, str | None]:
     return DistInfo(), None, None
 
 
-def init_distributed(device: str) -> DistInfo:
-    """Initialise torch.distributed when the environment asks for several processes (NCCL on GPU, else gloo)."""
+DEFAULT_TIMEOUT_MIN = 10.0  # a collective waiting longer than this ends the run (--dist-timeout)
+_TIMEOUT_MIN = DEFAULT_TIMEOUT_MIN
+
+
+def init_distributed(device: str, timeout_min: float = DEFAULT_TIMEOUT_MIN) -> DistInfo:
+    """Initialise torch.distributed when the environment asks for several processes (NCCL on GPU, else gloo), with
+    collectives that give up after timeout_min, and start watching for another rank's failure (util/abort.py)."""
     info, addr, port = env_info()
     if not info.distributed:
         return info
@@ -101,10 +108,11 @@ def init_distributed(device: str) -> DistInfo:
         init_method=f"tcp://{addr}:{port}",
         rank=info.rank,
         world_size=info.world_size,
-        timeout=datetime.timedelta(minutes=30),
+        timeout=datetime.timedelta(minutes=timeout_min),
     )
-    global _STARTED
-    _STARTED = info
+    global _STARTED, _TIMEOUT_MIN
+    _STARTED, _TIMEOUT_MIN = info, timeout_min
+    start_watching(addr, int(port), info.rank, info.world_size)
     logger.info(
         "distributed: rank %d / %d (local %d) via %s:%s",
         info.rank,
@@ -129,13 +137,47 @@ def current() -> DistInfo:
     return DistInfo()
 
 
-def barrier() -> None:
+@contextmanager
+def named(what: str) -> Iterator[None]:
+    """A collective that times out is one line naming it, this rank, and the likely causes."""
+    try:
+        yield
+    except RuntimeError as err:
+        text = str(err).lower()
+        if "timed out" in text or "timeout" in text:
+            raise UserError(
+                f"rank {current().rank}: {what} ({_caller()}) timed out after {_TIMEOUT_MIN:g} min waiting for the "
+                "other ranks: one "
+                "stopped (its log says why) or is still busy (rank 0 clustering a large set on the CPU): raise "
+                "--dist-timeout, or give rank 0 a GPU for k-means"
+            ) from err
+        raise
+
+
+def _caller() -> str:
+    """Where the collective was called from: the innermost frame outside this module, as file:line (function)."""
+    import traceback
+
+    here = os.path.abspath(__file__)
+    frames = [
+        f for f in traceback.extract_stack() if os.path.abspath(f.filename) != here and "contextlib" not in f.filename
+    ]
+    frame = frames[-1]
+    return f"{os.path.relpath(frame.filename, os.path.dirname(os.path.dirname(here)))}:{frame.lineno} ({frame.name})"
+
+
+def barrier(what: str = "a barrier") -> None:
     if current().distributed:
-        dist.barrier()
+        with named(what):
+            dist.barrier()
 
 
 def cleanup() -> None:
+    """The normal end of a distributed run: every rank done with its collectives, then the failure watchers stopped
+    (rank 0, whose store they read, last), then the process group."""
     if dist.is_available() and dist.is_initialized():
+        barrier("the end-of-run barrier")
+        stop_watching()
         dist.destroy_process_group()
 
 
@@ -144,7 +186,8 @@ def broadcast_object(obj, src: int = 0):
     if not current().distributed:
         return obj
     holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
+    with named(f"a broadcast from rank {src}"):
+        dist.broadcast_object_list(holder, src=src)
     return holder[0]
 
 
@@ -153,12 +196,14 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     if not current().distributed:
         return tensor
     sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
+    with named("an all_gather of row counts"):
+        dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
     max_rows = int(max(s.item() for s in sizes))
     padded = torch.zeros((max_rows, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
     padded[: tensor.shape[0]] = tensor
     gathered = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(gathered, padded)
+    with named("an all_gather of rows"):
+        dist.all_gather(gathered, padded)
     return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes, strict=True)])
 
 
@@ -168,7 +213,8 @@ def all_gather_equal_rows(tensor: torch.Tensor) -> torch.Tensor:
     if not current().distributed:
         return tensor
     gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, tensor.contiguous())
+    with named("an all_gather of rows"):
+        dist.all_gather(gathered, tensor.contiguous())
     return torch.cat(gathered)
 
 
@@ -226,7 +272,8 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
     if current().distributed:
         for buffer in model.buffers():
             moved = buffer.to(collective_device())
-            dist.broadcast(moved, 0)
+            with named("the broadcast of rank 0's BatchNorm statistics"):
+                dist.broadcast(moved, 0)
             buffer.copy_(moved)
 
 

@@ -7,6 +7,8 @@ import logging
 import sys
 from collections.abc import Callable
 
+from util.abort import share_failure
+
 EXIT_USER_ERROR = 2
 
 
@@ -33,14 +35,52 @@ def run_main(main: Callable[[], object]) -> None:
         logger.propagate = False
     try:
         main()
-    except UserError as err:
-        logger.error("error: %s", _one_line(str(err)))
+    except Exception as err:
+        status, line = failure_line(err)
+        share_failure(status, line)  # every other rank of a distributed run ends with this line too
+        if status != EXIT_USER_ERROR:
+            raise
+        logger.error("error: %s", line)
         sys.exit(EXIT_USER_ERROR)
-    except RuntimeError as err:  # a UserError re-raised by a DataLoader worker arrives as its type
-        if "UserError" in str(err):
-            logger.error("error: %s", _one_line(str(err)))
-            sys.exit(EXIT_USER_ERROR)
-        raise
+
+
+def failure_line(err: Exception) -> tuple[int, str]:
+    """The exit status and one line for an exception: 2 and its text for a UserError (also one re-raised by a
+    DataLoader worker, or a collective's timeout), else 1 and its type and first line (its traceback follows)."""
+    text = str(err)
+    if isinstance(err, UserError) or (isinstance(err, RuntimeError) and "UserError" in text):
+        return EXIT_USER_ERROR, _one_line(text)
+    lowered = text.lower()
+    if isinstance(err, RuntimeError) and ("timed out" in lowered or "timeout" in lowered) and _distributed():
+        import torch.distributed as dist
+
+        return EXIT_USER_ERROR, (
+            f"rank {dist.get_rank()}: a collective ({_where(err)}) timed out waiting for the other ranks: one stopped "
+            "(its log says why) or is still busy; raise --dist-timeout if a step legitimately takes longer"
+        )
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return 1, f"{type(err).__name__}: {first} (the traceback is in this rank's log)"
+
+
+def _where(err: Exception) -> str:
+    """The innermost frame of the traceback in this repository's code: file:line (function)."""
+    import traceback
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ours = [
+        f
+        for f in traceback.extract_tb(err.__traceback__)
+        if Path(f.filename).resolve().is_relative_to(root) and "site-packages" not in f.filename
+    ]
+    frame = ours[-1] if ours else None
+    return f"{Path(frame.filename).resolve().relative_to(root)}:{frame.lineno} ({frame.name})" if frame else "torch"
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def script_entry(

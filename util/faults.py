@@ -1,7 +1,8 @@
 """Deterministic fault injection for the fault-matrix tests: DEEPCLUSTER_FAULT names a point in the code where the
 process kills itself (SIGKILL: no cleanup, no flush, as a pre-empted node) or fails a write as a full disk would.
 
-    DEEPCLUSTER_FAULT=<point>[@<n>]    the n-th time (default 1) the run reaches <point>
+    DEEPCLUSTER_FAULT=<point>[@<n>][:stall]    the n-th time (default 1) the run reaches <point>; with `:stall` the
+                                               process sleeps there instead (a rank that hangs, for timeouts)
 Points: mid-step (after a training step's optimizer update), after-log (the epoch's log line written, its
 checkpoint not yet), checkpoint-write (inside the atomic checkpoint write: temp file written, not yet renamed),
 no-space (the checkpoint write fails with ENOSPC). Unset, every call is one dictionary lookup.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 
 POINTS = ("mid-step", "after-log", "checkpoint-write", "no-space")
 _reached: dict[str, int] = {}
@@ -21,7 +23,7 @@ def _armed(point: str) -> bool:
     spec = os.environ.get("DEEPCLUSTER_FAULT")
     if not spec:
         return False
-    name, _, count = spec.partition("@")
+    name, _, count = spec.split(":")[0].partition("@")
     if name != point:
         return False
     _reached[point] = _reached.get(point, 0) + 1
@@ -31,6 +33,8 @@ def _armed(point: str) -> bool:
 def kill_point(point: str) -> None:
     """SIGKILL this process when DEEPCLUSTER_FAULT names this point (and this is its n-th visit)."""
     if _armed(point):
+        if os.environ["DEEPCLUSTER_FAULT"].endswith(":stall"):
+            time.sleep(3600)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

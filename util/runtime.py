@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from util.checkpoint import remove_stale_temporaries
-from util.dist import DistInfo, init_distributed
+from util.dist import DEFAULT_TIMEOUT_MIN, DistInfo, init_distributed
 from util.errors import UserError
 from util.logging import setup_logging
 
@@ -67,10 +67,12 @@ def prepare_output_dir(path: str, is_main: bool) -> Path:
 
 
 def start_run(
-    device: str | None, seed: int, deterministic: bool, output_dir: str
+    device: str | None, seed: int, deterministic: bool, output_dir: str, dist_timeout: float = DEFAULT_TIMEOUT_MIN
 ) -> tuple[DistInfo, torch.device, Path]:
     """The start of every entry script: process group, rank-filtered logging, device, seeds, writable output folder."""
-    info = init_distributed(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dist_timeout <= 0:
+        raise UserError(f"--dist-timeout {dist_timeout} must be positive (minutes)")
+    info = init_distributed(device or ("cuda" if torch.cuda.is_available() else "cpu"), dist_timeout)
     setup_logging(info.rank)
     resolved = resolve_device(device, info)
     seed_everything(seed, deterministic)
