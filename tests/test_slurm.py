@@ -69,7 +69,8 @@ def test_two_tasks_on_one_node(slurm_env, tmp_path, tiny_folder):
     assert "effective batch 32 (16 x 2 processes)" in logs
 
 
-def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path, tiny_folder):
+@pytest.mark.parametrize("how", ["submitit", "scontrol"])
+def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path, tiny_folder, how):
     import submitit
 
     out, jobs = tmp_path / "run", tmp_path / "jobs"
@@ -103,7 +104,10 @@ def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path, tiny_folder):
         time.sleep(0.2)
     os.environ["SLURM_CONF"] = slurm_env["SLURM_CONF"]
     job = submitit.SlurmJob(folder=jobs / job_id, job_id=job_id)
-    job._interrupt()  # what a preemption does: the signal, then submitit's checkpoint hook requeues the job
+    if how == "submitit":
+        job._interrupt()  # what a preemption does: the signal, then submitit's checkpoint hook requeues the job
+    else:  # what an administrator or a preempting scheduler configured to requeue does
+        assert subprocess.run(["scontrol", "requeue", job_id], env=slurm_env).returncode == 0
     interrupted_at = len(read_jsonl(out / "log.jsonl"))
     assert interrupted_at < epochs, "the preemption must land before the run ends"
     deadline = time.time() + 400

@@ -34,6 +34,23 @@ def resolve_device(requested: str | None, info: DistInfo) -> torch.device:
     return torch.device(name)
 
 
+def fix_cpu_threads() -> None:
+    """The CPU's thread counts held fixed for the whole run, so that every matrix product splits its sums the same
+    way whatever else the machine runs: torch's intra-op threads pinned at their count now, OpenMP's dynamic
+    adjustment off (for DataLoader workers and child processes too), and MKL's (the BLAS of torch's x86 wheels)
+    dynamic choice of fewer threads off."""
+    torch.set_num_threads(torch.get_num_threads())
+    os.environ["OMP_DYNAMIC"] = "FALSE"
+    os.environ["MKL_DYNAMIC"] = "FALSE"
+    try:
+        import ctypes
+
+        library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        library.mkl_set_dynamic_(ctypes.byref(ctypes.c_int(0)))  # the Fortran entry point: its flag by reference
+    except (OSError, AttributeError):  # a torch without MKL (aarch64, macOS): nothing to fix there
+        pass
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -42,6 +59,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+        fix_cpu_threads()
     else:
         torch.backends.cudnn.benchmark = True
 
