@@ -401,7 +401,7 @@ def write_results(
         "schedule": args.schedule,
         "protocol_notes": protocol_notes(DEPARTURES),
     }
-    publish(output_dir, results, meta, tracker, "linear_eval", columns, rows, f"top-1 (%) on {args.data}")
+    publish(args, output_dir, results, meta, tracker, "linear_eval", columns, rows, f"top-1 (%) on {args.data}")
 
 
 if __name__ == "__main__":

@@ -398,7 +398,9 @@ def write_results(
         "hyperparameters": asdict(hp),
         "protocol_notes": protocol_notes(DEPARTURES),
     }
-    publish(output_dir, results, meta, tracker, "semisup_eval", columns, rows, f"semi-supervised top-1 on {args.data}")
+    publish(
+        args, output_dir, results, meta, tracker, "semisup_eval", columns, rows, f"semi-supervised top-1 on {args.data}"
+    )
 
 
 if __name__ == "__main__":

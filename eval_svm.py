@@ -313,7 +313,9 @@ def write_results(args, results: dict, identities: dict, output_dir: Path, track
         "solver": args.solver,
         "protocol_notes": protocol_notes(DEPARTURES),
     }
-    publish(output_dir, results, meta, tracker, "svm_eval", columns, rows, f"VOC07-style SVM mAP (%) on {args.data}")
+    publish(
+        args, output_dir, results, meta, tracker, "svm_eval", columns, rows, f"VOC07-style SVM mAP (%) on {args.data}"
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,11 @@ def load_script(name: str) -> ModuleType:
 
 
 def script_parser(module: ModuleType) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(Path(module.__file__).name, parents=[module.get_args_parser()])
+    from util.config import add_config_arg
+
+    parser = argparse.ArgumentParser(Path(module.__file__).name, parents=[module.get_args_parser()])
+    add_config_arg(parser)
+    return parser
 
 
 class ScriptJob(submitit.helpers.Checkpointable):
@@ -53,7 +57,9 @@ class ScriptJob(submitit.helpers.Checkpointable):
         if cpus:
             torch.set_num_threads(int(cpus))
         module = load_script(self.script)
-        args = script_parser(module).parse_args(self.argv)
+        from util.config import parse_with_config
+
+        args = parse_with_config(script_parser(module), self.argv)
         try:
             module.main(args)
         except Exception as err:

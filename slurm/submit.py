@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import submitit
 
 from slurm.job import REPO_ROOT, SCRIPTS, ScriptJob, load_script, script_parser
+from util.config import parse_with_config
 from util.errors import UserError, run_main
 
 
@@ -141,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     check_resources(opts)
     module = load_script(opts.script)
     parser = script_parser(module)
-    script_args = parser.parse_args(script_argv)  # rejects bad script flags before submitting
+    script_args = parse_with_config(parser, script_argv)  # rejects bad script flags before submitting
     argvs = sweep_argvs(script_args, script_argv, opts.sweep)
     for one in argvs:
-        parser.parse_args(one)
+        parse_with_config(parser, one)
     if opts.dry_run:
         for one in argvs:
             print(f"would submit {opts.script} {' '.join(one)} on {opts.nodes} node(s)", flush=True)
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         ) from err
     for job, one in zip(jobs, argvs, strict=True):
         print(f"submitted {opts.script} as job {job.job_id}; logs: {job.paths.stdout}", flush=True)
-        print(f"  output: {parser.parse_args(one).output_dir}", flush=True)
+        print(f"  output: {parse_with_config(parser, one).output_dir}", flush=True)
     if not opts.wait:
         return 0
     failed = 0

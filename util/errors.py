@@ -91,7 +91,10 @@ def script_entry(
 ) -> None:
     """The `if __name__ == "__main__"` of every entry script: its parser (with --help and the departures from the
     paper or protocol as epilog), then main() under run_main."""
+    from util.config import add_config_arg, parse_with_config
+
     parser = argparse.ArgumentParser(
         title, parents=[get_args_parser()], epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    run_main(lambda: main(parser.parse_args()))
+    add_config_arg(parser)
+    run_main(lambda: main(parse_with_config(parser, sys.argv[1:])))

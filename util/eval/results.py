@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from pathlib import Path
 
 from util.checkpoint import atomic_write
+from util.config import write_config
 from util.tracking import Tracker
 
 logger = logging.getLogger("deepcluster")
@@ -28,6 +30,7 @@ def format_table(columns: list[str], rows: list[list]) -> str:
 
 
 def publish(
+    args: argparse.Namespace,
     output_dir: Path,
     results: dict,
     meta: dict,
@@ -37,9 +40,11 @@ def publish(
     rows: list[list],
     title: str,
 ) -> None:
-    """Write OUTPUT_DIR/results.json (results + meta), log the table, mirror both to W&B."""
+    """Write OUTPUT_DIR/results.json (results + meta) and config.yaml (the resolved arguments), log the table,
+    mirror both to W&B."""
     text = json.dumps({**results, **meta}, indent=2, sort_keys=True) + "\n"
     atomic_write(output_dir / "results.json", lambda handle: handle.write(text.encode()))
+    write_config(args, output_dir)
     logger.info("%s:\n%s", title, format_table(columns, rows))
     tracker.table(table, columns, rows)
     summary = {k: v for k, v in results.items() if isinstance(v, (int, float, str))}

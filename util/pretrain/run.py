@@ -25,6 +25,7 @@ from util.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
+from util.config import write_config
 from util.data import ImageSource
 from util.errors import UserError
 from util.faults import kill_point
@@ -161,6 +162,7 @@ class RunOutputs:
     log: JsonLog
     tracker: Tracker
     source: ImageSource
+    config_written: bool = False  # config.yaml (the resolved arguments), written with the first record
 
     def end_epoch(self, record: dict, assignments: np.ndarray | None, payload: Callable[[], dict]) -> None:
         """Log the epoch; when it trained (assignments given), also save its clusters and the checkpoint, which
@@ -170,6 +172,9 @@ class RunOutputs:
         if not dist_util.current().is_main:
             return
         self.log.append(record)
+        if not self.config_written:  # with this process's first record: no folder of a refused run has one
+            write_config(self.args, self.output_dir)
+            self.config_written = True
         if assignments is None:
             log_epoch(self.tracker, record, None)
             return

@@ -1,0 +1,75 @@
+"""--config FILE.yaml: the file's values first, the command line on top; config.yaml reruns a run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+import main_deepcluster
+from tests.helpers import assert_user_error, random_resnet18, run_script
+from util.config import add_config_arg, parse_with_config
+from util.errors import UserError
+
+
+def parser():
+    made = main_deepcluster.get_args_parser()
+    add_config_arg(made)
+    return made
+
+
+def test_config_values_then_the_command_line(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("k: 30\npca-dim: 16\nlr: 0.1\naug: noflip\ncrop_scale: [0.3, 1.0]\nflip: false\noutput_dir: o\n")
+    args = parse_with_config(parser(), ["--config", str(config), "--lr", "0.2"])
+    assert (args.k, args.pca_dim, args.lr, args.aug, args.crop_scale, args.flip) == (
+        30,
+        16,
+        0.2,
+        "noflip",
+        [0.3, 1.0],
+        False,
+    )
+    assert parse_with_config(parser(), ["--output-dir", "o"]).k is None  # without --config: the parser's defaults
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("kk: 3\n", "unknown key 'kk'"),
+        ("aug: sideways\n", "'sideways' is not one of"),
+        ("- k\n- 3\n", "not a mapping"),
+        ("k: [1,\n", "not valid YAML at line"),
+    ],
+)
+def test_config_mistakes_are_one_line(tmp_path, text, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(UserError, match=message):
+        parse_with_config(parser(), ["--config", str(config)])
+    with pytest.raises(UserError, match="does not exist"):
+        parse_with_config(parser(), ["--config", str(tmp_path / "none.yaml")])
+
+
+def test_a_runs_config_yaml_runs_it_again(tmp_path, tiny_split_folder):
+    out = tmp_path / "knn"
+    first = run_script(
+        "eval_linear.py",
+        [*random_resnet18(tiny_split_folder), "--image-size", "32", "--workers", "0", "--protocol", "knn"]
+        + ["--wandb-mode", "disabled", "--output-dir", str(out)],
+        tmp_path,
+    )
+    assert first.returncode == 0, first.stderr
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert written["protocol"] == "knn" and written["image_size"] == 32 and written["in_memory"] is True  # resolved
+    expected = json.loads((out / "results.json").read_text())["random_init_knn_top1"]
+    (out / "results.json").unlink()
+    again = run_script("eval_linear.py", ["--config", str(out / "config.yaml")], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "results.json").read_text())["random_init_knn_top1"] == expected
+    proc = run_script("eval_linear.py", ["--config", str(out / "config.yaml"), "--protocol", "nope"], tmp_path)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pretrained: random\nlayers: 3\n")
+    assert_user_error(run_script("eval_linear.py", ["--config", str(bad)], tmp_path), "unknown key 'layers'", str(bad))
