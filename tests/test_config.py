@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import main_deepcluster
-from tests.helpers import assert_user_error, random_resnet18, run_script
+from tests.helpers import REPO, assert_user_error, random_resnet18, run_script
 from util.config import add_config_arg, parse_with_config
 from util.errors import UserError
 
@@ -73,3 +73,18 @@ def test_a_runs_config_yaml_runs_it_again(tmp_path, tiny_split_folder):
     bad = tmp_path / "bad.yaml"
     bad.write_text("pretrained: random\nlayers: 3\n")
     assert_user_error(run_script("eval_linear.py", ["--config", str(bad)], tmp_path), "unknown key 'layers'", str(bad))
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "slurm" / "recipes").glob("*.yaml")))
+def test_recipe_configs_set_what_they_say(recipe):
+    """Every YAML recipe is read by its script's parser, each value landing on its flag."""
+    import re
+
+    from slurm.job import load_script, script_parser
+
+    path = REPO / "slurm" / "recipes" / recipe
+    script = re.search(r"submit\.py (\S+\.py)", path.with_suffix(".sh").read_text()).group(1)
+    given = ["--pretrained", "c.pth", "--data", "d"] if script.startswith("eval_") else []  # the shell recipe's paths
+    args = parse_with_config(script_parser(load_script(script)), ["--config", str(path), "--output-dir", "o", *given])
+    for key, value in yaml.safe_load(path.read_text()).items():
+        assert getattr(args, key) == value, key

@@ -9,4 +9,4 @@ cd "$(dirname "$0")/../.."
 OUT=${1:-$(dirname "${CKPT:?set CKPT}")/linear-$(basename "${DATA:?set DATA}")}
 python slurm/submit.py eval_linear.py ${DRY_RUN:+--dry-run} --nodes 1 --gpus-per-node 8 --cpus-per-task 10 --mem-gb 480 \
   ${PARTITION:+--partition "$PARTITION"} --timeout-min "${TIMEOUT_MIN:-4320}" --name dc-linear \
-  -- --pretrained "$CKPT" --data "$DATA" --protocol all --schedule "${SCHEDULE:-imagenet}" --batch-size 32 --workers 10 --output-dir "$OUT"
+  -- --config slurm/recipes/eval_linear_multihead.yaml --pretrained "$CKPT" --data "$DATA" --schedule "${SCHEDULE:-imagenet}" --output-dir "$OUT"

@@ -6,4 +6,4 @@ cd "$(dirname "$0")/../.."
 OUT=${1:-$(dirname "${CKPT:?set CKPT}")/voc07-svm}
 python slurm/submit.py eval_svm.py ${DRY_RUN:+--dry-run} --nodes 1 --gpus-per-node 1 --cpus-per-task 16 --mem-gb 120 \
   ${PARTITION:+--partition "$PARTITION"} --timeout-min "${TIMEOUT_MIN:-1440}" --name dc-voc07 \
-  -- --pretrained "$CKPT" --data "${VOC2007:?set VOC2007}" --protocol all --workers 16 --output-dir "$OUT"
+  -- --config slurm/recipes/eval_voc07_svm.yaml --pretrained "$CKPT" --data "${VOC2007:?set VOC2007}" --output-dir "$OUT"

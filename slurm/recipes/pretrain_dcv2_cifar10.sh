@@ -9,6 +9,4 @@ cd "$(dirname "$0")/../.."
 OUT=${1:-runs/dcv2-cifar10}
 python slurm/submit.py main_deepclusterv2.py ${DRY_RUN:+--dry-run} --nodes 1 --gpus-per-node 1 --cpus-per-task 8 \
   --mem-gb 32 ${PARTITION:+--partition "$PARTITION"} --timeout-min "${TIMEOUT_MIN:-600}" --name dcv2-cifar10 \
-  -- --data cifar10 --arch resnet18_cifar --nmb-crops 2 --size-crops 32 --min-scale-crops 0.08 --max-scale-crops 1 \
-     --no-blur --nmb-prototypes 3000 3000 3000 --epochs 200 --batch-size 256 --base-lr 0.6 --trust 0.02 --lars-clip \
-     --lars-exclude-1d --knn-every 10 --amp --wandb-group dcv2-cifar10 --output-dir "$OUT"
+  -- --config slurm/recipes/pretrain_dcv2_cifar10.yaml --output-dir "$OUT"

@@ -8,7 +8,4 @@ cd "$(dirname "$0")/../.."
 OUT=${1:-runs/dcv2-1gpu}
 python slurm/submit.py main_deepclusterv2.py ${DRY_RUN:+--dry-run} --nodes 1 --gpus-per-node 1 --cpus-per-task 16 \
   --mem-gb 120 ${PARTITION:+--partition "$PARTITION"} --timeout-min "${TIMEOUT_MIN:-4320}" --name dcv2-1gpu \
-  -- --data "${IMAGENET:?set IMAGENET to an ImageNet root with train/}/train" --arch resnet50 \
-     --nmb-crops 2 4 --size-crops 160 96 --min-scale-crops 0.08 0.05 --max-scale-crops 1 0.14 \
-     --nmb-prototypes 3000 3000 3000 --epochs 100 --batch-size 256 --amp --knn-every 0 --workers 16 \
-     --wandb-group dcv2-1gpu --output-dir "$OUT"
+  -- --config slurm/recipes/pretrain_dcv2_imagenet_1gpu.yaml --data "${IMAGENET:?set IMAGENET to an ImageNet root with train/}/train" --output-dir "$OUT"

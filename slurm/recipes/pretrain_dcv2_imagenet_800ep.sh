@@ -8,8 +8,4 @@ cd "$(dirname "$0")/../.."
 OUT=${1:-runs/dcv2-800ep}
 python slurm/submit.py main_deepclusterv2.py ${DRY_RUN:+--dry-run} --nodes 8 --gpus-per-node 8 --cpus-per-task 8 \
   --mem-gb 450 ${PARTITION:+--partition "$PARTITION"} --timeout-min "${TIMEOUT_MIN:-2400}" --name dcv2-800ep \
-  -- --data "${IMAGENET:?set IMAGENET to an ImageNet root with train/}/train" --arch resnet50 \
-     --nmb-crops 2 6 --size-crops 224 96 --min-scale-crops 0.14 0.05 --max-scale-crops 1 0.14 --crops-for-assign 0 1 \
-     --temperature 0.1 --feat-dim 128 --nmb-prototypes 3000 3000 3000 --epochs 800 --batch-size 64 \
-     --base-lr 4.8 --final-lr 0.0048 --warmup-epochs 10 --start-warmup 0.3 --wd 1e-6 --trust 0.001 \
-     --sync-bn --amp --knn-every 0 --workers 8 --wandb-group dcv2-800ep --output-dir "$OUT"
+  -- --config slurm/recipes/pretrain_dcv2_imagenet_800ep.yaml --data "${IMAGENET:?set IMAGENET to an ImageNet root with train/}/train" --output-dir "$OUT"

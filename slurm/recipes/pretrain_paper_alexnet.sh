@@ -7,6 +7,4 @@ cd "$(dirname "$0")/../.."
 OUT=${1:-runs/paper-alexnet}
 python slurm/submit.py main_deepcluster.py ${DRY_RUN:+--dry-run} --nodes 1 --gpus-per-node 4 --cpus-per-task 10 --mem-gb 240 \
   ${PARTITION:+--partition "$PARTITION"} --timeout-min "${TIMEOUT_MIN:-4320}" --name dc-paper-alexnet \
-  -- --data "${IMAGENET:?set IMAGENET to an ImageNet root with train/}/train" --arch "${ARCH:-alexnet}" --sobel \
-     --k 10000 --epochs 500 --batch-size 64 --lr 0.05 --momentum 0.9 --wd 1e-5 --aug paper --workers 10 \
-     --wandb-group paper-alexnet --output-dir "$OUT"
+  -- --config slurm/recipes/pretrain_paper_alexnet.yaml --data "${IMAGENET:?set IMAGENET to an ImageNet root with train/}/train" --arch "${ARCH:-alexnet}" --output-dir "$OUT"

@@ -7,6 +7,4 @@ cd "$(dirname "$0")/../.."
 OUT=${1:-runs/seed-r50}
 python slurm/submit.py main_deepcluster.py ${DRY_RUN:+--dry-run} --nodes 1 --gpus-per-node 8 --cpus-per-task 10 --mem-gb 480 \
   ${PARTITION:+--partition "$PARTITION"} --timeout-min "${TIMEOUT_MIN:-4320}" --name dc-seed-r50 \
-  -- --data "${IMAGENET:?set IMAGENET to an ImageNet root with train/}/train" --arch resnet50 --sobel \
-     --k 10000 --pca-dim 256 --epochs 200 --batch-size 64 --lr 0.1 --momentum 0.9 --wd 1e-5 --aug mmselfsup \
-     --workers 10 --amp --wandb-group seed-r50 --output-dir "$OUT"
+  -- --config slurm/recipes/pretrain_seed_resnet50.yaml --data "${IMAGENET:?set IMAGENET to an ImageNet root with train/}/train" --output-dir "$OUT"
