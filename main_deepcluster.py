@@ -37,6 +37,7 @@ from util.faults import kill_point
 from util.logging import JsonLog, interactive
 from util.metrics import ari, cluster_accuracy, nmi, purity
 from util.precision import add_amp_arg, add_compile_arg, autocast, check_amp, compile_in_place, to_channels_last
+from util.pretrain.alarms import size_entropy
 from util.pretrain.clock import RunClock
 from util.pretrain.clustering import (
     ClusteringResult,
@@ -554,6 +555,7 @@ def cluster_metrics(result: ClusteringResult, previous: np.ndarray | None, targe
         "cluster_size_min": int(nonempty.min()),
         "cluster_size_median": float(np.median(nonempty)),
         "cluster_size_max": int(nonempty.max()),
+        "cluster_size_entropy": size_entropy(sizes),
     }
 
 

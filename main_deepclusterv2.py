@@ -35,6 +35,7 @@ from util.faults import kill_point
 from util.logging import JsonLog, interactive
 from util.metrics import nmi
 from util.precision import add_amp_arg, add_compile_arg, autocast, check_amp, compile_in_place, to_channels_last
+from util.pretrain.alarms import size_entropy
 from util.pretrain.bank import MemoryBank
 from util.pretrain.clock import RunClock
 from util.pretrain.epoch_log import PhaseTimer, close_record
@@ -614,6 +615,7 @@ def cluster_metrics(results: list, previous: np.ndarray | None, targets: np.ndar
         "cluster_size_min": int(nonempty.min()),
         "cluster_size_median": float(np.median(nonempty)),
         "cluster_size_max": int(nonempty.max()),
+        "cluster_size_entropy": size_entropy(sizes),
     }
 
 

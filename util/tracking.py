@@ -59,6 +59,14 @@ class Tracker:
         if self.run is not None:
             self.run.log(metrics, **kwargs)
 
+    def alert(self, title: str, text: str) -> None:
+        """wandb.alert: an e-mail or Slack message when the run is online and alerts are set up in W&B."""
+        if self.run is not None:
+            try:
+                self.run.alert(title=title, text=text)
+            except Exception as err:  # noqa: BLE001 - an alert that cannot be sent must not stop the run
+                logger.warning("W&B alert not sent (%s): %s", type(err).__name__, title)
+
     def summary(self, values: dict) -> None:
         if self.run is not None:
             for key, value in values.items():

@@ -69,8 +69,9 @@ def log_epoch(tracker: Tracker, record: dict, assignments: np.ndarray | None) ->
     """Mirror the JSON record to W&B with the epoch as x-axis, plus the cluster-size histogram."""
     groups = {"loss": "train", "lr": "train", "images_per_s": "train", "epoch_images_per_s": "train"}
     metrics = {"epoch": record["epoch"]}
+    metrics["alarm/collapse"] = len(record.get("collapse") or [])
     for key, value in record.items():
-        if key != "epoch" and value is not None:
+        if key not in ("epoch", "collapse") and value is not None:
             prefix = groups.get(key, "time" if key.startswith("time_") else "cluster")
             prefix = "monitor" if key.startswith(("knn_", "test_kmeans_")) else prefix
             metrics[f"{prefix}/{key}"] = value

@@ -19,6 +19,7 @@ from util.datasets import is_named
 from util.errors import UserError
 from util.knn import StreamingKnn, l2_normalize
 from util.metrics import cluster_accuracy, nmi, topk_accuracy
+from util.pretrain.alarms import add_alarm_args
 from util.pretrain.clustering import PCAWhitening, torch_kmeans
 from util.pretrain.features import extract_features, extraction_order
 from util.seeds import derive_seed
@@ -45,6 +46,7 @@ def add_monitor_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
     )
     group.add_argument("--knn-k", type=positive_int, default=20, help="neighbours (default: 20)")
     group.add_argument("--knn-temperature", type=float, default=0.07, help="vote temperature (default: 0.07)")
+    add_alarm_args(group)
     return group
 
 

@@ -30,6 +30,7 @@ from util.data import ImageSource
 from util.errors import UserError
 from util.faults import kill_point
 from util.logging import JsonLog, protocol_notes, provenance
+from util.pretrain.alarms import collapse_alarms
 from util.pretrain.clock import RunClock
 from util.pretrain.epoch_log import log_epoch
 from util.pretrain.outputs import checkpoint_artifact, cluster_images
@@ -164,6 +165,18 @@ class RunOutputs:
     source: ImageSource
     config_written: bool = False  # config.yaml (the resolved arguments), written with the first record
 
+    def collapse_alarms(self, record: dict) -> list[str]:
+        """The collapse alarms of this record given the logged epochs before it (util/pretrain/alarms.py), decided on
+        rank 0 and known to every rank; each said in a warning line and a W&B alert."""
+        alarms = []
+        if dist_util.current().is_main:
+            history = [r for r in self.log.read() if not r.get("final") and r["epoch"] < record["epoch"]]
+            alarms = collapse_alarms(history, record, self.args.collapse_entropy)
+            for alarm in alarms:
+                logger.warning("collapse alarm at epoch %d: %s", record["epoch"], alarm)
+                self.tracker.alert(f"collapse alarm at epoch {record['epoch']}", alarm)
+        return dist_util.broadcast_object(alarms)
+
     def end_epoch(self, record: dict, assignments: np.ndarray | None, payload: Callable[[], dict]) -> None:
         """Log the epoch; when it trained (assignments given), also save its clusters and the checkpoint, which
         payload() builds. log.jsonl comes before the checkpoint: a kill in between redoes the epoch, and the resume
@@ -220,6 +233,13 @@ def train_and_measure(
     for epoch in range(state.epoch, run.args.epochs + 1):
         train = epoch < run.args.epochs
         record, assignments = run_epoch(run, epoch, state, train)
+        record["collapse"] = outputs.collapse_alarms(record) or None
+        if train and record["collapse"] and run.args.stop_on_collapse:
+            outputs.end_epoch(record, None, payload)  # the record only: the checkpoint of the epoch before is kept
+            raise UserError(
+                f"stopped at a collapse alarm of epoch {epoch} ({record['collapse'][0]}); the checkpoint of epoch "
+                f"{state.epoch} is kept: change the recipe, or rerun without --stop-on-collapse"
+            )
         if train:
             state.epoch, state.assignments = epoch + 1, assignments
         outputs.end_epoch(record, assignments if train else None, payload)
