@@ -52,6 +52,7 @@ from util.pretrain.epoch_log import PhaseTimer, close_record
 from util.pretrain.features import extract_features
 from util.pretrain.monitor import add_monitor_args, build_held_out, measure_floor, monitor_pass, resolve_knn_every
 from util.pretrain.outputs import add_output_args
+from util.pretrain.probe import OnlineProbe, wants_probe
 from util.pretrain.recipe import apply_rule
 from util.pretrain.run import (
     EpochContext,
@@ -63,6 +64,7 @@ from util.pretrain.run import (
     restart_from_checkpoint,
     start_tracker,
     train_and_measure,
+    unwrap,
 )
 from util.pretrain.sampler import UniformClusterSampler
 from util.pretrain.step_log import StepLog
@@ -324,7 +326,8 @@ def main(args: argparse.Namespace) -> None:
     compile_in_place(trunk.backbone, args.compile)
     optimizer = torch.optim.SGD(trunk.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
     cluster_rng = np.random.default_rng(args.seed)  # a fresh k-means seed every epoch (paper, section 3.2)
-    saved = {"backbone": trunk.backbone, "neck": trunk.neck, "optimizer": optimizer}
+    probe = OnlineProbe(trunk.backbone.feature_dim, len(source.images.classes), device) if wants_probe(args) else None
+    saved = {"backbone": trunk.backbone, "neck": trunk.neck, "optimizer": optimizer, "online_probe": probe}
     saved["cluster_rng"] = SavedGenerator(cluster_rng)
     state = restart_from_checkpoint(args, output_dir, METHOD, RUN_DEFINING_ARGS, RunState(), **saved)
     log = JsonLog(output_dir / "log.jsonl")
@@ -333,7 +336,7 @@ def main(args: argparse.Namespace) -> None:
         return
     tracker = start_tracker(args, output_dir, state, DEPARTURES, EPOCH_METRICS)
     clock = RunClock(args.epochs - state.epoch + 1, info.is_main)
-    run = Run(args, source, held_out, device, info, clock, trunk, optimizer, cluster_rng)
+    run = Run(args, source, held_out, device, info, clock, trunk, optimizer, cluster_rng, probe)
     outputs = RunOutputs(args, output_dir, log, tracker, source)
 
     # ---- epochs: extract -> cluster -> pseudo-label -> train -> log -> checkpoint. The last pass measures the final
@@ -350,6 +353,7 @@ class Run(EpochContext):
     trunk: Trunk
     optimizer: torch.optim.Optimizer
     cluster_rng: np.random.Generator
+    probe: OnlineProbe | None = None  # the online linear probe (with the kNN monitor)
 
 
 def run_epoch(run: Run, epoch: int, state: RunState, train: bool = True) -> tuple[dict, np.ndarray]:
@@ -416,6 +420,7 @@ def extract(run: Run, epoch: int, monitored: bool) -> tuple[torch.Tensor, dict]:
             progress=progress,
             desc=desc,
             project=trunk.project,
+            probe=run.probe if epoch > 0 else None,  # untrained before the first epoch
         )
         return features, knn
     features = extract_features(
@@ -452,7 +457,10 @@ def train_one_epoch(run: Run, epoch: int, labels: np.ndarray, num_classes: int, 
         model = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     log = StepLog(args.log_every, epoch, num_steps, run.device, "lower --lr", info.is_main)
     targets = torch.from_numpy(labels).to(run.device)  # (N,) pseudo-labels, on the device for the whole epoch
-    stats = train_steps(model, (run.optimizer, head_optimizer), batches, targets, args.amp, log)
+    probing = None
+    if run.probe is not None:  # the training split's true labels, for the online probe only
+        probing = (run.probe, torch.from_numpy(run.source.targets).to(run.device))
+    stats = train_steps(model, (run.optimizer, head_optimizer), batches, targets, args.amp, log, probing)
     if stats["images"] == 0:
         raise UserError(f"no training step ran: --batch-size {args.batch_size} is larger than the dataset")
     return stats
@@ -508,7 +516,9 @@ class PseudoLabelNet(nn.Module):
         self.trunk, self.head = trunk, head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk.classifier_input(self.trunk(x)))
+        features = self.trunk(x)
+        self.features = features.detach()  # the pooled backbone features, for the online probe
+        return self.head(self.trunk.classifier_input(features))
 
 
 def train_steps(
@@ -518,6 +528,7 @@ def train_steps(
     labels: torch.Tensor,
     amp: bool,
     log: StepLog,
+    probing: tuple[OnlineProbe, torch.Tensor] | None = None,
 ) -> dict:
     """Cross-entropy on the pseudo-labels, one SGD step per batch of (images on the device, dataset indices) for
     every optimizer; no host-device synchronisation in a step (the loss is read once per --log-every steps)."""
@@ -532,6 +543,9 @@ def train_steps(
         loss.backward()
         for optimizer in optimizers:
             optimizer.step()
+        if probing is not None:  # on the step's detached backbone features and the images' true labels
+            probe, true_labels = probing
+            probe.step(unwrap(model).features, true_labels[idx.to(device, non_blocking=True)])
         kill_point("mid-step")
         log.add(step, loss, len(idx))
     return log.finish()

@@ -42,6 +42,7 @@ from util.pretrain.epoch_log import PhaseTimer, close_record
 from util.pretrain.lars import LARS
 from util.pretrain.monitor import add_monitor_args, build_held_out, measure_floor, monitor_pass, resolve_knn_every
 from util.pretrain.outputs import add_output_args
+from util.pretrain.probe import OnlineProbe, wants_probe
 from util.pretrain.recipe import default_aug
 from util.pretrain.run import (
     EpochContext,
@@ -353,6 +354,7 @@ class Run(EpochContext):
     specs: list[AugmentSpec]  # one per crop
     schedule: np.ndarray  # the learning rate of every step
     steps_per_epoch: int
+    probe: OnlineProbe | None = None  # the online linear probe (with the kNN monitor)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -386,7 +388,14 @@ def main(args: argparse.Namespace) -> None:
     # ---- model, optimizer, memory bank, resume
     model, optimizer = build_model_and_optimizer(args, device, info)
     bank = MemoryBank(len(args.crops_for_assign), len(source), args.feat_dim, device)
-    saved = {"backbone": model.backbone, "head": model.head, "optimizer": optimizer, "bank": bank}
+    probe = OnlineProbe(model.backbone.feature_dim, len(source.images.classes), device) if wants_probe(args) else None
+    saved = {
+        "backbone": model.backbone,
+        "head": model.head,
+        "optimizer": optimizer,
+        "bank": bank,
+        "online_probe": probe,
+    }
     state = restart_from_checkpoint(args, output_dir, METHOD, RUN_DEFINING_ARGS, RunState(), **saved)
     log = JsonLog(output_dir / "log.jsonl")
     if already_done(log, state, args, output_dir, hint="its schedule ends there: use a new --output-dir"):
@@ -407,7 +416,9 @@ def main(args: argparse.Namespace) -> None:
     )
     tracker = start_tracker(args, output_dir, state, DEPARTURES, EPOCH_METRICS)
     clock = RunClock(args.epochs - state.epoch + 1, info.is_main)
-    run = Run(args, source, held_out, device, info, clock, model, optimizer, bank, specs, schedule, steps_per_epoch)
+    run = Run(
+        args, source, held_out, device, info, clock, model, optimizer, bank, specs, schedule, steps_per_epoch, probe
+    )
     outputs = RunOutputs(args, output_dir, log, tracker, source)
 
     # ---- epochs: (fill the bank) -> cluster the bank -> train -> log -> checkpoint. The last pass measures the final
@@ -482,7 +493,17 @@ def monitor(run: Run, epoch: int, progress: bool) -> dict:
 
     desc = f"epoch {epoch} monitor"
     knn, _ = monitor_pass(
-        model.backbone, run.source, run.held_out, run.args, run.device, epoch, embed, None, progress, desc
+        model.backbone,
+        run.source,
+        run.held_out,
+        run.args,
+        run.device,
+        epoch,
+        embed,
+        None,
+        progress,
+        desc,
+        probe=run.probe if epoch > 0 else None,  # untrained before the first epoch
     )
     if epoch == 0:
         floor = measure_floor(model.backbone, run.source, run.held_out, run.args, run.device, epoch, knn, view=embed)
@@ -562,6 +583,7 @@ def train_one_epoch(run: Run, epoch: int, targets: list[torch.Tensor], before_tr
     log = StepLog(args.log_every, epoch, run.steps_per_epoch, device, "lower --base-lr", info.is_main)
     targets = [t.to(device) for t in targets]  # per head (N,) assignments, on the device for the whole epoch
     assign = torch.tensor(args.crops_for_assign, device=device)  # the crops the bank keeps, as a device index
+    true_labels = torch.from_numpy(run.source.targets).to(device) if run.probe is not None else None
     lr = None
     for step, (crops, idx) in enumerate(tqdm(batches, desc=f"epoch {epoch} train", disable=not progress, leave=False)):
         lr = float(run.schedule[epoch * run.steps_per_epoch + step])
@@ -577,6 +599,9 @@ def train_one_epoch(run: Run, epoch: int, targets: list[torch.Tensor], before_tr
         run.optimizer.step()
         views = embeddings.detach().float().reshape(num_crops, len(idx), -1).index_select(0, assign)  # (views, B, dim)
         run.bank.write(on_device, views)
+        if run.probe is not None:  # the first resolution's crops' detached features, the images' true labels
+            features = unwrap(model).features
+            run.probe.step(features, true_labels[on_device].repeat(len(features) // len(idx)))
         kill_point("mid-step")
         log.add(step, loss, len(idx))
     return {**log.finish(), "lr": lr}

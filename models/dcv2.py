@@ -49,4 +49,5 @@ class MultiCropNet(nn.Module):
                 stop += 1
             features.append(self.backbone(torch.cat(crops[start:stop])))
             start = stop
+        self.features = features[0].detach()  # the first resolution's pooled features, for the online probe
         return self.head(torch.cat(features))

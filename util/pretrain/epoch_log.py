@@ -56,6 +56,8 @@ def log_epoch_line(record: dict, epochs: int, knn_floor: float | None, phases: t
     ]
     if record.get("knn_top1") is not None:
         parts.append(f"knn {record['knn_top1']:.2f} (floor {_fmt(knn_floor, 2)})")
+    if record.get("probe_top1") is not None:
+        parts.append(f"online probe {record['probe_top1']:.2f}")
     times = "  ".join(f"{phase} {record[f'time_{phase}']:.1f}s" for phase in phases)
     parts.append(f"{times}  {record['images_per_s']:.0f} img/s")
     logger.info("  ".join(parts))
@@ -73,7 +75,7 @@ def log_epoch(tracker: Tracker, record: dict, assignments: np.ndarray | None) ->
     for key, value in record.items():
         if key not in ("epoch", "collapse") and value is not None:
             prefix = groups.get(key, "time" if key.startswith("time_") else "cluster")
-            prefix = "monitor" if key.startswith(("knn_", "test_kmeans_")) else prefix
+            prefix = "monitor" if key.startswith(("knn_", "test_kmeans_", "probe_")) else prefix
             metrics[f"{prefix}/{key}"] = value
     if assignments is not None:  # the clusters the epoch trained on
         sizes = np.bincount(assignments)

@@ -22,6 +22,7 @@ from util.metrics import cluster_accuracy, nmi, topk_accuracy
 from util.pretrain.alarms import add_alarm_args
 from util.pretrain.clustering import PCAWhitening, torch_kmeans
 from util.pretrain.features import extract_features, extraction_order
+from util.pretrain.probe import OnlineProbe, add_probe_arg
 from util.seeds import derive_seed
 
 KMEANS_RUNS = 5  # seeded k-means runs of the held-out clustering metric; their mean and spread are logged
@@ -47,6 +48,7 @@ def add_monitor_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
     group.add_argument("--knn-k", type=positive_int, default=20, help="neighbours (default: 20)")
     group.add_argument("--knn-temperature", type=float, default=0.07, help="vote temperature (default: 0.07)")
     add_alarm_args(group)
+    add_probe_arg(group)
     return group
 
 
@@ -95,6 +97,7 @@ def monitor_pass(
     progress: bool = False,
     desc: str = "monitor",
     project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    probe: OnlineProbe | None = None,
 ) -> tuple[dict, torch.Tensor | None]:
     """Measure one network (in eval mode): the held-out features, then one pass over the training images that casts
     their kNN votes and, with pca_dim, also returns them PCA-whitened and L2-normalised for the epoch's clustering
@@ -134,7 +137,8 @@ def monitor_pass(
     with torch.inference_mode():
         held_out_view = view(held_out_feats)
     clustering = held_out_clustering(held_out_view, held_out.targets, seeds)
-    return {"knn_top1": top1, "knn_top5": top5, **clustering}, features if pca is not None else None
+    probed = {"probe_top1": probe.top1(held_out_feats, held_out.targets)} if probe is not None else {}
+    return {"knn_top1": top1, "knn_top5": top5, **probed, **clustering}, features if pca is not None else None
 
 
 def held_out_clustering(view: torch.Tensor, targets: np.ndarray, seeds: list[int]) -> dict:

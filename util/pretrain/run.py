@@ -37,6 +37,8 @@ from util.pretrain.outputs import checkpoint_artifact, cluster_images
 from util.tracking import Tracker, init_tracker
 
 logger = logging.getLogger("deepcluster")
+
+FRESH_WHEN_ABSENT = ("online_probe",)  # measurement-only state a checkpoint may lack (written with --no-online-probe)
 SCRIPTS = {"deepcluster": "main_deepcluster.py", "deepcluster-v2": "main_deepclusterv2.py"}  # checkpoint "method"
 
 
@@ -103,6 +105,9 @@ def restart_from_checkpoint(
     check_same_run(ckpt.get("args", {}), args, run_defining, path)
     for name, obj in objects.items():
         if obj is None:
+            continue
+        if name in FRESH_WHEN_ABSENT and ckpt.get(name) is None:
+            logger.warning("checkpoint %s has no %s: it starts afresh", path, name.replace("_", " "))
             continue
         if name not in ckpt:
             raise UserError(
