@@ -13,7 +13,8 @@ they are in.
 
 Writes to OUTPUT_DIR: report.md (every table, the figures, the cluster images), one CSV per table (numbers at full
 precision, and where each row was read), curves.png (loss / NMI / kNN per epoch, all runs), cluster_sizes.png,
-per_layer.png, lowshot.png; and a W&B run (job_type `report`, in the runs' group) holding the same tables as
+per_layer.png, lowshot.png, evolution_<run>.png (how the clusters evolve: util/report/evolution.py); and a W&B
+run (job_type `report`, in the runs' group) holding the same tables as
 wandb.Table and the figures as images. Every row names the weights that produced it (sha256 of the file); a run
 without an evaluation of some kind is shown as `missing`, never filled in; `-`: not measured by that evaluation.
 Published rows come from util/report/published.py, each with its source.
@@ -26,12 +27,15 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+
 from util.args import add_wandb_args
 from util.checkpoint import atomic_write
 from util.errors import UserError, script_entry
 from util.logging import provenance, setup_logging
 from util.pretrain.cluster_images import draw_epoch_grid, run_images
-from util.report import plots
+from util.report import evolution, plots
+from util.report.evolution import evolution_rows
 from util.report.sources import Evaluation, PretrainRun, attach, merge_runs, read_source
 from util.report.tables import Table, all_tables, to_csv, to_markdown
 from util.tracking import init_tracker
@@ -120,6 +124,33 @@ def cluster_grids(runs: list[PretrainRun]) -> list[tuple[str, Path]]:
     return found
 
 
+def cluster_evolution(runs: list[PretrainRun], output_dir: Path) -> tuple[Table | None, dict[str, Path]]:
+    """Per run folder with two or more saved epochs: its evolution rows (one table for all runs) and figure."""
+    table = Table(
+        "cluster_evolution",
+        "Cluster evolution: best-match Jaccard with the epoch before, surviving clusters (Jaccard >= 0.5), purity",
+        ["Run", "Epoch", "Clusters", "Jaccard q1", "Jaccard median", "Jaccard q3", "Surviving", "Purity"],
+    )
+    figures = {}
+    for run in runs:
+        epochs = run.saved_epochs()
+        if len(epochs) < 2:
+            continue
+        assignments = [np.load(run.folder / "assignments" / f"epoch_{e:04d}.npy").astype(np.int64) for e in epochs]
+        try:
+            targets = run_images(run.args).targets
+        except (UserError, KeyError, OSError):  # the training images are not on this machine: no purity
+            targets = None
+        if targets is not None and len(targets) != len(assignments[0]):
+            targets = None
+        for row in evolution_rows(epochs, assignments, targets):
+            cells = [row.get(k) for k in ("jaccard_q1", "jaccard_median", "jaccard_q3", "surviving", "purity_mean")]
+            table.add([run.name, row["epoch"], row["clusters"], *cells], run.where)
+        title = f"Cluster evolution: {run.name}"
+        figures[title] = evolution.draw(epochs, assignments, targets, output_dir / f"evolution_{run.name}.png", title)
+    return (table if table.rows else None), figures
+
+
 def render(
     runs: list[PretrainRun],
     tables: list[Table],
@@ -166,6 +197,8 @@ def main(args: argparse.Namespace) -> Path:
         draw_requested_grids(runs, args.cluster_images)
 
     tables = all_tables(runs, alone)
+    evolution_table, evolution_figures = cluster_evolution(runs, output_dir)
+    tables += [evolution_table] if evolution_table is not None else []
     for table in tables:
         write_text(output_dir / f"{table.key}.csv", to_csv(table))
     figures = {
@@ -176,7 +209,7 @@ def main(args: argparse.Namespace) -> Path:
         ),
         "Low-shot SVM": plots.lowshot(named_evaluations(runs, alone, "svm"), output_dir / "lowshot.png"),
     }
-    figures = {title: path for title, path in figures.items() if path is not None}
+    figures = {title: path for title, path in {**figures, **evolution_figures}.items() if path is not None}
     grids = cluster_grids(runs)
     write_text(output_dir / "report.md", render(runs, tables, figures, grids, output_dir))
 

@@ -91,6 +91,9 @@ def test_tables_match_results_json(reported):
     check_table(run, "linear", "linear_tiny_split0.csv", LINEAR_KEYS, markdown, "Linear evaluation on tiny_split0")
     check_table(run, "svm", "svm.csv", SVM_KEYS, markdown, "VOC SVM / Low-shot SVM")
     assert read_csv(run / "report" / "svm.csv")[0]["Best Layer"] == results_of(run, "svm")["best_layer"]
+    evolution = read_csv(run / "report" / "cluster_evolution.csv")  # from assignments/epoch_0000.npy and 0001
+    assert [row["Epoch"] for row in evolution] == ["0", "1"] and 0 <= float(evolution[1]["Jaccard median"]) <= 1
+    assert f"evolution_{run.name}.png" in markdown and (run / "report" / f"evolution_{run.name}.png").is_file()
     # kNN: eval_linear's, and the run's monitor (final network and its floor) from log.jsonl
     knn = read_csv(run / "report" / "knn.csv")
     results = results_of(run, "linear")

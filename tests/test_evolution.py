@@ -1,0 +1,39 @@
+"""Cluster evolution against plain-Python references: best-match Jaccard, purity, clusters followed back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from util.report.evolution import Overlaps, evolution_rows, follow_back, purity
+
+
+def members(assignments: np.ndarray) -> dict[int, set[int]]:
+    return {int(c): set(np.flatnonzero(assignments == c).tolist()) for c in np.unique(assignments)}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_best_jaccard_equals_sets(seed):
+    rng = np.random.default_rng(seed)
+    before, after = rng.integers(0, 7, 300), rng.integers(0, 9, 300)
+    after[after == 4] = 5  # an empty cluster in the later epoch: not reported
+    found = Overlaps.of(before, after).best_jaccard()
+    old, new = members(before), members(after)
+    expected = [max(len(b & a) / len(b | a) for a in old.values()) for _, b in sorted(new.items())]
+    np.testing.assert_allclose(found, expected, rtol=0, atol=1e-15)
+
+
+def test_purity_and_rows_against_counting():
+    assignments = np.array([0, 0, 0, 1, 1, 3, 3, 3, 3])
+    targets = np.array([2, 2, 1, 0, 0, 1, 1, 1, 0])
+    np.testing.assert_allclose(purity(assignments, targets), [2 / 3, 1.0, 0.0, 3 / 4])
+    rows = evolution_rows([0, 1], [assignments, assignments.copy()], targets)
+    assert rows[1]["jaccard_median"] == 1.0 and rows[1]["surviving"] == 1.0 and rows[0]["clusters"] == 3
+    assert rows[0]["purity_mean"] == pytest.approx((2 + 2 + 3) / 9)
+
+
+def test_clusters_are_followed_back_through_their_largest_overlap():
+    epoch0 = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    epoch1 = np.array([5, 5, 5, 1, 1, 1, 1, 0, 0, 0])  # 5 <- 0 (3 images), 1 <- 1 (3 of 4), 0 <- 2
+    lineages = follow_back([epoch0, epoch1])
+    assert lineages == [[1, 1], [2, 0], [0, 5]]  # by size, ties by id

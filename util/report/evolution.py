@@ -1,0 +1,141 @@
+"""How a run's clusters evolve, from its saved assignments (OUTPUT_DIR/assignments/epoch_*.npy): per cluster its
+best-match Jaccard with the previous epoch's clusters (how long clusters live), size and label purity over epochs,
+and an alluvial figure of the largest clusters across epochs.
+
+Overlaps come from the sparse contingency of two epochs' assignments (one np.unique over N pair codes): O(N log N),
+never k x k."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TOP_CLUSTERS = 6  # clusters followed in the alluvial figure and the size / purity curves
+
+
+@dataclass
+class Overlaps:
+    """The non-zero overlaps of clusters a (earlier epoch) and b (later epoch): pairs (a, b) and their counts."""
+
+    a: np.ndarray
+    b: np.ndarray
+    count: np.ndarray
+    size_a: np.ndarray  # (k_a,)
+    size_b: np.ndarray  # (k_b,)
+
+    @classmethod
+    def of(cls, before: np.ndarray, after: np.ndarray) -> Overlaps:
+        before, after = before.astype(np.int64), after.astype(np.int64)
+        k_b = int(after.max()) + 1
+        codes, count = np.unique(before * k_b + after, return_counts=True)
+        return cls(codes // k_b, codes % k_b, count, np.bincount(before), np.bincount(after, minlength=k_b))
+
+    def best_jaccard(self) -> np.ndarray:
+        """For every non-empty cluster of the later epoch: its largest Jaccard index with an earlier cluster."""
+        jaccard = self.count / (self.size_a[self.a] + self.size_b[self.b] - self.count)
+        best = np.zeros(len(self.size_b))
+        np.maximum.at(best, self.b, jaccard)
+        return best[self.size_b > 0]
+
+
+def purity(assignments: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per cluster, the share of its images of its most frequent label (0 for an empty cluster)."""
+    k, classes = int(assignments.max()) + 1, int(targets.max()) + 1
+    table = np.bincount(assignments.astype(np.int64) * classes + targets, minlength=k * classes).reshape(k, classes)
+    sizes = table.sum(1)
+    return np.where(sizes > 0, table.max(1) / np.maximum(sizes, 1), 0.0)
+
+
+def evolution_rows(epochs: list[int], assignments: list[np.ndarray], targets: np.ndarray | None) -> list[dict]:
+    """One row per epoch: the median and quartiles of the best-match Jaccard with the epoch before, the share of
+    clusters that keep a match of Jaccard >= 0.5 (survive), and the mean purity when labels exist."""
+    rows = []
+    for i, (epoch, current) in enumerate(zip(epochs, assignments, strict=True)):
+        row = {"epoch": epoch, "clusters": int((np.bincount(current) > 0).sum())}
+        if i > 0:
+            best = Overlaps.of(assignments[i - 1], current).best_jaccard()
+            quartiles = np.percentile(best, [25, 50, 75])
+            row.update(
+                jaccard_q1=float(quartiles[0]), jaccard_median=float(quartiles[1]), jaccard_q3=float(quartiles[2])
+            )
+            row["surviving"] = float((best >= 0.5).mean())
+        if targets is not None:
+            sizes = np.bincount(current)
+            row["purity_mean"] = float(np.average(purity(current, targets)[sizes > 0], weights=sizes[sizes > 0]))
+        rows.append(row)
+    return rows
+
+
+def draw(epochs: list[int], assignments: list[np.ndarray], targets: np.ndarray | None, path: Path, title: str) -> Path:
+    """Three panels: best-match Jaccard per epoch (median and quartiles); size and purity of the last epoch's largest
+    clusters followed back through their best matches; the alluvial figure of those clusters across epochs."""
+    from util.report.plots import _pyplot, _save
+
+    plt = _pyplot()
+    rows = evolution_rows(epochs, assignments, targets)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    measured = [r for r in rows if "jaccard_median" in r]
+    if measured:
+        x = [r["epoch"] for r in measured]
+        axes[0].plot(x, [r["jaccard_median"] for r in measured], marker="o", label="median")
+        axes[0].fill_between(x, [r["jaccard_q1"] for r in measured], [r["jaccard_q3"] for r in measured], alpha=0.3)
+        axes[0].plot(x, [r["surviving"] for r in measured], marker="s", label="share with Jaccard >= 0.5")
+        axes[0].legend()
+    axes[0].set(title="best-match Jaccard with the epoch before", xlabel="epoch", ylim=(0, 1))
+
+    lineages = follow_back(assignments)  # per followed cluster, its cluster id at every epoch
+    colours = plt.get_cmap("tab10")
+    purity_axis = axes[1].twinx() if targets is not None else None
+    for row, lineage in enumerate(lineages):
+        sizes = [np.bincount(a, minlength=c + 1)[c] if c >= 0 else 0 for a, c in zip(assignments, lineage, strict=True)]
+        axes[1].plot(epochs, sizes, color=colours(row), marker=".", label=f"cluster {lineage[-1]}")
+        if purity_axis is not None:
+            purities = [purity(a, targets)[c] if c >= 0 else 0 for a, c in zip(assignments, lineage, strict=True)]
+            purity_axis.plot(epochs, purities, color=colours(row), linestyle="--")
+    axes[1].set(title="largest clusters: size (solid), purity (dashed)", xlabel="epoch", ylabel="images")
+    if purity_axis is not None:
+        purity_axis.set(ylabel="purity", ylim=(0, 1))
+    axes[1].legend(fontsize=7)
+    alluvial(axes[2], epochs, assignments, lineages, colours)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def follow_back(assignments: list[np.ndarray]) -> list[list[int]]:
+    """The last epoch's TOP_CLUSTERS largest clusters, each followed back epoch by epoch to its earlier cluster of
+    largest overlap: a list of cluster ids per followed cluster, one per epoch."""
+    last = assignments[-1]
+    sizes = np.bincount(last)
+    top = [c for c in np.argsort(-sizes, kind="stable") if sizes[c] > 0][:TOP_CLUSTERS]  # ties: the smaller id first
+    lineages = [[int(c)] for c in top]
+    for i in range(len(assignments) - 1, 0, -1):
+        overlaps = Overlaps.of(assignments[i - 1], assignments[i])
+        for lineage in lineages:
+            mine = overlaps.b == lineage[0]
+            lineage.insert(0, int(overlaps.a[mine][np.argmax(overlaps.count[mine])]) if mine.any() else -1)
+    return lineages
+
+
+def alluvial(axis, epochs: list[int], assignments: list[np.ndarray], lineages: list[list[int]], colours) -> None:
+    """Bars: each followed cluster's share of the images per epoch, stacked; bands between consecutive epochs:
+    the images a followed cluster keeps from one epoch to the next."""
+    total = len(assignments[0])
+    for step, epoch in enumerate(epochs):
+        bottom = 0.0
+        for row, lineage in enumerate(lineages):
+            members = assignments[step] == lineage[step]
+            height = members.sum() / total
+            axis.bar(epoch, height, bottom=bottom, width=0.3, color=colours(row))
+            if step + 1 < len(epochs):
+                kept = (members & (assignments[step + 1] == lineage[step + 1])).sum() / total
+                next_bottom = sum((assignments[step + 1] == other[step + 1]).sum() / total for other in lineages[:row])
+                axis.fill(
+                    [epoch + 0.15, epochs[step + 1] - 0.15, epochs[step + 1] - 0.15, epoch + 0.15],
+                    [bottom, next_bottom, next_bottom + kept, bottom + kept],
+                    color=colours(row),
+                    alpha=0.35,
+                )
+            bottom += height
+    axis.set(title="largest clusters across epochs (share of images)", xlabel="epoch", ylabel="share of images")
