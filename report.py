@@ -114,11 +114,13 @@ def named_evaluations(runs: list[PretrainRun], alone: list[Evaluation], kind: st
     return named + [(Path(str(e.results.get("pretrained", "?"))).name, e) for e in alone if e.kind == kind]
 
 
-def cluster_grids(runs: list[PretrainRun]) -> list[tuple[str, Path]]:
-    """The latest cluster image grid of each run folder."""
+def cluster_grids(
+    runs: list[PretrainRun], folder: str = "clusters", pattern: str = "epoch_*.png"
+) -> list[tuple[str, Path]]:
+    """The latest cluster image grid (or, with folder="maps", embedding map) of each run folder."""
     found = []
     for run in runs:
-        grids = sorted((run.folder / "clusters").glob("epoch_*.png")) if run.folder else []
+        grids = sorted((run.folder / folder).glob(pattern)) if run.folder else []
         if grids:
             found.append((run.name, grids[-1]))
     return found
@@ -157,6 +159,7 @@ def render(
     figures: dict[str, Path],
     grids: list[tuple[str, Path]],
     output_dir: Path,
+    maps: list[tuple[str, Path]] = (),
 ) -> str:
     parts = ["# DeepCluster report", "", *run_lines(runs), ""]
     parts.append(
@@ -167,6 +170,8 @@ def render(
     parts += [to_markdown(table) for table in tables]
     for title, path in figures.items():
         parts += [f"### {title}", "", f"![{title}]({os.path.relpath(path, output_dir)})", ""]
+    for name, path in maps:
+        parts += [f"### Embedding map: {name} ({path.stem})", "", f"![t-SNE]({os.path.relpath(path, output_dir)})", ""]
     for name, path in grids:
         parts += [
             f"### Cluster images: {name} ({path.stem})",
@@ -211,7 +216,8 @@ def main(args: argparse.Namespace) -> Path:
     }
     figures = {title: path for title, path in {**figures, **evolution_figures}.items() if path is not None}
     grids = cluster_grids(runs)
-    write_text(output_dir / "report.md", render(runs, tables, figures, grids, output_dir))
+    maps = cluster_grids(runs, "maps", "tsne_epoch_*.png")  # the latest t-SNE map each run drew
+    write_text(output_dir / "report.md", render(runs, tables, figures, grids, output_dir, maps))
 
     # the report run joins the runs' group, project and entity where they all share one
     for flag, key in (("wandb_group", None), ("wandb_project", "wandb_project"), ("wandb_entity", "wandb_entity")):
@@ -226,6 +232,8 @@ def main(args: argparse.Namespace) -> Path:
         tracker.image(f"report/{path.stem}", path, title)
     for name, path in grids:
         tracker.image(f"report/clusters_{name}", path, f"{name} {path.stem}")
+    for name, path in maps:
+        tracker.image(f"report/tsne_{name}", path, f"{name} {path.stem}")
     tracker.finish()
     logger.info("report: %s (%d tables, %d figures)", output_dir / "report.md", len(tables), len(figures))
     return output_dir / "report.md"

@@ -104,7 +104,7 @@ def test_true_labels_sanity_check_lifts_knn_far_above_the_floor(tmp_path):
     args = [
         *(
             "--data cifar10 --subset 1000 --labels-from dataset --epochs 3 --reassign 3 --k 10 --pca-dim "
-            "32 --batch-size 64 --knn-every 3 --seed 0 --wandb-mode disabled --output-dir"
+            "32 --batch-size 64 --knn-every 3 --tsne-every 0 --online-probe --seed 0 --wandb-mode disabled --output-dir"
         ).split(),
         str(out),
     ]

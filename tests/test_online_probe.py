@@ -26,6 +26,10 @@ def test_the_probe_is_measured_and_leaves_the_backbone_untouched(tmp_path, tiny_
         if probe == "--online-probe":
             assert measured[0] is None and all(0 <= m <= 100 for m in measured[1:]), measured
             assert "online probe" in proc.stderr
+            maps = sorted(
+                p.name for p in (out / "maps").glob("*.png")
+            )  # epoch 0 and the final network (--tsne-every 10)
+            assert maps == ["tsne_epoch_0000.png", "tsne_epoch_0002.png"]
         else:
             assert measured == [None] * 3
     with_probe, without = weights["--online-probe"], weights["--no-online-probe"]

@@ -94,6 +94,7 @@ def test_tables_match_results_json(reported):
     evolution = read_csv(run / "report" / "cluster_evolution.csv")  # from assignments/epoch_0000.npy and 0001
     assert [row["Epoch"] for row in evolution] == ["0", "1"] and 0 <= float(evolution[1]["Jaccard median"]) <= 1
     assert f"evolution_{run.name}.png" in markdown and (run / "report" / f"evolution_{run.name}.png").is_file()
+    assert "### Embedding map" in markdown and "maps/tsne_epoch_0002.png" in markdown  # the final network's map
     # kNN: eval_linear's, and the run's monitor (final network and its floor) from log.jsonl
     knn = read_csv(run / "report" / "knn.csv")
     results = results_of(run, "linear")

@@ -22,6 +22,7 @@ from util.metrics import cluster_accuracy, nmi, topk_accuracy
 from util.pretrain.alarms import add_alarm_args
 from util.pretrain.clustering import PCAWhitening, torch_kmeans
 from util.pretrain.features import extract_features, extraction_order
+from util.pretrain.maps import FEATURES_KEY, add_map_arg
 from util.pretrain.probe import OnlineProbe, add_probe_arg
 from util.seeds import derive_seed
 
@@ -49,6 +50,7 @@ def add_monitor_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
     group.add_argument("--knn-temperature", type=float, default=0.07, help="vote temperature (default: 0.07)")
     add_alarm_args(group)
     add_probe_arg(group)
+    add_map_arg(group)
     return group
 
 
@@ -98,6 +100,7 @@ def monitor_pass(
     desc: str = "monitor",
     project: Callable[[torch.Tensor], torch.Tensor] | None = None,
     probe: OnlineProbe | None = None,
+    keep_held_out: bool = False,
 ) -> tuple[dict, torch.Tensor | None]:
     """Measure one network (in eval mode): the held-out features, then one pass over the training images that casts
     their kNN votes and, with pca_dim, also returns them PCA-whitened and L2-normalised for the epoch's clustering
@@ -138,6 +141,8 @@ def monitor_pass(
         held_out_view = view(held_out_feats)
     clustering = held_out_clustering(held_out_view, held_out.targets, seeds)
     probed = {"probe_top1": probe.top1(held_out_feats, held_out.targets)} if probe is not None else {}
+    if keep_held_out:  # for the epoch's embedding map, drawn (and removed from the record) at the epoch's end
+        probed[FEATURES_KEY] = (held_out_feats, held_out.targets)
     return {"knn_top1": top1, "knn_top5": top5, **probed, **clustering}, features if pca is not None else None
 
 
