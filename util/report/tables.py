@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from util.report.published import CONFIG, LOWSHOT_KS, published_rows
 from util.report.sources import Evaluation, PretrainRun
 
@@ -241,8 +243,50 @@ def _missing_rows(
         table.add(row + [MISSING] * (len(table.columns) - identity), run.where)
 
 
+# flags that do not define the experiment: runs differing only in these (and --seed) are repeats of one another
+NOT_DEFINING = {"seed", "output_dir", "resume", "config", "data_cache", "workers", "device", "wandb_mode"}
+NOT_DEFINING |= {"wandb_name", "wandb_group", "wandb_tags", "wandb_project", "wandb_entity", "wandb_checkpoint_every"}
+SEED_METRICS = (("knn_top1", "kNN"), ("probe_top1", "Online probe"), ("nmi_labels", "NMI (labels)"))
+
+
+def seed_groups(runs: list[PretrainRun]) -> list[list[PretrainRun]]:
+    """Finished runs grouped by every defining flag; the groups of two or more runs with different --seed."""
+    groups: dict[str, list[PretrainRun]] = {}
+    for run in runs:
+        if run.finished:
+            key = repr(sorted((k, repr(v)) for k, v in run.args.items() if k not in NOT_DEFINING))
+            groups.setdefault(key, []).append(run)
+    return [g for g in groups.values() if len({r.args.get("seed") for r in g}) == len(g) > 1]
+
+
+def mean_std(values: list[float]) -> str:
+    """mean ± sample standard deviation (n - 1), two decimals; `-` when a run lacks the value."""
+    if not values or any(v is None for v in values):
+        return "-"
+    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
+def seed_table(runs: list[PretrainRun]) -> Table | None:
+    """Runs that differ only in --seed: mean ± standard deviation over the seeds of the final network's kNN, online
+    probe and NMI, of the random networks' floors, and of the paired gain (each run's kNN minus its own floor)."""
+    columns = ["Runs", "Seeds", "Data", *(name for _, name in SEED_METRICS), "Floor (kNN)", "Gain over the floor"]
+    table = Table("seeds", "Over seeds: mean ± standard deviation (n - 1)", columns)
+    for group in seed_groups(runs):
+        finals = [run.records[-1] for run in group]
+        floors = [run.records[0].get("knn_top1") if run.records[0]["epoch"] == 0 else None for run in group]
+        pairs = zip(finals, floors, strict=True)
+        gains = [None if f is None or r.get("knn_top1") is None else r["knn_top1"] - f for r, f in pairs]
+        row = [", ".join(run.name for run in group), ", ".join(str(run.args.get("seed")) for run in group)]
+        row.append(_data_label(group[0].args.get("data")))
+        row += [mean_std([r.get(key) for r in finals]) for key, _ in SEED_METRICS]
+        table.add(row + [mean_std(floors), mean_std(gains)], group[0].where)
+    return table if table.rows else None
+
+
 def all_tables(runs: list[PretrainRun], alone: list[Evaluation]) -> list[Table]:
-    return [svm_table(runs, alone), *linear_tables(runs, alone), knn_table(runs, alone), semisup_table(runs, alone)]
+    tables = [svm_table(runs, alone), *linear_tables(runs, alone), knn_table(runs, alone), semisup_table(runs, alone)]
+    seeds = seed_table(runs)
+    return tables + ([seeds] if seeds is not None else [])
 
 
 # ----------------------------------------------------------------------------------------------- writers
