@@ -243,7 +243,7 @@ NOTES = """\
 what the rows are, so tables can be read right:
   published rows  mmselfsup's DeepCluster, ResNet-50 + Sobel pretrained 200 epochs on ImageNet-1k (VOC07 SVM,
                   ImageNet / Places205 linear; semi-supervised from OpenSelfSup's zoo), each cited in the report;
-                  they compare with ours only where ours ran the same protocol on the same data (the Data column).
+                  shown only beside runs evaluated on a folder of the same name (the Data column).
   missing         a run without an evaluation of that kind: never filled in; `-`: not measured by that evaluation.
   random init     every evaluation's own random network of the same arch (the floor); the kNN table also shows
                   each run's monitor floor (its random network at epoch 0).

@@ -108,11 +108,14 @@ def test_tables_match_results_json(reported):
     assert float(final["Top-1"]) == records[-1]["knn_top1"] and float(floor["Top-1"]) == records[0]["knn_top1"]
     # the checkpoint the evaluations read is the run's: its rows are labelled with the run's name
     assert final["Weights"] == row["Weights"]
-    # no semi-supervised evaluation: the run's row is missing, the published rows are there
+    # no semi-supervised evaluation: the run's row is missing; published rows (ImageNet, VOC2007) only beside runs
+    # on the same dataset, so none here
     semisup = read_csv(run / "report" / "semisup.csv")
     (mine,) = [r for r in semisup if r["Model"] == "run"]
     assert mine["Top-1 (%)"] == MISSING and mine["Top-5 (%)"] == MISSING
-    assert [r["Top-1 (%)"] for r in semisup if "published" in r["Model"]] == ["33.44", "52.94"]
+    assert not [
+        r for name in ("semisup.csv", "svm.csv") for r in read_csv(run / "report" / name) if "published" in r["Model"]
+    ]
     for name in ("curves.png", "cluster_sizes.png", "per_layer.png", "lowshot.png"):
         with Image.open(run / "report" / name) as image:
             assert image.size[0] > 100

@@ -36,3 +36,13 @@ def test_runs_differing_only_in_seed_get_mean_and_deviation():
 
 def test_no_table_without_repeats():
     assert seed_table([run("a", 0, 45.0, 40.0), run("b", 0, 47.0, 41.0, 20)]) is None
+
+
+def test_published_rows_only_beside_runs_on_their_dataset():
+    from util.report.published import published_rows
+
+    assert [p.data for p in published_rows("svm", ["/datasets/VOC2007/", "cifar10"])] == ["VOC2007"]
+    assert published_rows("svm", ["cifar10", "/data/tiny_split0"]) == []
+    assert [p.data for p in published_rows("linear", ["/datasets/imagenet"])] == ["ImageNet"]
+    assert [p.data for p in published_rows("semisup", ["/datasets/ImageNet"])] == ["ImageNet 1%", "ImageNet 10%"]
+    assert len(published_rows("linear")) == 2  # no dataset given: all of them

@@ -114,7 +114,7 @@ def per_layer(evaluations: list[tuple[str, Evaluation]], path: Path) -> Path | N
             if points:
                 data = Path(str(evaluation.results.get("data", ""))).name
                 ax.plot(*zip(*points, strict=True), style, color=color, marker="o", label=f"{name}{suffix} ({data})")
-    for published in published_rows("linear"):
+    for published in published_rows("linear", [e.results.get("data") for _, e in measured]):
         points = [(p, published.values[c]) for p, c in zip(positions, labels, strict=True) if c in published.values]
         ax.plot(*zip(*points, strict=True), ":", color="gray", marker="s", label=f"published ({published.data})")
     ax.set_xticks(positions, labels)
@@ -145,7 +145,7 @@ def lowshot(evaluations: list[tuple[str, Evaluation]], path: Path) -> Path | Non
     if not drawn:
         plt.close(fig)
         return None
-    for published in published_rows("svm"):
+    for published in published_rows("svm", [e.results.get("data") for _, e in evaluations]):
         values = [published.values[f"k={k}"] for k in LOWSHOT_KS]
         ax.plot(LOWSHOT_KS, values, ":", color="gray", marker="s", label=f"published ({published.data})")
     ax.set_xscale("log", base=2)

@@ -5,6 +5,7 @@ table). All are mmselfsup's DeepCluster ResNet-50 + Sobel, 200 epochs on ImageNe
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 MMSELFSUP_PAGE = (
@@ -80,5 +81,18 @@ PUBLISHED = (
 # Not published for DeepCluster on the page: iNaturalist2018 linear, kNN, detection and segmentation.
 
 
-def published_rows(table: str) -> list[Published]:
-    return [p for p in PUBLISHED if p.table == table]
+def _base(data: str) -> str:
+    """A dataset name reduced for matching: its folder's name, letters and digits, lower case, no label percentage
+    ("ImageNet 10%" -> "imagenet", "/datasets/VOC2007/" -> "voc2007")."""
+    name = re.sub(r"\s+\d+(\.\d+)?%$", "", str(data).rstrip("/").split("/")[-1])
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def published_rows(table: str, datasets: list[str] | None = None) -> list[Published]:
+    """The published rows of a table, only those on one of `datasets` (the runs' --data: a folder of the same name,
+    ImageNet / Places205 / VOC2007); None: all of them."""
+    rows = [p for p in PUBLISHED if p.table == table]
+    if datasets is None:
+        return rows
+    ours = {_base(d) for d in datasets if d}
+    return [p for p in rows if _base(p.data) in ours]

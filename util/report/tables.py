@@ -131,7 +131,7 @@ def svm_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
             best = r.get(prefix + "best_layer", MISSING if identity == "-" else None)
             table.add([label, identity, _config(r), _eval_data(r), best, *scores], evaluation.where)
     _missing_rows(table, runs, "svm", 4)
-    for published in published_rows("svm"):
+    for published in published_rows("svm", [e.results.get("data") for _, e in evaluations]):
         values = published.values
         row = [PUBLISHED_MODEL, PUBLISHED_WEIGHTS, CONFIG, published.data, values["Best Layer"], values["SVM"]]
         table.add(row + [values.get(c) for c in k_columns], published.source)
@@ -159,7 +159,8 @@ def linear_tables(runs: list[PretrainRun], alone: list[Evaluation]) -> list[Tabl
                     evaluation.where,
                 )
         _missing_rows(table, runs, "linear", 4, data_filter=data)
-        for published in published_rows("linear"):
+        on_this_data = [e.results.get("data") for _, e in evaluations if _data_label(e.results.get("data")) == data]
+        for published in published_rows("linear", on_this_data):
             values = published.values
             row = [PUBLISHED_MODEL, PUBLISHED_WEIGHTS, CONFIG, published.data]
             table.add(row + [values.get(c) for c in [*TAP_COLUMNS, "AvgPool"]], published.source)
@@ -218,7 +219,7 @@ def semisup_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
             scores = [_value(r, prefix + "top1", identity), _value(r, prefix + "top5", identity)]
             table.add([label, identity, _config(r), data, tuned, *scores], evaluation.where)
     _missing_rows(table, runs, "semisup", 4)
-    for published in published_rows("semisup"):
+    for published in published_rows("semisup", [e.results.get("data") for _, e in _by_kind(runs, alone, "semisup")]):
         values = published.values
         row = [PUBLISHED_MODEL, PUBLISHED_WEIGHTS, CONFIG, published.data, values["Fine-tuned Config"]]
         table.add(row + [values["Top-1 (%)"], values["Top-5 (%)"]], published.source)
