@@ -537,7 +537,8 @@ def train_steps(
     model.train()
     device = next(model.parameters()).device
     for step, (images, idx) in enumerate(batches):
-        target = labels[idx.to(device, non_blocking=True)]  # (B,) pseudo-labels of the batch
+        on_device = idx.to(device, non_blocking=True)  # a no-op for in-memory data: its indices are there already
+        target = labels[on_device]  # (B,) pseudo-labels of the batch
         with autocast(device, amp):
             loss = F.cross_entropy(model(images), target)
         for optimizer in optimizers:
@@ -547,7 +548,7 @@ def train_steps(
             optimizer.step()
         if probing is not None:  # on the step's detached backbone features and the images' true labels
             probe, true_labels = probing
-            probe.step(unwrap(model).features, true_labels[idx.to(device, non_blocking=True)])
+            probe.step(unwrap(model).features, true_labels[on_device])
         kill_point("mid-step")
         log.add(step, loss, len(idx))
     return log.finish()

@@ -442,8 +442,14 @@ def build_model_and_optimizer(
     if args.sync_bn and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     compile_in_place(model.backbone, args.compile)
+    return model, lars_from_args(model, args)
+
+
+def lars_from_args(model: nn.Module, args: argparse.Namespace) -> LARS:
+    """LARS over every trained parameter of `model`, with the run's --base-lr, --momentum, --wd, --trust,
+    --lars-clip and --lars-exclude-1d."""
     trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = LARS(
+    return LARS(
         trained,
         lr=args.base_lr,
         momentum=args.momentum,
@@ -452,7 +458,6 @@ def build_model_and_optimizer(
         clip=args.lars_clip,
         exclude_1d=args.lars_exclude_1d,
     )
-    return model, optimizer
 
 
 def run_epoch(run: Run, epoch: int, state: RunState, train: bool = True) -> tuple[dict, np.ndarray]:

@@ -35,7 +35,6 @@ from models import build_model
 from util.augment import augment_preset
 from util.data import build_source, list_images, load_image, resolve_split, subset_indices
 from util.precision import autocast, to_channels_last
-from util.pretrain.lars import LARS
 from util.pretrain.monitor import build_held_out, monitor_pass
 from util.pretrain.schedule import warmup_cosine
 
@@ -106,15 +105,7 @@ def lightly_swav(args: argparse.Namespace, device: torch.device) -> list[dict]:
     )
     torch.manual_seed(args.seed)
     net = to_channels_last(SwaVNet(args).to(device), args.channels_last)
-    optimizer = LARS(
-        [p for p in net.parameters() if p.requires_grad],
-        lr=args.base_lr,
-        momentum=args.momentum,
-        weight_decay=args.wd,
-        trust=args.trust,
-        clip=args.lars_clip,
-        exclude_1d=args.lars_exclude_1d,
-    )
+    optimizer = mdcv2.lars_from_args(net, args)  # the same optimiser as ours
     schedule = warmup_cosine(
         args.base_lr, args.final_lr, args.epochs, len(loader), args.warmup_epochs, args.start_warmup
     )

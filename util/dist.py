@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from util.abort import start_watching, stop_watching
-from util.errors import UserError
+from util.errors import UserError, code_location
 
 logger = logging.getLogger("deepcluster")
 
@@ -155,15 +155,10 @@ def named(what: str) -> Iterator[None]:
 
 
 def _caller() -> str:
-    """Where the collective was called from: the innermost frame outside this module, as file:line (function)."""
+    """Where the collective was called from: the innermost frame of this repository outside this module."""
     import traceback
 
-    here = os.path.abspath(__file__)
-    frames = [
-        f for f in traceback.extract_stack() if os.path.abspath(f.filename) != here and "contextlib" not in f.filename
-    ]
-    frame = frames[-1]
-    return f"{os.path.relpath(frame.filename, os.path.dirname(os.path.dirname(here)))}:{frame.lineno} ({frame.name})"
+    return code_location(traceback.extract_stack(), skip=os.path.realpath(__file__)) or "unknown"
 
 
 def barrier(what: str = "a barrier") -> None:

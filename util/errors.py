@@ -65,16 +65,21 @@ def failure_line(err: Exception) -> tuple[int, str]:
 def _where(err: Exception) -> str:
     """The innermost frame of the traceback in this repository's code: file:line (function)."""
     import traceback
+
+    return code_location(traceback.extract_tb(err.__traceback__)) or "torch"
+
+
+def code_location(frames, skip: str | None = None) -> str | None:
+    """The innermost of `frames` (traceback.FrameSummary) in this repository's own files (not an installed package,
+    not the file `skip`), as file:line (function) relative to the repository; None when there is none."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    ours = [
-        f
-        for f in traceback.extract_tb(err.__traceback__)
-        if Path(f.filename).resolve().is_relative_to(root) and "site-packages" not in f.filename
-    ]
-    frame = ours[-1] if ours else None
-    return f"{Path(frame.filename).resolve().relative_to(root)}:{frame.lineno} ({frame.name})" if frame else "torch"
+    for frame in reversed(frames):
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(root) and "site-packages" not in frame.filename and str(path) != skip:
+            return f"{path.relative_to(root)}:{frame.lineno} ({frame.name})"
+    return None
 
 
 def _distributed() -> bool:

@@ -48,14 +48,25 @@ def purity(assignments: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.where(sizes > 0, table.max(1) / np.maximum(sizes, 1), 0.0)
 
 
-def evolution_rows(epochs: list[int], assignments: list[np.ndarray], targets: np.ndarray | None) -> list[dict]:
+def consecutive_overlaps(assignments: list[np.ndarray]) -> list[Overlaps]:
+    """Overlaps of every epoch with the next: element i pairs epoch i with epoch i + 1."""
+    return [Overlaps.of(before, after) for before, after in zip(assignments, assignments[1:], strict=False)]
+
+
+def evolution_rows(
+    epochs: list[int],
+    assignments: list[np.ndarray],
+    targets: np.ndarray | None,
+    overlaps: list[Overlaps] | None = None,
+) -> list[dict]:
     """One row per epoch: the median and quartiles of the best-match Jaccard with the epoch before, the share of
     clusters that keep a match of Jaccard >= 0.5 (survive), and the mean purity when labels exist."""
+    overlaps = overlaps if overlaps is not None else consecutive_overlaps(assignments)
     rows = []
     for i, (epoch, current) in enumerate(zip(epochs, assignments, strict=True)):
         row = {"epoch": epoch, "clusters": int((np.bincount(current) > 0).sum())}
         if i > 0:
-            best = Overlaps.of(assignments[i - 1], current).best_jaccard()
+            best = overlaps[i - 1].best_jaccard()
             quartiles = np.percentile(best, [25, 50, 75])
             row.update(
                 jaccard_q1=float(quartiles[0]), jaccard_median=float(quartiles[1]), jaccard_q3=float(quartiles[2])
@@ -74,7 +85,8 @@ def draw(epochs: list[int], assignments: list[np.ndarray], targets: np.ndarray |
     from util.report.plots import _pyplot, _save
 
     plt = _pyplot()
-    rows = evolution_rows(epochs, assignments, targets)
+    overlaps = consecutive_overlaps(assignments)  # once, for the rows and the followed clusters
+    rows = evolution_rows(epochs, assignments, targets, overlaps)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     measured = [r for r in rows if "jaccard_median" in r]
     if measured:
@@ -85,57 +97,63 @@ def draw(epochs: list[int], assignments: list[np.ndarray], targets: np.ndarray |
         axes[0].legend()
     axes[0].set(title="best-match Jaccard with the epoch before", xlabel="epoch", ylim=(0, 1))
 
-    lineages = follow_back(assignments)  # per followed cluster, its cluster id at every epoch
+    lineages = follow_back(assignments, overlaps)  # per followed cluster, its cluster id at every epoch
     colours = plt.get_cmap("tab10")
+    sizes_by_epoch = [np.bincount(a) for a in assignments]
+    purity_by_epoch = [purity(a, targets) for a in assignments] if targets is not None else None
     purity_axis = axes[1].twinx() if targets is not None else None
     for row, lineage in enumerate(lineages):
-        sizes = [np.bincount(a, minlength=c + 1)[c] if c >= 0 else 0 for a, c in zip(assignments, lineage, strict=True)]
+        sizes = [s[c] if c >= 0 else 0 for s, c in zip(sizes_by_epoch, lineage, strict=True)]
         axes[1].plot(epochs, sizes, color=colours(row), marker=".", label=f"cluster {lineage[-1]}")
         if purity_axis is not None:
-            purities = [purity(a, targets)[c] if c >= 0 else 0 for a, c in zip(assignments, lineage, strict=True)]
+            purities = [p[c] if c >= 0 else 0 for p, c in zip(purity_by_epoch, lineage, strict=True)]
             purity_axis.plot(epochs, purities, color=colours(row), linestyle="--")
     axes[1].set(title="largest clusters: size (solid), purity (dashed)", xlabel="epoch", ylabel="images")
     if purity_axis is not None:
         purity_axis.set(ylabel="purity", ylim=(0, 1))
     axes[1].legend(fontsize=7)
-    alluvial(axes[2], epochs, assignments, lineages, colours)
+    alluvial(axes[2], epochs, sizes_by_epoch, overlaps, lineages, colours)
     fig.suptitle(title)
     return _save(fig, path)
 
 
-def follow_back(assignments: list[np.ndarray]) -> list[list[int]]:
+def follow_back(assignments: list[np.ndarray], overlaps: list[Overlaps] | None = None) -> list[list[int]]:
     """The last epoch's TOP_CLUSTERS largest clusters, each followed back epoch by epoch to its earlier cluster of
     largest overlap: a list of cluster ids per followed cluster, one per epoch."""
     last = assignments[-1]
     sizes = np.bincount(last)
     top = [c for c in np.argsort(-sizes, kind="stable") if sizes[c] > 0][:TOP_CLUSTERS]  # ties: the smaller id first
     lineages = [[int(c)] for c in top]
-    for i in range(len(assignments) - 1, 0, -1):
-        overlaps = Overlaps.of(assignments[i - 1], assignments[i])
+    overlaps = overlaps if overlaps is not None else consecutive_overlaps(assignments)
+    for pair in reversed(overlaps):
         for lineage in lineages:
-            mine = overlaps.b == lineage[0]
-            lineage.insert(0, int(overlaps.a[mine][np.argmax(overlaps.count[mine])]) if mine.any() else -1)
+            mine = pair.b == lineage[0]
+            lineage.insert(0, int(pair.a[mine][np.argmax(pair.count[mine])]) if mine.any() else -1)
     return lineages
 
 
-def alluvial(axis, epochs: list[int], assignments: list[np.ndarray], lineages: list[list[int]], colours) -> None:
+def alluvial(
+    axis, epochs: list[int], sizes: list[np.ndarray], overlaps: list[Overlaps], lineages: list[list[int]], colours
+) -> None:
     """Bars: each followed cluster's share of the images per epoch, stacked; bands between consecutive epochs:
-    the images a followed cluster keeps from one epoch to the next."""
-    total = len(assignments[0])
+    the images a followed cluster keeps from one epoch to the next (their overlap)."""
+    total = float(sizes[0].sum())
+    heights = np.array(
+        [[s[line[i]] / total if line[i] >= 0 else 0.0 for line in lineages] for i, s in enumerate(sizes)]
+    )
+    bottoms = np.cumsum(heights, axis=1) - heights  # (epochs, followed clusters)
     for step, epoch in enumerate(epochs):
-        bottom = 0.0
         for row, lineage in enumerate(lineages):
-            members = assignments[step] == lineage[step]
-            height = members.sum() / total
-            axis.bar(epoch, height, bottom=bottom, width=0.3, color=colours(row))
+            axis.bar(epoch, heights[step, row], bottom=bottoms[step, row], width=0.3, color=colours(row))
             if step + 1 < len(epochs):
-                kept = (members & (assignments[step + 1] == lineage[step + 1])).sum() / total
-                next_bottom = sum((assignments[step + 1] == other[step + 1]).sum() / total for other in lineages[:row])
+                pair = overlaps[step]
+                shared = (pair.a == lineage[step]) & (pair.b == lineage[step + 1])
+                kept = pair.count[shared].sum() / total
+                low, high = bottoms[step, row], bottoms[step + 1, row]
                 axis.fill(
                     [epoch + 0.15, epochs[step + 1] - 0.15, epochs[step + 1] - 0.15, epoch + 0.15],
-                    [bottom, next_bottom, next_bottom + kept, bottom + kept],
+                    [low, high, high + kept, low + kept],
                     color=colours(row),
                     alpha=0.35,
                 )
-            bottom += height
     axis.set(title="largest clusters across epochs (share of images)", xlabel="epoch", ylabel="share of images")
