@@ -1,7 +1,9 @@
 """Linear probes on frozen features: multi-head Feature1..Feature5, AvgPool, and weighted kNN.
 
 Every evaluation also runs a random-init network of the same architecture (the floor a pretrained network must
-beat; disable with --baseline none). Results go to OUTPUT_DIR/results.json, the console and W&B.
+beat; disable with --baseline none). Results go to OUTPUT_DIR/results.json, the console and W&B, every number with
+its bootstrap 95 % interval over the validation images and the paired gain over the random network
+(util/eval/bootstrap.py).
 """
 
 from __future__ import annotations
@@ -29,14 +31,15 @@ from util.args import (
 from util.augment import augment_preset
 from util.data import ImageSource, build_source, evaluation_split, resolve_data_defaults
 from util.errors import UserError, script_entry
+from util.eval.bootstrap import accuracy_statistic, add_intervals
 from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_pretrained, weights_identities
 from util.eval.probe_features import CachedFeatures, LiveFeatures
 from util.eval.probes import TAP_NAMES, AvgPoolHead, MultiHead, build_tap_pooling
-from util.eval.results import publish, row_identity
+from util.eval.results import gain_row, publish, row_identity
 from util.eval.state import EvalState, plan_id
 from util.knn import knn_predict, l2_normalize
 from util.logging import interactive, protocol_notes, provenance
-from util.metrics import topk_accuracy
+from util.metrics import topk_hits
 from util.runtime import start_run
 from util.tracking import Tracker, init_tracker
 
@@ -204,6 +207,7 @@ def main(args: argparse.Namespace) -> None:
     state.wandb_runs[plan] = tracker.run_id
     features_by_network: dict[str, object] = {}
     results: dict = {}
+    per_image: dict = {}  # results key -> per-test-image hits, for the bootstrap intervals
     for task in tasks:
         if task.key in state.tasks:
             short_hash = identities[task.network]["sha256"][:12]
@@ -214,8 +218,12 @@ def main(args: argparse.Namespace) -> None:
                 features_by_network[task.network] = make_features(args, task.weights, train, val, device)
             found = run_task(args, task, features_by_network[task.network], num_classes, device, state, tracker)
             state.finish(task.key, task.name, identities[task.network], found)
-        results.update({task.prefix + k: v for k, v in state.tasks[task.key]["results"].items()})
+        found = dict(state.tasks[task.key]["results"])
+        per_image.update({task.prefix + k: v for k, v in found.pop("per_image", {}).items()})
+        results.update({task.prefix + k: v for k, v in found.items()})
     if info.is_main:
+        statistics = {key: accuracy_statistic(hits) for key, hits in per_image.items()}
+        add_intervals(results, statistics, len(val), args.seed)
         write_results(args, results, identities, output_dir, tracker)
     tracker.finish()
     dist_util.cleanup()
@@ -276,18 +284,22 @@ def train_probe(task, hp: ProbeSchedule, args, features, num_classes, device, st
     milestones = [max(1, round(f * hp.epochs)) for f in hp.milestones]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
     history: list[dict] = []
+    kept: dict = {}  # the per-image hits of the epoch the protocol reports (multi-head: the last; AvgPool: the best)
     start = 0
     current = state.resumable(task.key)
     if current:  # resume an interrupted probe of the same weights and flags
         probe.load_state_dict(current["probe"])
         optimizer.load_state_dict(current["optimizer"])
         scheduler.load_state_dict(current["scheduler"])
-        history, start = current["history"], current["epoch"]
+        history, start, kept = current["history"], current["epoch"], current.get("hits", {})
         logger.info("resumed %s at epoch %d", task.name, start)
     for epoch in range(start, hp.epochs):
         loss = probe_epoch(task, trained, optimizer, features.train_epoch(epoch))
         scheduler.step()
-        metrics = {"epoch": epoch, "loss": loss, **probe_accuracy(task, probe, features)}
+        accuracy, hits = probe_accuracy(task, probe, features)
+        metrics = {"epoch": epoch, "loss": loss, **accuracy}
+        if task.protocol == "multihead" or all(metrics["avgpool_top1"] > h["avgpool_top1"] for h in history):
+            kept = hits
         history.append(metrics)
         logger.info(
             "%s epoch %d/%d loss %.4f %s",
@@ -304,16 +316,18 @@ def train_probe(task, hp: ProbeSchedule, args, features, num_classes, device, st
             epoch=epoch + 1,
             probe=probe.state_dict(),
             history=history,
+            hits=kept,
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(),
         )
     if task.protocol == "multihead":  # protocol: the last epoch
-        return {k: v for k, v in history[-1].items() if k.startswith("feature")}
-    best = max(history, key=lambda h: h["avgpool_top1"])  # protocol: the best epoch
+        return {**{k: v for k, v in history[-1].items() if k.startswith("feature")}, "per_image": kept}
+    best = max(history, key=lambda h: h["avgpool_top1"])  # protocol: the best epoch (the first of equals)
     return {
         "avgpool_top1": best["avgpool_top1"],
         "avgpool_top5": best["avgpool_top5"],
         "avgpool_best_epoch": best["epoch"],
+        "per_image": kept,
     }
 
 
@@ -336,7 +350,8 @@ def probe_epoch(task: Task, probe: torch.nn.Module, optimizer: torch.optim.Optim
 
 
 @torch.no_grad()
-def probe_accuracy(task: Task, probe: torch.nn.Module, features) -> dict:
+def probe_accuracy(task: Task, probe: torch.nn.Module, features) -> tuple[dict, dict]:
+    """Top-1 / top-5 (%) of every head on the whole evaluation split, and their per-image hits (numpy bool)."""
     probe.eval()
     names = list(TAP_NAMES) if task.protocol == "multihead" else ["avgpool"]
     logits: list[list[torch.Tensor]] = [[] for _ in names]
@@ -351,11 +366,12 @@ def probe_accuracy(task: Task, probe: torch.nn.Module, features) -> dict:
     num = len(features.val_labels)
     target = dist_util.gather_rows_by_index(idx, torch.cat(targets), num)
     logits = [[dist_util.gather_rows_by_index(idx, torch.cat(store), num)] for store in logits]
-    metrics = {}
+    metrics, hits = {}, {}
     for name, store in zip(names, logits, strict=True):
-        top1, top5 = topk_accuracy(torch.cat(store), target, (1, 5))
-        metrics[f"{name}_top1"], metrics[f"{name}_top5"] = top1, top5
-    return metrics
+        for k, hit in zip((1, 5), topk_hits(torch.cat(store), target, (1, 5)), strict=True):
+            metrics[f"{name}_top{k}"] = 100.0 * hit.float().mean().item()
+            hits[f"{name}_top{k}"] = hit.numpy()
+    return metrics, hits
 
 
 def knn_eval(features, num_classes: int, k: int, temperature: float, device: torch.device) -> dict:
@@ -369,9 +385,10 @@ def knn_eval(features, num_classes: int, k: int, temperature: float, device: tor
         k,
         temperature,
     )
-    top1, top5 = topk_accuracy(scores.cpu(), val_labels, (1, 5))
+    hit1, hit5 = topk_hits(scores.cpu(), val_labels, (1, 5))
+    top1, top5 = 100.0 * hit1.float().mean().item(), 100.0 * hit5.float().mean().item()
     logger.info("knn (k=%d, T=%.2f): top1 %.2f top5 %.2f", k, temperature, top1, top5)
-    return {"knn_top1": top1, "knn_top5": top5}
+    return {"knn_top1": top1, "knn_top5": top5, "per_image": {"knn_top1": hit1.numpy(), "knn_top5": hit5.numpy()}}
 
 
 def write_results(
@@ -389,6 +406,7 @@ def write_results(
         rows.append(
             [*row_identity(network, args.pretrained, identities), config, *[results.get(prefix + key) for key in keys]]
         )
+    rows += gain_row(results, keys, ["gain over random init", "paired", config])
     meta = {
         "evaluation": "linear",
         "arch": args.arch,
@@ -401,7 +419,8 @@ def write_results(
         "schedule": args.schedule,
         "protocol_notes": protocol_notes(DEPARTURES),
     }
-    publish(args, output_dir, results, meta, tracker, "linear_eval", columns, rows, f"top-1 (%) on {args.data}")
+    title = f"top-1 (%) on {args.data}"
+    publish(args, output_dir, results, meta, tracker, "linear_eval", columns, rows, title, interval_keys=keys)
 
 
 if __name__ == "__main__":

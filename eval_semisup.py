@@ -9,8 +9,9 @@ The labelled subset is either --percent P (P % of every class, drawn determinist
 is saved as OUTPUT_DIR/subset.txt) or --subset-file (the published 1 % / 10 % ImageNet lists: one image per line,
 `class/file.JPEG` as mmselfsup's lists or the bare file name as SimCLR's). The random-init network of the same arch
 is fine-tuned the same way beside it (the floor; --baseline none to skip). Results: OUTPUT_DIR/results.json, the
-console, a W&B table; OUTPUT_DIR/semisup_state.pth resumes an interrupted run and is keyed by the weights' sha256
-and every protocol flag.
+console, a W&B table, each top-1 / top-5 with its bootstrap 95 % interval over the evaluation images and the paired
+gain over the random network (util/eval/bootstrap.py); OUTPUT_DIR/semisup_state.pth resumes an interrupted run and
+is keyed by the weights' sha256 and every protocol flag.
 """
 
 from __future__ import annotations
@@ -51,12 +52,13 @@ from util.data import (
 )
 from util.datasets import default_cache_dir
 from util.errors import UserError, script_entry
+from util.eval.bootstrap import accuracy_statistic, add_intervals
 from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_pretrained, weights_identities
-from util.eval.results import publish, row_identity
+from util.eval.results import gain_row, publish, row_identity
 from util.eval.semisup import PRESETS, percent_subset, preset_regime, read_subset_file, subset_listing
 from util.eval.state import EvalState, plan_id
 from util.logging import protocol_notes, provenance
-from util.metrics import topk_accuracy
+from util.metrics import topk_hits
 from util.runtime import start_run
 from util.seeds import derive_seed
 from util.tracking import Tracker, init_tracker
@@ -245,6 +247,7 @@ def main(args: argparse.Namespace) -> None:
     )
     state.wandb_runs[plan] = tracker.run_id
     results: dict = {}
+    per_image: dict = {}  # results key -> per-image hits, for the bootstrap intervals
     for network, path in networks:
         key = keys[network]
         if key in state.tasks:
@@ -254,8 +257,12 @@ def main(args: argparse.Namespace) -> None:
             found = fine_tune(args, hp, network, path, key, data.train, data.val, device, state, tracker)
             state.finish(key, network, identities[network], found)
         prefix = "" if network == "pretrained" else "random_init_"
-        results.update({prefix + k: v for k, v in state.tasks[key]["results"].items()})
+        found = dict(state.tasks[key]["results"])
+        per_image.update({prefix + k: v for k, v in found.pop("per_image", {}).items()})
+        results.update({prefix + k: v for k, v in found.items()})
     if info.is_main:
+        statistics = {key: accuracy_statistic(hits) for key, hits in per_image.items()}
+        add_intervals(results, statistics, len(data.val), args.seed)
         write_results(args, hp, results, identities, data.labelled, data.percent, output_dir, tracker)
     tracker.finish()
     dist_util.cleanup()
@@ -283,31 +290,34 @@ def fine_tune(args, hp: FineTuneSchedule, network, path, key, train, val, device
     milestones = [max(1, round(f * hp.epochs)) for f in hp.milestones]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=hp.gamma)
     history: list[dict] = []
+    kept: dict = {}  # the per-image hits of the epoch reported (hp.pick: the last, or the best top-1)
     start = 0
     if current := state.resumable(key):
         model.load_state_dict(current["model"])
         optimizer.load_state_dict(current["optimizer"])
         scheduler.load_state_dict(current["scheduler"])
-        history, start = current["history"], current["epoch"]
+        history, start, kept = current["history"], current["epoch"], current.get("hits", {})
         logger.info("resumed %s at epoch %d", network, start)
     for epoch in range(start, hp.epochs):
         loss = fine_tune_epoch(args, epoch, trained, train, optimizer, device)
         scheduler.step()
         dist_util.broadcast_buffers(model)  # every rank scores with rank 0's BatchNorm statistics, the saved ones
-        top1, top5 = top1_top5(model, val, device)
+        (top1, top5), hits = top1_top5(model, val, device)
+        if hp.pick == "last" or all(top1 > h["top1"] for h in history):
+            kept = hits
         history.append({"epoch": epoch, "loss": loss, "top1": top1, "top5": top5})
         logger.info("%s epoch %d/%d loss %.4f top1 %.2f top5 %.2f", network, epoch, hp.epochs, loss, top1, top5)
         metrics = {"loss": loss, "top1": top1, "top5": top5}
         tracker.log({"ft/epoch": epoch, **{f"ft/{network}/{name}": value for name, value in metrics.items()}})
         saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-        state.progress(key, epoch=epoch + 1, history=history, **saved)
-    chosen = history[-1] if hp.pick == "last" else max(history, key=lambda h: h["top1"])
+        state.progress(key, epoch=epoch + 1, history=history, hits=kept, **saved)
+    chosen = history[-1] if hp.pick == "last" else max(history, key=lambda h: h["top1"])  # the first of equals
     final = state.path.parent / f"finetuned_{network}_{key[:12]}.pth"  # the last epoch's network
     if info.is_main:
         network = {"model": model.state_dict(), "arch": args.arch, "sobel": args.sobel, "history": history}
         save_checkpoint(network, final)
     found = {"top1": chosen["top1"], "top5": chosen["top5"], "reported_epoch": chosen["epoch"]}
-    return {**found, "last_epoch_top1": history[-1]["top1"], "finetuned_weights": str(final)}
+    return {**found, "last_epoch_top1": history[-1]["top1"], "finetuned_weights": str(final), "per_image": kept}
 
 
 def fine_tune_epoch(args, epoch: int, trained: nn.Module, train, optimizer: torch.optim.Optimizer, device) -> float:
@@ -348,8 +358,8 @@ def all_finite(loss: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def top1_top5(model: nn.Module, val, device: torch.device) -> tuple[float, float]:
-    """Top-1 / top-5 (%) on the whole evaluation split, each rank scoring its shard."""
+def top1_top5(model: nn.Module, val, device: torch.device) -> tuple[tuple[float, float], dict]:
+    """Top-1 / top-5 (%) on the whole evaluation split, each rank scoring its shard, and the per-image hits."""
     model.eval()
     (scores,) = dist_util.sharded_map(
         np.arange(len(val)),
@@ -357,8 +367,9 @@ def top1_top5(model: nn.Module, val, device: torch.device) -> tuple[float, float
         lambda images: [model(images).float()],
         len(val),
     )
-    top1, top5 = topk_accuracy(scores, torch.from_numpy(val.targets), (1, 5))
-    return top1, top5
+    hit1, hit5 = topk_hits(scores, torch.from_numpy(val.targets), (1, 5))
+    accuracy = (100.0 * hit1.float().mean().item(), 100.0 * hit5.float().mean().item())
+    return accuracy, {"top1": hit1.cpu().numpy(), "top5": hit5.cpu().numpy()}
 
 
 def write_results(
@@ -378,12 +389,13 @@ def write_results(
     )
     columns = ["Model", "Weights", "Pretrain Config", "Fine-tuned Config", "Top-1 (%)", "Top-5 (%)"]
     rows = []
+    config = f"{args.arch}{'+sobel' if args.sobel else ''}"
     for network, prefix in (("pretrained", ""), ("random_init", "random_init_")):
         if network not in identities:
             continue
-        config = f"{args.arch}{'+sobel' if args.sobel else ''}"
         scores = [results.get(prefix + "top1"), results.get(prefix + "top5")]
         rows.append([*row_identity(network, args.pretrained, identities), config, fine_tuned, *scores])
+    rows += gain_row(results, ["top1", "top5"], ["gain over random init", "paired", config, fine_tuned])
     meta = {
         "evaluation": "semisup",
         "arch": args.arch,
@@ -398,9 +410,8 @@ def write_results(
         "hyperparameters": asdict(hp),
         "protocol_notes": protocol_notes(DEPARTURES),
     }
-    publish(
-        args, output_dir, results, meta, tracker, "semisup_eval", columns, rows, f"semi-supervised top-1 on {args.data}"
-    )
+    title = f"semi-supervised top-1 on {args.data}"
+    publish(args, output_dir, results, meta, tracker, "semisup_eval", columns, rows, title, ["top1", "top5"])
 
 
 if __name__ == "__main__":

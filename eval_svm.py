@@ -2,7 +2,8 @@
 
 Features of Feature1..Feature5 (pooled as in the multi-head protocol, images resized to 224x224) are extracted once
 and cached in OUTPUT_DIR/features/, so SVM sweeps never re-extract. A random-init network of the same architecture
-is evaluated beside the pretrained one (disable with --baseline none).
+is evaluated beside the pretrained one (disable with --baseline none). The best layer's mAP comes with its bootstrap
+95 % interval over the test images and the paired gain over the random network (util/eval/bootstrap.py).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from util.augment import augment_preset
 from util.checkpoint import atomic_write
 from util.data import make_source, resolve_data_defaults
 from util.errors import UserError, script_entry
+from util.eval.bootstrap import add_intervals, map_statistic
 from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_pretrained, weights_identities
 from util.eval.probe_features import probe_inputs
 from util.eval.probes import TAP_NAMES, build_tap_pooling
-from util.eval.results import publish, row_identity
+from util.eval.results import gain_row, publish, row_identity
 from util.eval.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, l2_normalize_features, lowshot_protocol
 from util.eval.voc import LabelledSplit, is_voc_data, svm_splits
 from util.logging import protocol_notes, provenance
@@ -131,16 +133,19 @@ def main(args: argparse.Namespace) -> None:
     networks = networks_to_evaluate(args.pretrained, args.baseline)
     identities = weights_identities(networks, args.arch, args.sobel, args.seed)
     results: dict = {}
+    statistics: dict = {}  # the best layer's mAP from its per-image scores, for the bootstrap intervals
     solver = get_solver(args.solver, str(device))
     for network, weights in networks:
         feats = cached_features(args, network, weights, identities[network], train, test, layers, device, output_dir)
         if not info.is_main:
             continue
         prefix = "" if network == "pretrained" else "random_init_"
-        results.update(
-            {prefix + k: v for k, v in svm_scores(args, feats, train, test, layers, costs, ks, solver).items()}
-        )
+        found, best_scores = svm_scores(args, feats, train, test, layers, costs, ks, solver)
+        results.update({prefix + k: v for k, v in found.items()})
+        if best_scores is not None:
+            statistics[prefix + "best_map"] = map_statistic(best_scores, test.labels)
     if info.is_main:
+        add_intervals(results, statistics, len(test.labels), args.seed)
         write_results(args, results, identities, output_dir, tracker, ks)
     tracker.finish()
     dist_util.cleanup()
@@ -247,8 +252,13 @@ def extract_to_disk(args, network: str, weights: str, splits: dict, layers, devi
         )
 
 
-def svm_scores(args, feats, train: LabelledSplit, test: LabelledSplit, layers, costs, ks, solver) -> dict:
+def svm_scores(
+    args, feats, train: LabelledSplit, test: LabelledSplit, layers, costs, ks, solver
+) -> tuple[dict, np.ndarray | None]:
+    """The full protocol on every layer and the low-shot protocol on the best one; and the best layer's test
+    scores (N, C) (None without the full protocol)."""
     out: dict = {}
+    test_scores: dict = {}
     normalised = {
         layer: (l2_normalize_features(feats["train"][layer]), l2_normalize_features(feats["test"][layer]))
         for layer in layers
@@ -259,6 +269,7 @@ def svm_scores(args, feats, train: LabelledSplit, test: LabelledSplit, layers, c
             full = full_protocol(*_xy(normalised[layer], train, test), costs, solver)
             out[f"{layer}_map"] = full["map"]
             out[f"{layer}_ap_per_class"] = dict(zip(train.classes, full["ap"], strict=True))
+            test_scores[layer] = full["scores"]
             logger.info("full SVM %s: mAP %.2f (%.1fs)", layer, full["map"], time.perf_counter() - start)
         out["best_layer"] = max(layers, key=lambda layer: out[f"{layer}_map"])
         out["best_map"] = out[f"{out['best_layer']}_map"]
@@ -282,7 +293,7 @@ def svm_scores(args, feats, train: LabelledSplit, test: LabelledSplit, layers, c
         for k in ks:
             out[f"lowshot_k{k}_map"] = out[f"{out['best_layer']}_lowshot_k{k}_map"]
             out[f"lowshot_k{k}_std"] = out[f"{out['best_layer']}_lowshot_k{k}_std"]
-    return out
+    return out, test_scores.get(out["best_layer"])
 
 
 def _xy(normalised, train: LabelledSplit, test: LabelledSplit):
@@ -302,6 +313,8 @@ def write_results(args, results: dict, identities: dict, output_dir: Path, track
             rows.append(
                 row + [results.get(prefix + "best_map")] + [results.get(f"{prefix}lowshot_k{k}_map") for k in ks]
             )
+    rows += gain_row(results, ["best_map"], ["gain over random init", "paired", config, "-"])
+    rows = [row + [None] * (len(columns) - len(row)) for row in rows]  # the gain row has no low-shot gains
     meta = {
         "evaluation": "svm",
         "arch": args.arch,
@@ -313,9 +326,8 @@ def write_results(args, results: dict, identities: dict, output_dir: Path, track
         "solver": args.solver,
         "protocol_notes": protocol_notes(DEPARTURES),
     }
-    publish(
-        args, output_dir, results, meta, tracker, "svm_eval", columns, rows, f"VOC07-style SVM mAP (%) on {args.data}"
-    )
+    title = f"VOC07-style SVM mAP (%) on {args.data}"
+    publish(args, output_dir, results, meta, tracker, "svm_eval", columns, rows, title, ["best_map"])
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from util.pretrain.cluster_images import draw_epoch_grid, run_images
 from util.report import evolution, plots
 from util.report.evolution import evolution_rows
 from util.report.sources import Evaluation, PretrainRun, attach, merge_runs, read_source
-from util.report.tables import Table, all_tables, to_csv, to_markdown
+from util.report.tables import Table, all_tables, expanded, to_csv, to_markdown
 from util.tracking import init_tracker
 
 logger = logging.getLogger("deepcluster")
@@ -227,7 +227,7 @@ def main(args: argparse.Namespace) -> Path:
     config = {"sources": args.sources, **provenance()}
     tracker = init_tracker(args, output_dir, "report", config, True)
     for table in tables:
-        tracker.table(f"report/{table.key}", table.columns, table.rows)
+        tracker.table(f"report/{table.key}", *expanded(table))
     for title, path in figures.items():
         tracker.image(f"report/{path.stem}", path, title)
     for name, path in grids:

@@ -75,7 +75,10 @@ def test_eval_scripts_run_distributed(tmp_path, tiny_split_folder):
     assert proc1.returncode == 0, proc1.stderr
     results = json.loads((lin / "results.json").read_text())
     # kNN needs no training: gathered features must give exactly the single-process number
-    assert results["random_init_knn_top1"] == json.loads((single / "results.json").read_text())["random_init_knn_top1"]
+    alone = json.loads((single / "results.json").read_text())
+    assert results["random_init_knn_top1"] == alone["random_init_knn_top1"]
+    # ... and the same per-image hits, in the same order: the same bootstrap interval
+    assert results["random_init_knn_top1_ci95"] == alone["random_init_knn_top1_ci95"]
     svm = tmp_path / "svm"
     proc = torchrun(
         tmp_path, "eval_svm.py", [*eval_args, "--protocol", "full", "--costs", "1", "--output-dir", str(svm)]

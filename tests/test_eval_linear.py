@@ -72,11 +72,20 @@ def test_all_protocols_cached_with_random_baseline(tmp_path, tiny_split_folder, 
     (table_file,) = (wandb_run_dir(out) / "files").rglob("linear_eval*.table.json")
     table = json.loads(table_file.read_text())
     keys = [f"feature{i}_top1" for i in range(1, 6)] + ["avgpool_top1", "knn_top1"]
-    for row in table["data"]:
+    *networks, gains = table["data"]
+    for row in networks:
         prefix = "" if row[0].startswith("pretrained") else "random_init_"
         weights = results["weights"]["pretrained" if not prefix else "random_init"]["sha256"]
         assert row[1] == f"sha256:{weights[:12]}"
         assert row[3:] == [results[prefix + key] for key in keys]
+    assert gains[0] == "gain over random init" and gains[3:] == [results[f"{key}_gain"] for key in keys]
+    # the bootstrap over the validation images: an interval per number, a paired interval per gain
+    for key in keys:
+        assert results[f"{key}_gain"] == results[key] - results["random_init_" + key]
+        for name in (key, "random_init_" + key, f"{key}_gain"):
+            low, high = results[f"{name}_ci95"]
+            assert low <= high and (-100 <= low <= 100 if name.endswith("gain") else 0 <= low <= 100 and high <= 100)
+    assert results["bootstrap"]["resamples"] == 1000 and "95 % CI" in proc.stderr
     assert any("--cached-features" in note for note in results["protocol_notes"])
 
 
@@ -156,6 +165,8 @@ def test_interrupted_evaluation_resumes_to_the_same_numbers(tmp_path, tiny_split
     new_results = json.loads((out / "results.json").read_text())
     for i in range(1, 6):
         assert new_results[f"feature{i}_top1"] == pytest.approx(ref_results[f"feature{i}_top1"])
+        # the per-image hits of the last epoch survive the kill: the same bootstrap intervals
+        assert new_results[f"feature{i}_top1_ci95"] == ref_results[f"feature{i}_top1_ci95"]
 
 
 def test_torchvision_state_dict_loads_and_drops_the_classifier(tmp_path, tiny_split_folder):

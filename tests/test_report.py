@@ -17,7 +17,7 @@ from PIL import Image
 from tests.helpers import run_in_one_process, run_script, wandb_records, wandb_run_dir, wandb_summary
 from util.pretrain.cluster_images import choose_clusters
 from util.report.sources import PretrainRun, history_records, merge_runs
-from util.report.tables import MISSING
+from util.report.tables import GAIN_LABEL, MISSING
 
 pytestmark = pytest.mark.slow
 
@@ -62,27 +62,36 @@ def short(sha: str) -> str:
     return f"sha256:{sha[:12]}"
 
 
-def markdown_row(markdown: str, section: str, first_cells: list[str]) -> list[str]:
-    """The cells of the row that starts with these cells in the Markdown table under `### <section>...`."""
+def markdown_row(markdown: str, section: str, first_cells: list[str]) -> dict[str, str]:
+    """The cells, by column, of the row that starts with these cells in the Markdown table under `### <section>`."""
     (text,) = [part for part in markdown.split("\n### ") if part.startswith(section)]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
     (row,) = [r for r in rows if r[: len(first_cells)] == first_cells]
-    return row
+    return dict(zip(rows[0], row, strict=True))
 
 
 def check_table(run: Path, kind: str, csv_name: str, keys: dict, markdown: str, section: str) -> None:
-    """Every number of the pretrained and random-init rows equals results.json (CSV exactly, Markdown to 2
-    decimals), beside the hash of the weights that produced it."""
+    """Every number of the pretrained and random-init rows, and of the gain row under them, equals results.json
+    (CSV exactly, Markdown to 2 decimals), with its bootstrap interval, beside the hash of the weights that
+    produced it."""
     results = results_of(run, kind)
     rows = read_csv(run / "report" / csv_name)
-    for model, prefix in (("pretrained", ""), ("random_init", "random_init_")):
-        weights = short(results["weights"][model]["sha256"])
-        (row,) = [r for r in rows if r["Weights"] == weights]
+    (gains,) = [r for r in rows if r["Model"] == GAIN_LABEL]
+    for model, prefix in (("pretrained", ""), ("random_init", "random_init_"), ("gain", "")):
+        weights = "-" if model == "gain" else short(results["weights"][model]["sha256"])
+        row = gains if model == "gain" else next(r for r in rows if r["Weights"] == weights)
         md = markdown_row(markdown, section, [row["Model"], weights])
-        columns = list(rows[0])[:-1]
         for column, key in keys.items():
-            assert float(row[column]) == results[prefix + key], (model, column)
-            assert md[columns.index(column)] == f"{results[prefix + key]:.2f}"
+            name = prefix + key + ("_gain" if model == "gain" else "")
+            if name not in results:  # low-shot: no test-image interval, no gain
+                assert row[column] == "" and md[column] == "-" and model == "gain", (model, column)
+                continue
+            assert float(row[column]) == results[name], (model, column)
+            interval = results.get(f"{name}_ci95")
+            text = f"{results[name]:.2f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+            assert md[column] == text
+            if interval:
+                assert [float(row[f"{column} 95% low"]), float(row[f"{column} 95% high"])] == interval
 
 
 def test_tables_match_results_json(reported):
@@ -180,6 +189,8 @@ def test_report_from_offline_wandb_runs_equals_the_folder_report(reported):
         assert from_folder.keys() == wandb_rows.keys() and len(from_folder) == 2
         for weights, row in from_folder.items():
             assert [float(row[c]) for c in keys] == [float(wandb_rows[weights][c]) for c in keys]
+            intervals = [c for c in row if c.endswith(("95% low", "95% high"))]  # from the W&B summary's _low/_high
+            assert intervals and [row[c] for c in intervals] == [wandb_rows[weights][c] for c in intervals]
     # the run's W&B history holds a row per epoch plus the cluster image of epoch 1: still 2 epochs, then the final
     assert "**run-" not in (from_wandb / "report.md").read_text()
     assert "2 epochs trained (finished)" in (from_wandb / "report.md").read_text()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from util.report.sources import PretrainRun
-from util.report.tables import seed_table, to_csv
+from util.report.sources import Evaluation, PretrainRun
+from util.report.tables import GAIN_LABEL, Measured, knn_table, seed_table, semisup_table, to_csv, to_markdown
 
 
 def run(name: str, seed: int, knn: float, floor: float, k: int = 10) -> PretrainRun:
@@ -46,3 +46,42 @@ def test_published_rows_only_beside_runs_on_their_dataset():
     assert [p.data for p in published_rows("linear", ["/datasets/imagenet"])] == ["ImageNet"]
     assert [p.data for p in published_rows("semisup", ["/datasets/ImageNet"])] == ["ImageNet 1%", "ImageNet 10%"]
     assert len(published_rows("linear")) == 2  # no dataset given: all of them
+
+
+def with_semisup(run_: PretrainRun, top1: float, floor: float) -> PretrainRun:
+    weights = {"pretrained": {"sha256": f"{run_.name}" * 8}, "random_init": {"sha256": "f" * 64}}
+    results = {"top1": top1, "random_init_top1": floor, "top1_gain": top1 - floor, "weights": weights}
+    results.update(top1_ci95=[top1 - 1, top1 + 1], data="cifar10", labelled_percent=10.0, preset="mmselfsup")
+    run_.evaluations.append(Evaluation("semisup", f"{run_.where}/semisup", results))
+    return run_
+
+
+def test_evaluation_tables_get_rows_over_seeds():
+    """The semi-supervised table: per run, its two networks and the gain; then, over the seeds, mean ± standard
+    deviation of each network's number and of the gain, computed here with numpy."""
+    tops, floors = [50.0, 54.0, 55.0], [30.0, 31.0, 35.0]
+    runs = [with_semisup(run(name, s, 45.0, 40.0), tops[s], floors[s]) for s, name in enumerate("abc")]
+    table = semisup_table(runs, [])
+    by_label = {row[0]: row for row in table.rows}
+    over = {label: row for label, row in by_label.items() if "over seeds" in label}
+    assert set(over) == {
+        "a and 2 more: mean over seeds 0,1,2",
+        "a and 2 more: random init, mean over seeds 0,1,2",
+        "a and 2 more: gain, mean over seeds 0,1,2",
+    }
+    column = table.columns.index("Top-1 (%)")
+    gains = np.subtract(tops, floors)
+    for label, values in (("", tops), ("random init, ", floors), ("gain, ", gains)):
+        cell = over[f"a and 2 more: {label}mean over seeds 0,1,2"][column]
+        assert isinstance(cell, Measured) and cell.n == 3
+        assert cell == np.mean(values) and cell.std == np.std(values, ddof=1)
+    assert sum(row[0] == GAIN_LABEL for row in table.rows) == 3  # one per run, under its two networks
+    (first,) = [row for row in table.rows if row[0] == "a"]
+    assert first[column].ci95 == (49.0, 51.0)  # the evaluation's own interval over the test images
+    markdown = to_markdown(table)
+    assert f"{np.mean(tops):.2f} ± {np.std(tops, ddof=1):.2f}" in markdown and "49.00, 51.00" in markdown
+    assert "Top-1 (%) 95% low" in to_csv(table) and "Top-1 (%) std" in to_csv(table)
+    # a run with two semi-supervised evaluations cannot be paired with its repeats: no row over seeds for it
+    runs[0] = with_semisup(runs[0], 60.0, 30.0)
+    assert not [row for row in semisup_table(runs, []).rows if "over seeds" in str(row[0])]
+    assert not [row for row in knn_table(runs, []).rows if "over seeds" in str(row[0])]  # no kNN evaluation

@@ -94,6 +94,9 @@ def test_semisup_end_to_end_with_baseline_reuse_and_keys(tiny_split_folder, tmp_
     # the same command: reused, nothing trained; another lr: a new task, trained
     again = run_script("eval_semisup.py", [*base, "--output-dir", str(out), "--baseline", "none"], tmp_path)
     assert again.returncode == 0 and "reusing results" in again.stderr and "epoch 0/2" not in again.stderr
+    reused = json.loads((out / "results.json").read_text())  # the reused task kept its per-image hits
+    assert reused["random_init_top1_ci95"] == results["random_init_top1_ci95"] and "top1_gain" not in reused
+    assert summary["random_init_top1_ci95_low"] == results["random_init_top1_ci95"][0]
     other = run_script(
         "eval_semisup.py", [*base, "--output-dir", str(out), "--baseline", "none", "--lr", "0.01"], tmp_path
     )
@@ -122,6 +125,11 @@ def test_pretrained_beside_random_init_and_bad_inputs(tiny_split_folder, tmp_pat
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text())
     assert {"top1", "random_init_top1"} <= set(results)
+    for key in ("top1", "top5"):  # the paired gain over the random network, with its bootstrap interval
+        assert results[f"{key}_gain"] == results[key] - results[f"random_init_{key}"]
+        low, high = results[f"{key}_gain_ci95"]
+        assert -100 <= low <= high <= 100
+    assert "gain over random init" in proc.stderr and results["bootstrap"]["unit"] == "test image"
     assert results["weights"]["pretrained"]["sha256"] != results["weights"]["random_init"]["sha256"]
     for extra, words in (
         (["--percent", "1", "--batch-size", "64"], "fewer than --batch-size"),

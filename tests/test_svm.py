@@ -396,6 +396,8 @@ def test_eval_svm_cifar_style_folder_and_errors(tmp_path, tiny_split_folder):
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["random_init_feature5_map"] > 50  # separable generated classes, one-vs-rest
+    low, high = results["random_init_best_map_ci95"]  # resampled test images: the mAP of each set
+    assert 0 <= low <= high <= 100 and "best_map_gain" not in results  # --pretrained random: one network
     bad = run_script("eval_svm.py", [*args, "--layers", "feature9", "--output-dir", str(out)], tmp_path)
     assert bad.returncode == 2 and "--layers feature9 unknown" in bad.stderr
     missing = run_script("eval_svm.py", [*args, "--data", str(tmp_path / "nope"), "--output-dir", str(out)], tmp_path)

@@ -70,12 +70,17 @@ def cluster_accuracy(labels: np.ndarray, assignments: np.ndarray) -> float:
     return float(table[rows, cols].sum() / table.sum())
 
 
-def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[float]:
-    """Top-k accuracies in percent. logits: (B, C), target: (B,)."""
+def topk_hits(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
+    """Per image, whether the target is among the k highest scores: one (B,) bool tensor per k."""
     max_k = min(max(ks), logits.shape[1])
     top = logits.topk(max_k, dim=1).indices  # (B, max_k)
     hits = top.eq(target[:, None])
-    return [100.0 * hits[:, : min(k, max_k)].any(1).float().mean().item() for k in ks]
+    return [hits[:, : min(k, max_k)].any(1) for k in ks]
+
+
+def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[float]:
+    """Top-k accuracies in percent. logits: (B, C), target: (B,)."""
+    return [100.0 * hits.float().mean().item() for hits in topk_hits(logits, target, ks)]
 
 
 def purity(labels: np.ndarray, assignments: np.ndarray) -> float:

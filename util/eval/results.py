@@ -9,6 +9,7 @@ from pathlib import Path
 
 from util.checkpoint import atomic_write
 from util.config import write_config
+from util.eval.bootstrap import METHOD, interval_lines
 from util.tracking import Tracker
 
 logger = logging.getLogger("deepcluster")
@@ -29,6 +30,12 @@ def format_table(columns: list[str], rows: list[list]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells)
 
 
+def gain_row(results: dict, keys: list[str], lead: list[str]) -> list[list]:
+    """The row of paired gains (pretrained minus random init) under the two networks' rows, when there are both."""
+    gains = [results.get(f"{key}_gain") for key in keys]
+    return [[*lead, *gains]] if any(g is not None for g in gains) else []
+
+
 def publish(
     args: argparse.Namespace,
     output_dir: Path,
@@ -39,15 +46,24 @@ def publish(
     columns: list[str],
     rows: list[list],
     title: str,
+    interval_keys: list[str] = (),
 ) -> None:
-    """Write OUTPUT_DIR/results.json (results + meta) and config.yaml (the resolved arguments), log the table,
-    mirror both to W&B."""
+    """Write OUTPUT_DIR/results.json (results + meta) and config.yaml (the resolved arguments), log the table and
+    the bootstrap intervals of `interval_keys`, mirror both to W&B."""
+    lines = interval_lines(results, list(interval_keys))
+    if lines:
+        meta = {**meta, "bootstrap": METHOD}
     text = json.dumps({**results, **meta}, indent=2, sort_keys=True) + "\n"
     atomic_write(output_dir / "results.json", lambda handle: handle.write(text.encode()))
     write_config(args, output_dir)
     logger.info("%s:\n%s", title, format_table(columns, rows))
+    if lines:
+        logger.info("bootstrap over the test images (%d resamples):\n%s", METHOD["resamples"], "\n".join(lines))
     tracker.table(table, columns, rows)
     summary = {k: v for k, v in results.items() if isinstance(v, (int, float, str))}
+    for key, (low, high) in ((k, v) for k, v in results.items() if k.endswith("_ci95")):
+        summary.update({f"{key}_low": low, f"{key}_high": high})
     summary.update({f"weights/{network}": f"sha256:{w['sha256']}" for network, w in meta.get("weights", {}).items()})
     summary.update({k: v for k, v in meta.items() if isinstance(v, (bool, int, float, str)) or k == "hyperparameters"})
+    summary.update({"bootstrap": meta["bootstrap"]} if "bootstrap" in meta else {})
     tracker.summary(summary)

@@ -153,7 +153,8 @@ def full_protocol(
 ) -> dict:
     """Per class: the cost of best 3-fold cross-validated AP, then train on all of train and test.
 
-    Difficult (0) training images count as negatives; at test they are excluded. Returns mAP (%) and per-class data.
+    Difficult (0) training images count as negatives; at test they are excluded. Returns mAP (%), per-class data
+    and the test images' scores (N, C).
     """
     num_classes, costs = train_labels.shape[1], np.asarray(costs, dtype=np.float64)
     y_train = np.where(train_labels == 1, 1.0, -1.0)
@@ -172,7 +173,8 @@ def full_protocol(
     W, b = solver(train_x, y_train, np.ones_like(y_train, dtype=bool), costs[best])
     test_scores = test_x @ W + b
     test_ap = voc_ap_columns(test_scores, test_labels)
-    return {"map": 100 * float(np.nanmean(test_ap)), "ap": (100 * test_ap).tolist(), "cost": costs[best].tolist()}
+    map_ = 100 * float(np.nanmean(test_ap))
+    return {"map": map_, "ap": (100 * test_ap).tolist(), "cost": costs[best].tolist(), "scores": test_scores}
 
 
 def lowshot_sample(labels: np.ndarray, cls: int, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -3,7 +3,10 @@ Feature1..5 + AvgPool per dataset, kNN, semi-supervised; each with the random-in
 
 Cells: a number where an evaluation measured it; MISSING where the run has no evaluation of that kind (never
 filled in); None where an evaluation exists but did not measure that column (e.g. `--protocol knn` has no
-Feature1..5)."""
+Feature1..5). A number may carry its bootstrap 95 % interval over the test images (util/eval/bootstrap.py) or, in
+the rows over seeds, the standard deviation over the runs (Measured). Under each evaluation's two networks, a row
+of paired gains (pretrained minus random init); under the runs that differ only in --seed, their mean ± standard
+deviation per cell, for the pretrained network, the random one and the gain."""
 
 from __future__ import annotations
 
@@ -25,6 +28,33 @@ PUBLISHED_MODEL = "DeepCluster, mmselfsup (published)"
 PUBLISHED_WEIGHTS = "deepcluster_r50-bb8681e2.pth"
 
 
+class Measured(float):
+    """A table number with what is known of its uncertainty: ci95, the bootstrap 95 % interval over the test images;
+    std and n, the sample standard deviation (n - 1) over n runs with different --seed."""
+
+    ci95: tuple[float, float] | None
+    std: float | None
+    n: int
+
+    def __new__(cls, value: float, ci95=None, std: float | None = None, n: int = 1) -> Measured:
+        number = super().__new__(cls, value)
+        number.ci95 = None if ci95 is None else (float(ci95[0]), float(ci95[1]))
+        number.std, number.n = std, n
+        return number
+
+
+def measured(results: dict, key: str):
+    """results[key], as a Measured with its interval where the evaluation wrote one (results.json: KEY_ci95; a W&B
+    summary: KEY_ci95_low / KEY_ci95_high); None where absent."""
+    value = results.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return value
+    ci95 = results.get(f"{key}_ci95")
+    if ci95 is None and f"{key}_ci95_low" in results:
+        ci95 = (results[f"{key}_ci95_low"], results[f"{key}_ci95_high"])
+    return Measured(value, ci95) if ci95 is not None else float(value)
+
+
 @dataclass
 class Table:
     key: str  # file and W&B key: svm, linear_<data>, knn, semisup
@@ -33,11 +63,13 @@ class Table:
     rows: list[list] = field(default_factory=list)
     where: list[str] = field(default_factory=list)  # per row: the folder / W&B run / source it was read from
     sources: list[str] = field(default_factory=list)  # the published rows' citations
+    roles: list[tuple] = field(default_factory=list)  # per row: (run, "pretrained" | "random" | "gain") or None
 
-    def add(self, row: list, where: str) -> None:
+    def add(self, row: list, where: str, run: PretrainRun | None = None, role: str | None = None) -> None:
         assert len(row) == len(self.columns), (row, self.columns)
         self.rows.append(row)
         self.where.append(where)
+        self.roles.append((run, role) if run is not None and role else None)
 
 
 def _short(sha: str | None) -> str:
@@ -96,10 +128,28 @@ def _pairs(run: PretrainRun | None, evaluation: Evaluation) -> list[tuple[str, s
 
 
 def _value(results: dict, key: str, identity: str):
-    """The measured number, None where the evaluation did not measure it, MISSING for a row never evaluated."""
+    """The measured number (with its interval), None where the evaluation did not measure it, MISSING for a row
+    never evaluated."""
     if identity == NOT_EVALUATED:
         return MISSING
-    return results.get(key)
+    return measured(results, key)
+
+
+GAIN_LABEL = "gain over random init (paired)"
+
+
+def _role(prefix: str) -> str:
+    return "pretrained" if not prefix else "random"
+
+
+def _gain_row(
+    table: Table, run: PretrainRun | None, evaluation: Evaluation, lead: list, keys: list[str | None]
+) -> None:
+    """The row of gains (pretrained minus random init, each with its paired interval) under an evaluation's two
+    networks; nothing when the evaluation has no gain (one network, or written before gains were measured)."""
+    gains = [None if key is None else measured(evaluation.results, f"{key}_gain") for key in keys]
+    if any(g is not None for g in gains):
+        table.add([GAIN_LABEL, *lead, *gains], evaluation.where, run, "gain")
 
 
 def lowshot_ks(evaluations: list[Evaluation]) -> list[int]:
@@ -129,7 +179,9 @@ def svm_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
                 _value(r, f"{prefix}lowshot_k{k}_map", identity) for k in ks
             ]
             best = r.get(prefix + "best_layer", MISSING if identity == "-" else None)
-            table.add([label, identity, _config(r), _eval_data(r), best, *scores], evaluation.where)
+            table.add([label, identity, _config(r), _eval_data(r), best, *scores], evaluation.where, run, _role(prefix))
+        _gain_row(table, run, evaluation, ["-", _config(r), _eval_data(r), "-"], ["best_map"] + [None] * len(ks))
+    _seed_rows(table, runs)
     _missing_rows(table, runs, "svm", 4)
     for published in published_rows("svm", [e.results.get("data") for _, e in evaluations]):
         values = published.values
@@ -157,7 +209,11 @@ def linear_tables(runs: list[PretrainRun], alone: list[Evaluation]) -> list[Tabl
                 table.add(
                     [label, identity, _config(r), _eval_data(r), *[_value(r, prefix + k, identity) for k in keys]],
                     evaluation.where,
+                    run,
+                    _role(prefix),
                 )
+            _gain_row(table, run, evaluation, ["-", _config(r), _eval_data(r)], keys)
+        _seed_rows(table, runs)
         _missing_rows(table, runs, "linear", 4, data_filter=data)
         on_this_data = [e.results.get("data") for _, e in evaluations if _data_label(e.results.get("data")) == data]
         for published in published_rows("linear", on_this_data):
@@ -184,7 +240,11 @@ def knn_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
             table.add(
                 row + [_value(r, prefix + "knn_top1", identity), _value(r, prefix + "knn_top5", identity)],
                 evaluation.where,
+                run,
+                _role(prefix),
             )
+        _gain_row(table, run, evaluation, ["-", _eval_data(r), "eval_linear.py"], ["knn_top1", "knn_top5"])
+    _seed_rows(table, runs)
     for run in runs:
         data = _data_label(run.args.get("data"))
         monitored = [r for r in run.records if r.get("knn_top1") is not None]
@@ -217,7 +277,9 @@ def semisup_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
         tuned = f"{r.get('preset', '?')} lr {hp.get('lr', '?')} head x{hp.get('head_lr_mult', '?')}"
         for label, identity, prefix in _pairs(run, evaluation):
             scores = [_value(r, prefix + "top1", identity), _value(r, prefix + "top5", identity)]
-            table.add([label, identity, _config(r), data, tuned, *scores], evaluation.where)
+            table.add([label, identity, _config(r), data, tuned, *scores], evaluation.where, run, _role(prefix))
+        _gain_row(table, run, evaluation, ["-", _config(r), data, tuned], ["top1", "top5"])
+    _seed_rows(table, runs)
     _missing_rows(table, runs, "semisup", 4)
     for published in published_rows("semisup", [e.results.get("data") for _, e in _by_kind(runs, alone, "semisup")]):
         values = published.values
@@ -225,6 +287,38 @@ def semisup_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
         table.add(row + [values["Top-1 (%)"], values["Top-5 (%)"]], published.source)
         table.sources.append(published.source)
     return table
+
+
+ROLE_LABELS = {
+    "pretrained": "mean over seeds",
+    "random": "random init, mean over seeds",
+    "gain": "gain, mean over seeds",
+}
+
+
+def _rows_of(table: Table, run: PretrainRun, role: str) -> list[list]:
+    return [row for row, tag in zip(table.rows, table.roles, strict=True) if tag and tag[0] is run and tag[1] == role]
+
+
+def _seed_rows(table: Table, runs: list[PretrainRun]) -> None:
+    """Under the rows of runs that differ only in --seed (each with exactly one such row per role): a row per role
+    (the pretrained network, the random one, the gain) holding each number's mean ± standard deviation (n - 1) over
+    the runs; a text cell where the runs agree, `-` where they differ."""
+    for group in seed_groups(runs):
+        seeds = ",".join(str(run.args.get("seed")) for run in group)
+        for role, label in ROLE_LABELS.items():
+            rows = [_rows_of(table, run, role) for run in group]
+            if any(len(found) != 1 for found in rows):
+                continue
+            cells = []
+            for values in zip(*(found[0] for found in rows), strict=True):
+                if all(isinstance(v, float) for v in values):
+                    cells.append(Measured(float(np.mean(values)), std=float(np.std(values, ddof=1)), n=len(values)))
+                else:
+                    cells.append(values[0] if len(set(map(str, values))) == 1 else "-")
+            cells[0] = f"{group[0].name} and {len(group) - 1} more: {label} {seeds}"
+            cells[1] = f"{len(group)} runs"
+            table.add(cells, group[0].where)
 
 
 def _missing_rows(
@@ -294,6 +388,10 @@ def all_tables(runs: list[PretrainRun], alone: list[Evaluation]) -> list[Table]:
 def format_cell(value: object) -> str:
     if value is None:
         return "-"
+    if isinstance(value, Measured) and value.std is not None:
+        return f"{value:.2f} ± {value.std:.2f}"
+    if isinstance(value, Measured) and value.ci95 is not None:
+        return f"{value:.2f} [{value.ci95[0]:.2f}, {value.ci95[1]:.2f}]"
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
@@ -302,15 +400,48 @@ def format_cell(value: object) -> str:
 def to_markdown(table: Table) -> str:
     lines = [f"### {table.title}", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(format_cell(v) for v in row) + " |" for row in table.rows]
-    lines += [""] + [f"Published row: {source}." for source in dict.fromkeys(table.sources)]
+    notes = []
+    if any(isinstance(v, Measured) and v.ci95 is not None for row in table.rows for v in row):
+        notes.append(
+            "[low, high]: bootstrap 95 % interval over the test images; gains are paired (the same resamples)."
+        )
+    if any(isinstance(v, Measured) and v.std is not None for row in table.rows for v in row):
+        notes.append("mean ± standard deviation (n - 1) over the runs that differ only in --seed.")
+    lines += [""] + notes + [f"Published row: {source}." for source in dict.fromkeys(table.sources)]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def expanded(table: Table) -> tuple[list[str], list[list]]:
+    """The table with every uncertainty in columns of its own, after its number's column: `COLUMN 95% low`,
+    `COLUMN 95% high` (bootstrap interval over the test images), `COLUMN std` (over seeds); numbers as plain floats.
+    What the CSV file and the W&B table hold."""
+    has_ci = [
+        any(isinstance(r[i], Measured) and r[i].ci95 is not None for r in table.rows) for i in range(len(table.columns))
+    ]
+    has_std = [
+        any(isinstance(r[i], Measured) and r[i].std is not None for r in table.rows) for i in range(len(table.columns))
+    ]
+    columns = []
+    for name, ci, std in zip(table.columns, has_ci, has_std, strict=True):
+        columns += [name] + ([f"{name} 95% low", f"{name} 95% high"] if ci else []) + ([f"{name} std"] if std else [])
+    rows = []
+    for row in table.rows:
+        cells = []
+        for value, ci, std in zip(row, has_ci, has_std, strict=True):
+            interval = value.ci95 if isinstance(value, Measured) else None
+            cells.append(float(value) if isinstance(value, float) else value)
+            cells += list(interval or (None, None)) if ci else []
+            cells += [value.std if isinstance(value, Measured) else None] if std else []
+        rows.append(cells)
+    return columns, rows
 
 
 def to_csv(table: Table) -> str:
     """Numbers at full precision (repr), as results.json holds them; empty for not measured."""
+    columns, rows = expanded(table)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*table.columns, "Read from"])
-    for row, where in zip(table.rows, table.where, strict=True):
+    writer.writerow([*columns, "Read from"])
+    for row, where in zip(rows, table.where, strict=True):
         writer.writerow([*("" if v is None else repr(v) if isinstance(v, float) else v for v in row), where])
     return out.getvalue()
