@@ -13,7 +13,8 @@ they are in.
 
 Writes to OUTPUT_DIR: report.md (every table, the figures, the cluster images), one CSV per table (numbers at full
 precision, and where each row was read), curves.png (loss / NMI / kNN per epoch, all runs), cluster_sizes.png,
-per_layer.png, lowshot.png, evolution_<run>.png (how the clusters evolve: util/report/evolution.py); and a W&B
+per_layer.png, lowshot.png, evolution_<run>.png (how the clusters evolve: util/report/evolution.py), the least
+stable clusters of each run's last saved epoch with sample images (unstable_clusters.csv, unstable/*.png); and a W&B
 run (job_type `report`, in the runs' group) holding the same tables as
 wandb.Table and the figures as images. Every row names the weights that produced it (sha256 of the file); a run
 without an evaluation of some kind is shown as `missing`, never filled in; `-`: not measured by that evaluation.
@@ -28,16 +29,19 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from util.args import add_wandb_args
 from util.checkpoint import atomic_write
+from util.data import ImageList
 from util.errors import UserError, script_entry
 from util.logging import provenance, setup_logging
-from util.pretrain.cluster_images import draw_epoch_grid, run_images
+from util.pretrain.cluster_images import draw_epoch_grid, run_images, thumbnail_strip
 from util.report import evolution, plots
-from util.report.evolution import evolution_rows
+from util.report.evolution import evolution_rows, least_stable
 from util.report.sources import Evaluation, PretrainRun, attach, merge_runs, read_source
 from util.report.tables import Table, all_tables, expanded, to_csv, to_markdown
+from util.seeds import derive_seed
 from util.tracking import init_tracker
 
 logger = logging.getLogger("deepcluster")
@@ -126,7 +130,20 @@ def cluster_grids(
     return found
 
 
-def cluster_evolution(runs: list[PretrainRun], output_dir: Path) -> tuple[Table | None, dict[str, Path]]:
+def training_images(runs: list[PretrainRun]) -> dict[str, ImageList | None]:
+    """Each run folder's training images in the order of its assignments; None where they are not on this machine."""
+    found: dict[str, ImageList | None] = {}
+    for run in runs:
+        try:
+            found[run.name] = run_images(run.args) if run.folder is not None else None
+        except (UserError, KeyError, OSError):
+            found[run.name] = None
+    return found
+
+
+def cluster_evolution(
+    runs: list[PretrainRun], output_dir: Path, images: dict[str, ImageList | None]
+) -> tuple[Table | None, dict[str, Path]]:
     """Per run folder with two or more saved epochs: its evolution rows (one table for all runs) and figure."""
     table = Table(
         "cluster_evolution",
@@ -139,10 +156,7 @@ def cluster_evolution(runs: list[PretrainRun], output_dir: Path) -> tuple[Table 
         if len(epochs) < 2:
             continue
         assignments = [np.load(run.folder / "assignments" / f"epoch_{e:04d}.npy").astype(np.int64) for e in epochs]
-        try:
-            targets = run_images(run.args).targets
-        except (UserError, KeyError, OSError):  # the training images are not on this machine: no purity
-            targets = None
+        targets = images[run.name].targets if images[run.name] is not None else None  # None: no purity
         if targets is not None and len(targets) != len(assignments[0]):
             targets = None
         for row in evolution_rows(epochs, assignments, targets):
@@ -151,6 +165,46 @@ def cluster_evolution(runs: list[PretrainRun], output_dir: Path) -> tuple[Table 
         title = f"Cluster evolution: {run.name}"
         figures[title] = evolution.draw(epochs, assignments, targets, output_dir / f"evolution_{run.name}.png", title)
     return (table if table.rows else None), figures
+
+
+UNSTABLE = 8  # least stable clusters shown per run, with UNSTABLE sample images each
+
+
+def unstable_clusters(
+    runs: list[PretrainRun], output_dir: Path, all_images: dict[str, ImageList | None]
+) -> Table | None:
+    """Per run folder with two or more saved epochs and its training images on this machine: the UNSTABLE clusters
+    of its last saved epoch with the lowest best-match Jaccard against the epoch saved before it, each with its
+    best match, its most frequent label and a strip of sample images (output_dir/unstable/*.png)."""
+    columns = ["Run", "Epoch", "Cluster", "Images", "Best Jaccard", "Best match", "Match images", "Label", "Thumbnails"]
+    table = Table(
+        "unstable_clusters", "Least stable clusters of the last saved epoch (lowest best-match Jaccard)", columns
+    )
+    for run in runs:
+        epochs = run.saved_epochs()
+        if len(epochs) < 2:
+            continue
+        images = all_images[run.name]
+        if images is None:
+            logger.warning("%s: its training images are not on this machine: no least stable clusters", run.name)
+            continue
+        before, after = (run.assignments(e).astype(np.int64) for e in epochs[-2:])
+        if len(after) != len(images):
+            continue
+        rng = np.random.default_rng(derive_seed(run.args.get("seed", 0), "unstable-clusters", epochs[-1]))
+        for found in least_stable(before, after, UNSTABLE):
+            cluster_members = np.flatnonzero(after == found.cluster)
+            drawn = np.sort(rng.choice(cluster_members, size=min(UNSTABLE, len(cluster_members)), replace=False))
+            labels = images.targets[cluster_members]
+            top = int(np.bincount(labels).argmax())
+            thumbnails = Path("unstable") / f"{run.name}_epoch_{epochs[-1]:04d}_cluster_{found.cluster}.png"
+            (output_dir / thumbnails).parent.mkdir(parents=True, exist_ok=True)
+            strip = Image.fromarray(thumbnail_strip(images, drawn, UNSTABLE))
+            atomic_write(output_dir / thumbnails, lambda handle, strip=strip: strip.save(handle, format="PNG"))
+            label = f"{images.classes[top]} {100.0 * np.mean(labels == top):.0f}%"
+            row = [run.name, epochs[-1], found.cluster, found.size, found.jaccard, found.match, found.match_size]
+            table.add(row + [label, thumbnails], run.where)
+    return table if table.rows else None
 
 
 def render(
@@ -202,8 +256,11 @@ def main(args: argparse.Namespace) -> Path:
         draw_requested_grids(runs, args.cluster_images)
 
     tables = all_tables(runs, alone)
-    evolution_table, evolution_figures = cluster_evolution(runs, output_dir)
+    images = training_images(runs)
+    evolution_table, evolution_figures = cluster_evolution(runs, output_dir, images)
     tables += [evolution_table] if evolution_table is not None else []
+    unstable = unstable_clusters(runs, output_dir, images)
+    tables += [unstable] if unstable is not None else []
     for table in tables:
         write_text(output_dir / f"{table.key}.csv", to_csv(table))
     figures = {
@@ -227,7 +284,7 @@ def main(args: argparse.Namespace) -> Path:
     config = {"sources": args.sources, **provenance()}
     tracker = init_tracker(args, output_dir, "report", config, True)
     for table in tables:
-        tracker.table(f"report/{table.key}", *expanded(table))
+        tracker.table(f"report/{table.key}", *expanded(table), images_under=output_dir)
     for title, path in figures.items():
         tracker.image(f"report/{path.stem}", path, title)
     for name, path in grids:

@@ -37,3 +37,25 @@ def test_clusters_are_followed_back_through_their_largest_overlap():
     epoch1 = np.array([5, 5, 5, 1, 1, 1, 1, 0, 0, 0])  # 5 <- 0 (3 images), 1 <- 1 (3 of 4), 0 <- 2
     lineages = follow_back([epoch0, epoch1])
     assert lineages == [[1, 1], [2, 0], [0, 5]]  # by size, ties by id
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_least_stable_clusters_against_sets(seed):
+    from util.report.evolution import least_stable
+
+    rng = np.random.default_rng(seed)
+    before, after = rng.integers(0, 6, 200), rng.integers(0, 9, 200)
+    after[after == 2] = 3  # an empty cluster: never reported
+    old, new = members(before), members(after)
+    expected = []
+    for c, images in new.items():
+        scores = {a: len(images & m) / len(images | m) for a, m in old.items()}
+        match = min(scores, key=lambda a: (-scores[a], a))
+        expected.append((scores[match], -len(images), c, match))
+    expected.sort()
+    found = least_stable(before, after, 4)
+    assert [(u.cluster, u.match, u.size, u.match_size) for u in found] == [
+        (c, a, -size, len(old[a])) for _, size, c, a in expected[:4]
+    ]
+    np.testing.assert_allclose([u.jaccard for u in found], [j for j, *_ in expected[:4]], rtol=0, atol=1e-15)
+    assert len(least_stable(before, after, 50)) == len(new)

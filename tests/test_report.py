@@ -130,6 +130,40 @@ def test_tables_match_results_json(reported):
             assert image.size[0] > 100
 
 
+def test_least_stable_clusters_with_thumbnails(reported):
+    """The report's least stable clusters are those of the saved assignments (epoch 1 against epoch 0), each with a
+    strip of its own images; the W&B table holds them as images."""
+    from util.report.evolution import least_stable
+
+    _, run = reported
+    rows = read_csv(run / "report" / "unstable_clusters.csv")
+    before, after = (np.load(run / "assignments" / f"epoch_{e:04d}.npy") for e in (0, 1))
+    expected = least_stable(before, after, 8)
+    assert [(int(r["Cluster"]), int(r["Images"]), int(r["Best match"])) for r in rows] == [
+        (u.cluster, u.size, u.match) for u in expected
+    ]
+    assert [float(r["Best Jaccard"]) for r in rows] == [u.jaccard for u in expected]
+    for row in rows:
+        with Image.open(run / "report" / row["Thumbnails"]) as image:
+            assert image.size == (64 * 8, 64)
+    assert (
+        "!["
+        in markdown_row(
+            (run / "report" / "report.md").read_text(),
+            "Least stable",
+            [rows[0][c] for c in ("Run", "Epoch", "Cluster")],
+        )["Thumbnails"]
+    )
+    # W&B keeps a table of images as a run_table artifact holding the table and every image
+    records = wandb_records(wandb_run_dir(run / "report"))
+    (artifact,) = [
+        r["artifact"] for r in records if r.get("type") == "artifact" and "unstable_clusters" in r["artifact"]["name"]
+    ]
+    paths = [entry["path"] for entry in artifact["manifest"]["contents"]]
+    assert artifact["type"] == "run_table" and any(p.endswith("unstable_clusters.table.json") for p in paths)
+    assert len([p for p in paths if p.startswith("media/images/") and p.endswith(".png")]) == len(rows)
+
+
 def test_evaluations_join_the_pretraining_group_and_use_its_checkpoint_artifact(reported):
     _, run = reported
     checkpoint = torch.load(run / "checkpoint.pth", weights_only=False)

@@ -72,11 +72,18 @@ class Tracker:
             for key, value in values.items():
                 self.run.summary[key] = value
 
-    def table(self, key: str, columns: list[str], rows: list[list]) -> None:
+    def table(self, key: str, columns: list[str], rows: list[list], images_under: Path | None = None) -> None:
+        """Log a wandb.Table; a cell holding a Path to a PNG (relative to `images_under`) becomes a wandb.Image."""
         if self.run is not None:
             import wandb
 
-            self.run.log({key: wandb.Table(columns=columns, data=rows, allow_mixed_types=True)})
+            def cell(value: Any) -> Any:
+                if isinstance(value, Path) and value.suffix == ".png":
+                    return wandb.Image(str(Path(images_under or ".") / value), caption=value.stem)
+                return value
+
+            data = [[cell(value) for value in row] for row in rows]
+            self.run.log({key: wandb.Table(columns=columns, data=data, allow_mixed_types=True)})
 
     def histogram(self, values) -> Any:
         if self.run is None:

@@ -50,6 +50,14 @@ def choose_clusters(
     return rows
 
 
+def thumbnail_strip(images: ImageList, members: np.ndarray, slots: int) -> np.ndarray:
+    """The images `members` side by side, THUMB pixels square, in `slots` slots (white where fewer): (H, W, 3)."""
+    strip = np.full((THUMB, THUMB * slots, 3), 255, dtype=np.uint8)
+    for slot, index in enumerate(members[:slots]):
+        strip[:, slot * THUMB : (slot + 1) * THUMB] = np.asarray(load_image(images.paths[index]).resize((THUMB, THUMB)))
+    return strip
+
+
 def _row_label(row: ClusterRow, images: ImageList, assignments: np.ndarray) -> str:
     """Role, cluster id, size and the most frequent label of the whole cluster with its share (its purity)."""
     labels = images.targets[assignments == row.cluster]
@@ -82,11 +90,7 @@ def draw_cluster_grid(
     rows = choose_clusters(assignments, per_cluster, num_random, np.random.default_rng(seed))
     fig, axes = plt.subplots(len(rows), 1, figsize=(1.0 * per_cluster + 1.6, 1.05 * len(rows) + 0.5), squeeze=False)
     for ax, row in zip(axes[:, 0], rows, strict=True):
-        strip = np.full((THUMB, THUMB * per_cluster, 3), 255, dtype=np.uint8)
-        for slot, index in enumerate(row.members):
-            thumb = load_image(images.paths[index]).resize((THUMB, THUMB))
-            strip[:, slot * THUMB : (slot + 1) * THUMB] = np.asarray(thumb)
-        ax.imshow(strip)
+        ax.imshow(thumbnail_strip(images, row.members, per_cluster))
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(_row_label(row, images, assignments), rotation=0, ha="right", va="center", fontsize=7)

@@ -40,6 +40,34 @@ class Overlaps:
         return best[self.size_b > 0]
 
 
+@dataclass(frozen=True)
+class Unstable:
+    """A cluster of the later epoch that matches no earlier cluster well: its best Jaccard and best match."""
+
+    cluster: int
+    size: int
+    jaccard: float
+    match: int  # the earlier cluster of that Jaccard
+    match_size: int
+
+
+def least_stable(before: np.ndarray, after: np.ndarray, count: int) -> list[Unstable]:
+    """The `count` non-empty clusters of `after` with the lowest best-match Jaccard against the clusters of
+    `before` (ties: the larger cluster first, then the lower id), each with the earlier cluster it matches best
+    (ties: the lower id)."""
+    pairs = Overlaps.of(before, after)
+    jaccard = pairs.count / (pairs.size_a[pairs.a] + pairs.size_b[pairs.b] - pairs.count)
+    order = np.lexsort((pairs.a, -jaccard, pairs.b))  # per later cluster: best Jaccard first, ties to the lower id
+    first = order[np.r_[True, pairs.b[order][1:] != pairs.b[order][:-1]]]  # one pair per later cluster
+    clusters, best, match = pairs.b[first], jaccard[first], pairs.a[first]
+    sizes = pairs.size_b[clusters]
+    chosen = np.lexsort((clusters, -sizes, best))[:count]
+    return [
+        Unstable(int(clusters[i]), int(sizes[i]), float(best[i]), int(match[i]), int(pairs.size_a[match[i]]))
+        for i in chosen
+    ]
+
+
 def purity(assignments: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Per cluster, the share of its images of its most frequent label (0 for an empty cluster)."""
     k, classes = int(assignments.max()) + 1, int(targets.max()) + 1

@@ -394,6 +394,8 @@ def format_cell(value: object) -> str:
         return f"{value:.2f} [{value.ci95[0]:.2f}, {value.ci95[1]:.2f}]"
     if isinstance(value, float):
         return f"{value:.2f}"
+    if isinstance(value, Path) and value.suffix == ".png":  # an image beside report.md
+        return f"![{value.stem}]({value.as_posix()})"
     return str(value)
 
 
