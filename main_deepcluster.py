@@ -50,7 +50,7 @@ from util.pretrain.clustering import (
 )
 from util.pretrain.epoch_log import PhaseTimer, close_record
 from util.pretrain.features import extract_features
-from util.pretrain.maps import map_due
+from util.pretrain.maps import maps_on
 from util.pretrain.monitor import add_monitor_args, build_held_out, measure_floor, monitor_pass, resolve_knn_every
 from util.pretrain.outputs import add_output_args
 from util.pretrain.probe import OnlineProbe, wants_probe
@@ -422,7 +422,7 @@ def extract(run: Run, epoch: int, monitored: bool) -> tuple[torch.Tensor, dict]:
             desc=desc,
             project=trunk.project,
             probe=run.probe if epoch > 0 else None,  # untrained before the first epoch
-            keep_held_out=map_due(args, epoch, final=epoch == args.epochs),
+            keep_held_out=maps_on(args),
         )
         return features, knn
     features = extract_features(

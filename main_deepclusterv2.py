@@ -40,7 +40,7 @@ from util.pretrain.bank import MemoryBank
 from util.pretrain.clock import RunClock
 from util.pretrain.epoch_log import PhaseTimer, close_record
 from util.pretrain.lars import LARS
-from util.pretrain.maps import map_due
+from util.pretrain.maps import maps_on
 from util.pretrain.monitor import add_monitor_args, build_held_out, measure_floor, monitor_pass, resolve_knn_every
 from util.pretrain.outputs import add_output_args
 from util.pretrain.probe import OnlineProbe, wants_probe
@@ -510,7 +510,7 @@ def monitor(run: Run, epoch: int, progress: bool) -> dict:
         progress,
         desc,
         probe=run.probe if epoch > 0 else None,  # untrained before the first epoch
-        keep_held_out=map_due(run.args, epoch, final=epoch == run.args.epochs),
+        keep_held_out=maps_on(run.args),
     )
     if epoch == 0:
         floor = measure_floor(model.backbone, run.source, run.held_out, run.args, run.device, epoch, knn, view=embed)

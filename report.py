@@ -37,6 +37,7 @@ from util.data import ImageList
 from util.errors import UserError, script_entry
 from util.logging import provenance, setup_logging
 from util.pretrain.cluster_images import draw_epoch_grid, run_images, thumbnail_strip
+from util.pretrain.maps import draw_saved_map, saved_map_epochs
 from util.report import evolution, plots
 from util.report.evolution import evolution_rows, least_stable
 from util.report.sources import Evaluation, PretrainRun, attach, merge_runs, read_source
@@ -63,6 +64,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="EPOCH",
         help="draw the cluster image grid of these saved epochs of each run folder (no value: its last saved "
         "epoch) into RUN/clusters/epoch_XXXX.png, and show it in the report; needs the run's training images",
+    )
+    parser.add_argument(
+        "--tsne",
+        nargs="*",
+        type=int,
+        default=None,
+        metavar="EPOCH",
+        help="draw the t-SNE map of these epochs of each run folder from the map points its kNN monitor saved "
+        "(RUN/maps/points_epoch_XXXX.npz; no value: its last saved epoch) into RUN/maps/tsne_epoch_XXXX.png, and "
+        "show them in the report",
     )
     add_wandb_args(parser)
     return parser
@@ -93,6 +104,31 @@ def draw_requested_grids(runs: list[PretrainRun], epochs: list[int]) -> None:
         for epoch in wanted:
             path = draw_epoch_grid(run.folder, epoch, images, run.assignments(epoch), run.args["seed"])
             logger.info("cluster images: %s", path)
+
+
+def draw_requested_maps(runs: list[PretrainRun], epochs: list[int]) -> list[tuple[str, Path]]:
+    """Check every run first (folder, saved map points), then draw: nothing is drawn for a bad request."""
+    plans = []
+    for run in runs:
+        if run.folder is None:
+            logger.warning("%s was read from W&B: no map points on disk, no t-SNE map", run.name)
+            continue
+        saved = saved_map_epochs(run.folder)
+        if not saved:
+            raise UserError(f"{run.folder} holds no maps/points_epoch_*.npz: its kNN monitor or --tsne-every was off")
+        wanted = epochs or [saved[-1]]
+        absent = [e for e in wanted if e not in saved]
+        if absent:
+            raise UserError(f"{run.folder} has no saved map points for epoch(s) {absent}: saved are {saved}")
+        plans.append((run, wanted))
+    drawn = []
+    for run, wanted in plans:
+        final = run.records[-1]["epoch"] if run.finished else None
+        for epoch in wanted:
+            path = draw_saved_map(run.folder, epoch, run.args.get("seed", 0), final=epoch == final)
+            logger.info("t-SNE map: %s", path)
+            drawn.append((run.name, path))
+    return drawn
 
 
 def run_lines(runs: list[PretrainRun]) -> list[str]:
@@ -254,6 +290,7 @@ def main(args: argparse.Namespace) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.cluster_images is not None:
         draw_requested_grids(runs, args.cluster_images)
+    requested_maps = draw_requested_maps(runs, args.tsne) if args.tsne is not None else []
 
     tables = all_tables(runs, alone)
     images = training_images(runs)
@@ -273,7 +310,8 @@ def main(args: argparse.Namespace) -> Path:
     }
     figures = {title: path for title, path in {**figures, **evolution_figures}.items() if path is not None}
     grids = cluster_grids(runs)
-    maps = cluster_grids(runs, "maps", "tsne_epoch_*.png")  # the latest t-SNE map each run drew
+    maps = cluster_grids(runs, "maps", "tsne_epoch_*.png")  # the latest t-SNE map of each run, and those asked for
+    maps += [found for found in requested_maps if found not in maps]
     write_text(output_dir / "report.md", render(runs, tables, figures, grids, output_dir, maps))
 
     # the report run joins the runs' group, project and entity where they all share one
@@ -290,7 +328,7 @@ def main(args: argparse.Namespace) -> Path:
     for name, path in grids:
         tracker.image(f"report/clusters_{name}", path, f"{name} {path.stem}")
     for name, path in maps:
-        tracker.image(f"report/tsne_{name}", path, f"{name} {path.stem}")
+        tracker.image(f"report/tsne_{name}_{path.stem}", path, f"{name} {path.stem}")
     tracker.finish()
     logger.info("report: %s (%d tables, %d figures)", output_dir / "report.md", len(tables), len(figures))
     return output_dir / "report.md"

@@ -59,3 +59,24 @@ def test_least_stable_clusters_against_sets(seed):
     ]
     np.testing.assert_allclose([u.jaccard for u in found], [j for j, *_ in expected[:4]], rtol=0, atol=1e-15)
     assert len(least_stable(before, after, 50)) == len(new)
+
+
+def test_map_points_keep_the_geometry_of_the_normalised_features():
+    """With fewer feature dimensions than MAP_DIMS the projection is a rotation of the centred, L2-normalised
+    features: every pairwise distance is kept, up to float16 rounding (half an ulp of 2**-10 relative per
+    coordinate, coordinates at most 2 in size: 2**-10 each, sqrt(d) * 2 * 2**-10 per distance)."""
+    import torch
+
+    from util.knn import l2_normalize
+    from util.pretrain.maps import MAP_POINTS, map_points
+
+    rng = np.random.default_rng(0)
+    features = torch.from_numpy(rng.normal(size=(300, 8)).astype(np.float32))
+    labels = rng.integers(0, 4, 300)
+    points, kept = map_points(features, labels, seed=3)
+    rows = np.random.default_rng(3).permutation(300)[:MAP_POINTS]
+    assert points.dtype == np.float16 and points.shape == (300, 8) and np.array_equal(kept, labels[rows])
+    normalised = l2_normalize(features[torch.from_numpy(rows)]).double().numpy()
+    expected = np.linalg.norm(normalised[:, None] - normalised[None], axis=2)
+    found = np.linalg.norm(points.astype(np.float64)[:, None] - points.astype(np.float64)[None], axis=2)
+    assert np.abs(found - expected).max() <= np.sqrt(8) * 2 * 2.0**-10

@@ -130,6 +130,28 @@ def test_tables_match_results_json(reported):
             assert image.size[0] > 100
 
 
+def test_tsne_maps_of_any_measured_epoch(reported):
+    """Training drew the maps of epoch 0 and of the final network (--tsne-every 10) and kept the map points of every
+    measured epoch: report.py --tsne draws epoch 1 from them; an epoch never measured is one line."""
+    from util.pretrain.maps import MAP_POINTS, load_points, saved_map_epochs
+
+    tmp, run = reported
+    assert saved_map_epochs(run) == [0, 1, 2] and not (run / "maps" / "tsne_epoch_0001.png").exists()
+    points, labels = load_points(run, 1)
+    assert points.dtype == np.float16 and len(points) == len(labels) == min(MAP_POINTS, 4 * 15)
+    assert np.bincount(labels).tolist() == [15] * 4  # every held-out image (4 classes x 15) once, with its label
+    flags = ["--wandb-mode", "disabled", "--output-dir", str(tmp / "maps-report"), "--tsne"]
+    good, bad = run_in_one_process(
+        [("report.py", [str(run), *flags, "1"]), ("report.py", [str(run), *flags, "7"])], tmp
+    )
+    assert good["code"] == 0, good["stderr"]
+    with Image.open(run / "maps" / "tsne_epoch_0001.png") as image:
+        assert image.size[0] > 300
+    assert "maps/tsne_epoch_0001.png" in (tmp / "maps-report" / "report.md").read_text()
+    assert bad["code"] == 2 and "no saved map points for epoch(s) [7]" in bad["stderr"]
+    assert len(bad["stderr"].strip().splitlines()) == 1
+
+
 def test_least_stable_clusters_with_thumbnails(reported):
     """The report's least stable clusters are those of the saved assignments (epoch 1 against epoch 0), each with a
     strip of its own images; the W&B table holds them as images."""

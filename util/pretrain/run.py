@@ -33,7 +33,7 @@ from util.logging import JsonLog, protocol_notes, provenance
 from util.pretrain.alarms import collapse_alarms
 from util.pretrain.clock import RunClock
 from util.pretrain.epoch_log import log_epoch
-from util.pretrain.maps import FEATURES_KEY, draw_epoch_map
+from util.pretrain.maps import FEATURES_KEY, epoch_map
 from util.pretrain.outputs import checkpoint_artifact, cluster_images
 from util.tracking import Tracker, init_tracker
 
@@ -188,12 +188,12 @@ class RunOutputs:
         payload() builds. log.jsonl comes before the checkpoint: a kill in between redoes the epoch, and the resume
         drops the record written after the checkpoint it restarts from, so every epoch is logged exactly once. The
         final measurement (no assignments) is logged only: a later run with a larger --epochs redoes it."""
-        held_out = record.pop(FEATURES_KEY, None)  # (features, labels) of the held-out split, for the map
+        held_out = record.pop(FEATURES_KEY, None)  # (features, labels) of the held-out split, for the map points
         if not dist_util.current().is_main:
             return
         self.log.append(record)
         if held_out is not None:
-            draw_epoch_map(self.args, self.tracker, self.output_dir, record, *held_out)
+            epoch_map(self.args, self.tracker, self.output_dir, record, *held_out)
         if not self.config_written:  # with this process's first record: no folder of a refused run has one
             write_config(self.args, self.output_dir)
             self.config_written = True
