@@ -15,6 +15,7 @@ import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -31,7 +32,7 @@ from util.args import (
 from util.augment import augment_preset
 from util.data import ImageSource, build_source, evaluation_split, resolve_data_defaults
 from util.errors import UserError, script_entry
-from util.eval.bootstrap import accuracy_statistic, add_intervals
+from util.eval.bootstrap import add_intervals, hit_statistics, without_interval
 from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_pretrained, weights_identities
 from util.eval.probe_features import CachedFeatures, LiveFeatures
 from util.eval.probes import TAP_NAMES, AvgPoolHead, MultiHead, build_tap_pooling
@@ -207,7 +208,7 @@ def main(args: argparse.Namespace) -> None:
     state.wandb_runs[plan] = tracker.run_id
     features_by_network: dict[str, object] = {}
     results: dict = {}
-    per_image: dict = {}  # results key -> per-test-image hits, for the bootstrap intervals
+    statistics: dict = {}  # results key -> its bootstrap statistic, from the task's per-image hits
     for task in tasks:
         if task.key in state.tasks:
             short_hash = identities[task.network]["sha256"][:12]
@@ -219,10 +220,13 @@ def main(args: argparse.Namespace) -> None:
             found = run_task(args, task, features_by_network[task.network], num_classes, device, state, tracker)
             state.finish(task.key, task.name, identities[task.network], found)
         found = dict(state.tasks[task.key]["results"])
-        per_image.update({task.prefix + k: v for k, v in found.pop("per_image", {}).items()})
+        kept = found.pop("per_image", None)
+        statistics.update(hit_statistics(kept, task.prefix) if kept else {})
         results.update({task.prefix + k: v for k, v in found.items()})
     if info.is_main:
-        statistics = {key: accuracy_statistic(hits) for key, hits in per_image.items()}
+        reported = [f"{t}_top{k}" for t in [*TAP_NAMES, "avgpool", "knn"] for k in (1, 5)]
+        for name in without_interval(results, statistics, reported):
+            logger.warning("%s: reused from a state without per-image hits, no bootstrap interval", name)
         add_intervals(results, statistics, len(val), args.seed)
         write_results(args, results, identities, output_dir, tracker)
     tracker.finish()
@@ -284,7 +288,7 @@ def train_probe(task, hp: ProbeSchedule, args, features, num_classes, device, st
     milestones = [max(1, round(f * hp.epochs)) for f in hp.milestones]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
     history: list[dict] = []
-    kept: dict = {}  # the per-image hits of the epoch the protocol reports (multi-head: the last; AvgPool: the best)
+    kept: dict = {}  # per-image hits of the epochs that can be reported (multi-head: the last; AvgPool: every one)
     start = 0
     current = state.resumable(task.key)
     if current:  # resume an interrupted probe of the same weights and flags
@@ -298,8 +302,8 @@ def train_probe(task, hp: ProbeSchedule, args, features, num_classes, device, st
         scheduler.step()
         accuracy, hits = probe_accuracy(task, probe, features)
         metrics = {"epoch": epoch, "loss": loss, **accuracy}
-        if task.protocol == "multihead" or all(metrics["avgpool_top1"] > h["avgpool_top1"] for h in history):
-            kept = hits
+        for key, hit in hits.items():  # AvgPool reports its best epoch: the bootstrap picks it again per resample
+            kept[key] = [hit] if task.protocol == "multihead" else [*kept.get(key, []), hit]
         history.append(metrics)
         logger.info(
             "%s epoch %d/%d loss %.4f %s",
@@ -321,13 +325,14 @@ def train_probe(task, hp: ProbeSchedule, args, features, num_classes, device, st
             scheduler=scheduler.state_dict(),
         )
     if task.protocol == "multihead":  # protocol: the last epoch
-        return {**{k: v for k, v in history[-1].items() if k.startswith("feature")}, "per_image": kept}
+        last = {key: hits[-1] for key, hits in kept.items()}
+        return {**{k: v for k, v in history[-1].items() if k.startswith("feature")}, "per_image": {"hits": last}}
     best = max(history, key=lambda h: h["avgpool_top1"])  # protocol: the best epoch (the first of equals)
     return {
         "avgpool_top1": best["avgpool_top1"],
         "avgpool_top5": best["avgpool_top5"],
         "avgpool_best_epoch": best["epoch"],
-        "per_image": kept,
+        "per_image": {"hits": {key: np.stack(hits) for key, hits in kept.items()}, "select": "avgpool_top1"},
     }
 
 
@@ -388,7 +393,11 @@ def knn_eval(features, num_classes: int, k: int, temperature: float, device: tor
     hit1, hit5 = topk_hits(scores.cpu(), val_labels, (1, 5))
     top1, top5 = 100.0 * hit1.float().mean().item(), 100.0 * hit5.float().mean().item()
     logger.info("knn (k=%d, T=%.2f): top1 %.2f top5 %.2f", k, temperature, top1, top5)
-    return {"knn_top1": top1, "knn_top5": top5, "per_image": {"knn_top1": hit1.numpy(), "knn_top5": hit5.numpy()}}
+    return {
+        "knn_top1": top1,
+        "knn_top5": top5,
+        "per_image": {"hits": {"knn_top1": hit1.numpy(), "knn_top5": hit5.numpy()}},
+    }
 
 
 def write_results(

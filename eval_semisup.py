@@ -52,7 +52,7 @@ from util.data import (
 )
 from util.datasets import default_cache_dir
 from util.errors import UserError, script_entry
-from util.eval.bootstrap import accuracy_statistic, add_intervals
+from util.eval.bootstrap import add_intervals, hit_statistics, without_interval
 from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_pretrained, weights_identities
 from util.eval.results import gain_row, publish, row_identity
 from util.eval.semisup import PRESETS, percent_subset, preset_regime, read_subset_file, subset_listing
@@ -247,7 +247,7 @@ def main(args: argparse.Namespace) -> None:
     )
     state.wandb_runs[plan] = tracker.run_id
     results: dict = {}
-    per_image: dict = {}  # results key -> per-image hits, for the bootstrap intervals
+    statistics: dict = {}  # results key -> its bootstrap statistic, from the task's per-image hits
     for network, path in networks:
         key = keys[network]
         if key in state.tasks:
@@ -258,10 +258,12 @@ def main(args: argparse.Namespace) -> None:
             state.finish(key, network, identities[network], found)
         prefix = "" if network == "pretrained" else "random_init_"
         found = dict(state.tasks[key]["results"])
-        per_image.update({prefix + k: v for k, v in found.pop("per_image", {}).items()})
+        kept = found.pop("per_image", None)
+        statistics.update(hit_statistics(kept, prefix) if kept else {})
         results.update({prefix + k: v for k, v in found.items()})
     if info.is_main:
-        statistics = {key: accuracy_statistic(hits) for key, hits in per_image.items()}
+        for name in without_interval(results, statistics, ["top1", "top5"]):
+            logger.warning("%s: reused from a state without per-image hits, no bootstrap interval", name)
         add_intervals(results, statistics, len(data.val), args.seed)
         write_results(args, hp, results, identities, data.labelled, data.percent, output_dir, tracker)
     tracker.finish()
@@ -290,7 +292,7 @@ def fine_tune(args, hp: FineTuneSchedule, network, path, key, train, val, device
     milestones = [max(1, round(f * hp.epochs)) for f in hp.milestones]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=hp.gamma)
     history: list[dict] = []
-    kept: dict = {}  # the per-image hits of the epoch reported (hp.pick: the last, or the best top-1)
+    kept: dict = {}  # per-image hits of the epochs that can be reported (hp.pick: the last, or every one for the best)
     start = 0
     if current := state.resumable(key):
         model.load_state_dict(current["model"])
@@ -303,8 +305,8 @@ def fine_tune(args, hp: FineTuneSchedule, network, path, key, train, val, device
         scheduler.step()
         dist_util.broadcast_buffers(model)  # every rank scores with rank 0's BatchNorm statistics, the saved ones
         (top1, top5), hits = top1_top5(model, val, device)
-        if hp.pick == "last" or all(top1 > h["top1"] for h in history):
-            kept = hits
+        for name, hit in hits.items():  # the best epoch is picked again on every bootstrap resample
+            kept[name] = [hit] if hp.pick == "last" else [*kept.get(name, []), hit]
         history.append({"epoch": epoch, "loss": loss, "top1": top1, "top5": top5})
         logger.info("%s epoch %d/%d loss %.4f top1 %.2f top5 %.2f", network, epoch, hp.epochs, loss, top1, top5)
         metrics = {"loss": loss, "top1": top1, "top5": top5}
@@ -317,7 +319,12 @@ def fine_tune(args, hp: FineTuneSchedule, network, path, key, train, val, device
         network = {"model": model.state_dict(), "arch": args.arch, "sobel": args.sobel, "history": history}
         save_checkpoint(network, final)
     found = {"top1": chosen["top1"], "top5": chosen["top5"], "reported_epoch": chosen["epoch"]}
-    return {**found, "last_epoch_top1": history[-1]["top1"], "finetuned_weights": str(final), "per_image": kept}
+    per_image = (
+        {"hits": {name: hits[-1] for name, hits in kept.items()}}
+        if hp.pick == "last"
+        else {"hits": {name: np.stack(hits) for name, hits in kept.items()}, "select": "top1"}
+    )
+    return {**found, "last_epoch_top1": history[-1]["top1"], "finetuned_weights": str(final), "per_image": per_image}
 
 
 def fine_tune_epoch(args, epoch: int, trained: nn.Module, train, optimizer: torch.optim.Optimizer, device) -> float:

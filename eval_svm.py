@@ -133,17 +133,17 @@ def main(args: argparse.Namespace) -> None:
     networks = networks_to_evaluate(args.pretrained, args.baseline)
     identities = weights_identities(networks, args.arch, args.sobel, args.seed)
     results: dict = {}
-    statistics: dict = {}  # the best layer's mAP from its per-image scores, for the bootstrap intervals
+    statistics: dict = {}  # the best layer's mAP from every layer's per-image scores, for the bootstrap intervals
     solver = get_solver(args.solver, str(device))
     for network, weights in networks:
         feats = cached_features(args, network, weights, identities[network], train, test, layers, device, output_dir)
         if not info.is_main:
             continue
         prefix = "" if network == "pretrained" else "random_init_"
-        found, best_scores = svm_scores(args, feats, train, test, layers, costs, ks, solver)
+        found, layer_scores = svm_scores(args, feats, train, test, layers, costs, ks, solver)
         results.update({prefix + k: v for k, v in found.items()})
-        if best_scores is not None:
-            statistics[prefix + "best_map"] = map_statistic(best_scores, test.labels)
+        if layer_scores:  # the best layer is picked again on every resample
+            statistics[prefix + "best_map"] = map_statistic(layer_scores, test.labels)
     if info.is_main:
         add_intervals(results, statistics, len(test.labels), args.seed)
         write_results(args, results, identities, output_dir, tracker, ks)
@@ -254,9 +254,9 @@ def extract_to_disk(args, network: str, weights: str, splits: dict, layers, devi
 
 def svm_scores(
     args, feats, train: LabelledSplit, test: LabelledSplit, layers, costs, ks, solver
-) -> tuple[dict, np.ndarray | None]:
-    """The full protocol on every layer and the low-shot protocol on the best one; and the best layer's test
-    scores (N, C) (None without the full protocol)."""
+) -> tuple[dict, list[np.ndarray]]:
+    """The full protocol on every layer and the low-shot protocol on the best one; and every layer's test scores
+    (N, C), in --layers order (none without the full protocol)."""
     out: dict = {}
     test_scores: dict = {}
     normalised = {
@@ -293,7 +293,7 @@ def svm_scores(
         for k in ks:
             out[f"lowshot_k{k}_map"] = out[f"{out['best_layer']}_lowshot_k{k}_map"]
             out[f"lowshot_k{k}_std"] = out[f"{out['best_layer']}_lowshot_k{k}_std"]
-    return out, test_scores.get(out["best_layer"])
+    return out, list(test_scores.values())
 
 
 def _xy(normalised, train: LabelledSplit, test: LabelledSplit):

@@ -115,7 +115,10 @@ def draw_requested_maps(runs: list[PretrainRun], epochs: list[int]) -> list[tupl
             continue
         saved = saved_map_epochs(run.folder)
         if not saved:
-            raise UserError(f"{run.folder} holds no maps/points_epoch_*.npz: its kNN monitor or --tsne-every was off")
+            raise UserError(
+                f"{run.folder} holds no maps/points_epoch_*.npz: its kNN monitor or --tsne-every was off, or it was "
+                "trained before map points were saved; leave out --tsne"
+            )
         wanted = epochs or [saved[-1]]
         absent = [e for e in wanted if e not in saved]
         if absent:
@@ -170,8 +173,8 @@ def training_images(runs: list[PretrainRun]) -> dict[str, ImageList | None]:
     """Each run folder's training images in the order of its assignments; None where they are not on this machine."""
     found: dict[str, ImageList | None] = {}
     for run in runs:
-        try:
-            found[run.name] = run_images(run.args) if run.folder is not None else None
+        try:  # listed only where the evolution needs them: two saved epochs or more
+            found[run.name] = run_images(run.args) if len(run.saved_epochs()) >= 2 else None
         except (UserError, KeyError, OSError):
             found[run.name] = None
     return found

@@ -98,3 +98,32 @@ def test_intervals_follow_the_seed_and_only_the_seed():
     alone = {"random_init_top1": 45.0}
     add_intervals(alone, {"random_init_top1": accuracy_statistic(hits)}, 200, 0)
     assert set(alone) == {"random_init_top1", "random_init_top1_ci95"}  # no pretrained network: no gain
+
+
+def test_a_reported_best_epoch_is_picked_again_on_every_resample():
+    """A second computation: per resampled set, count each epoch's drawn hits one image at a time, take the first
+    epoch with the most top-1 hits, report its top-5 share."""
+    rng = np.random.default_rng(4)
+    top1 = rng.random((6, 90)) < np.linspace(0.3, 0.6, 6)[:, None]
+    top5 = top1 | (rng.random((6, 90)) < 0.4)
+    samples = resampled(accuracy_statistic(top5, select=top1), 90, seed=2, resamples=80)
+    expected = []
+    for idx in resample_indices(90, 2, 80):
+        for rows in idx:
+            counts = [sum(int(top1[e, i]) for i in rows) for e in range(6)]
+            best = counts.index(max(counts))
+            expected.append(100.0 * sum(int(top5[best, i]) for i in rows) / 90)
+    assert samples.tolist() == pytest.approx(expected, rel=1e-12)
+    # on the test images themselves (no resampling) the pick is the protocol's: the reported number
+    identity = np.arange(90)[None]
+    best = int(np.argmax(top1.sum(1)))
+    assert accuracy_statistic(top5, select=top1)(identity)[0] == pytest.approx(100.0 * top5[best].mean(), rel=1e-12)
+
+
+def test_the_best_layers_map_is_picked_again_on_every_resample():
+    rng = np.random.default_rng(6)
+    labels = rng.choice([1, -1, -1, 0], size=(60, 3))
+    layers = [rng.normal(size=(60, 3)) + shift * (labels == 1) for shift in (0.2, 1.0, 0.6)]
+    samples = resampled(map_statistic(layers, labels), 60, seed=1, resamples=40)
+    single = [resampled(map_statistic(scores, labels), 60, seed=1, resamples=40) for scores in layers]
+    assert samples.tolist() == np.max(single, axis=0).tolist()  # the best of the layers, set by set

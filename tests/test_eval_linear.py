@@ -86,7 +86,69 @@ def test_all_protocols_cached_with_random_baseline(tmp_path, tiny_split_folder, 
             low, high = results[f"{name}_ci95"]
             assert low <= high and (-100 <= low <= 100 if name.endswith("gain") else 0 <= low <= 100 and high <= 100)
     assert results["bootstrap"]["resamples"] == 1000 and "95 % CI" in proc.stderr
+    # the kept hits are those of the reported numbers: the last epoch, AvgPool's best (the first of equals), kNN
+    state = torch.load(out / "linear_state.pth", weights_only=False)
+    assert len(state["tasks"]) == 6
+    for task in state["tasks"].values():
+        prefix = "" if task["name"].startswith("pretrained") else "random_init_"
+        found = task["results"]
+        for key, hits in found["per_image"]["hits"].items():
+            if hits.ndim == 2:  # AvgPool: every epoch, the reported one the first with the most top-1 hits
+                best = int(np.argmax(found["per_image"]["hits"]["avgpool_top1"].sum(1)))
+                assert best == found["avgpool_best_epoch"]
+                hits = hits[best]
+            share = np.float32(hits.sum()) / np.float32(hits.size)  # as torch's float32 mean computes it
+            assert 100.0 * float(share) == results[prefix + key], (prefix, key)
     assert any("--cached-features" in note for note in results["protocol_notes"])
+
+
+def test_avgpool_keeps_every_epochs_hits_across_a_resume(tmp_path, tiny_split_folder, checkpoint, monkeypatch):
+    """AvgPool reports its best epoch, so the bootstrap needs every epoch's per-image hits: those of the epochs before
+    a kill come back from the state file. probe_accuracy is wrapped to stamp each epoch's hits (the epoch's own
+    permutation of the real ones) and to die in epoch 2; the resumed task returns the stamps of epochs 0..3 in order."""
+    from argparse import Namespace
+    from dataclasses import replace
+
+    import eval_linear
+    from util.eval.probe_features import CachedFeatures
+    from util.eval.state import EvalState
+    from util.tracking import Tracker
+
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    backbone = load_backbone(str(checkpoint), None, None, device)
+    spec = augment_preset("linear", 32)
+    train = build_source(str(tiny_split_folder), "train", 32, spec, None, True, 0, tiny_split_folder)
+    val = build_source(str(tiny_split_folder), "val", 32, spec, None, True, 0, tiny_split_folder)
+    pooling = build_tap_pooling(backbone, "resnet18", 32, device)
+    features = CachedFeatures(backbone, pooling, train, val, 32, device, 0, False)
+    task = eval_linear.Task("pretrained", str(checkpoint), "avgpool", key="k")
+    hp = replace(eval_linear.PROTOCOL_DEFAULTS["avgpool"], epochs=4, milestones=(0.5, 0.75))
+    args = Namespace(momentum=0.9)
+    real, stamps, killed = eval_linear.probe_accuracy, [], []
+
+    def stamped(task_, probe, features_):
+        accuracy, hits = real(task_, probe, features_)
+        epoch = len(stamps)
+        order = np.random.default_rng(epoch).permutation(len(hits["avgpool_top1"]))
+        stamps.append({key: hit[order] for key, hit in hits.items()})
+        if epoch == 2 and not killed:
+            killed.append(epoch)
+            raise RuntimeError("killed in epoch 2")
+        return accuracy, stamps[-1]
+
+    monkeypatch.setattr(eval_linear, "probe_accuracy", stamped)
+    state = EvalState(tmp_path / "state.pth")
+    with pytest.raises(RuntimeError, match="killed"):
+        eval_linear.train_probe(task, hp, args, features, 4, device, state, Tracker(None))
+    stamps.pop()  # the killed epoch's stamp: epoch 2 runs again
+    resumed = EvalState.load(tmp_path / "state.pth")
+    assert resumed.current["epoch"] == 2
+    found = eval_linear.train_probe(task, hp, args, features, 4, device, resumed, Tracker(None))
+    kept = found["per_image"]
+    assert kept["select"] == "avgpool_top1" and len(stamps) == 4
+    for key in ("avgpool_top1", "avgpool_top5"):
+        assert np.array_equal(kept["hits"][key], np.stack([stamp[key] for stamp in stamps]))
 
 
 def test_probe_learns_on_separable_images(tmp_path, tiny_split_folder):

@@ -43,7 +43,9 @@ def reported(tmp_path_factory, tiny_split_folder):
     svm = [*common, "--costs", "1", "--lowshot-ks", "1,2", "--lowshot-samples", "2", "--output-dir", str(run / "svm")]
     offline = [str(run / "wandb"), str(run / "linear" / "wandb"), str(run / "svm" / "wandb")]  # W&B runs alone
     from_wandb = [*offline, "--output-dir", str(tmp / "from-wandb"), "--wandb-mode", "disabled"]
+    both = [str(run), *offline[1:], "--output-dir", str(tmp / "both"), "--wandb-mode", "disabled"]  # read twice
     cases = [("eval_linear.py", linear), ("eval_svm.py", svm), ("report.py", [str(run)]), ("report.py", from_wandb)]
+    cases.append(("report.py", both))
     for result in run_in_one_process(cases, tmp):
         assert result["code"] == 0, result["stderr"]
     return tmp, run
@@ -254,6 +256,14 @@ def test_report_from_offline_wandb_runs_equals_the_folder_report(reported):
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     (final,) = [r for r in wandb_knn if r["Measured by"].startswith("monitor, final")]
     assert float(final["Top-1"]) == records[-1]["knn_top1"]
+
+
+def test_an_evaluation_read_from_its_folder_and_its_wandb_run_counts_once(reported):
+    tmp, run = reported
+    for name in ("linear_tiny_split0.csv", "svm.csv"):
+        models = [r["Model"] for r in read_csv(tmp / "both" / name)]
+        assert models == [r["Model"] for r in read_csv(run / "report" / name)]
+        assert models.count(GAIN_LABEL) == 1 and models.count("random init") == 1
 
 
 def test_cluster_images_during_training_and_on_a_finished_run(reported):

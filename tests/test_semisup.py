@@ -94,6 +94,11 @@ def test_semisup_end_to_end_with_baseline_reuse_and_keys(tiny_split_folder, tmp_
     # the same command: reused, nothing trained; another lr: a new task, trained
     again = run_script("eval_semisup.py", [*base, "--output-dir", str(out), "--baseline", "none"], tmp_path)
     assert again.returncode == 0 and "reusing results" in again.stderr and "epoch 0/2" not in again.stderr
+    state = torch.load(out / "semisup_state.pth", weights_only=False)  # the hits are the last epoch's: the number
+    (task,) = state["tasks"].values()
+    for key in ("top1", "top5"):
+        hits = task["results"]["per_image"]["hits"][key]
+        assert 100.0 * float(np.float32(hits.sum()) / np.float32(hits.size)) == results[f"random_init_{key}"]
     reused = json.loads((out / "results.json").read_text())  # the reused task kept its per-image hits
     assert reused["random_init_top1_ci95"] == results["random_init_top1_ci95"] and "top1_gain" not in reused
     assert summary["random_init_top1_ci95_low"] == results["random_init_top1_ci95"][0]

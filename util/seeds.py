@@ -15,7 +15,7 @@ SEED_STREAMS = {
     "v2-bank-fill": 100_019,  # DeepCluster-v2: the crops of the no-grad pass that fills the memory bank
     "cluster-grid": 100_003,  # the clusters and images of an epoch's cluster grid (training and report.py)
     "monitor-kmeans": 1_000_033,  # the kNN monitor's held-out k-means runs: index epoch * runs + run
-    "unstable-clusters": 100_003,  # the sample images of report.py's least stable clusters: index the epoch
+    "unstable-clusters": 100_043,  # the sample images of report.py's least stable clusters: index the epoch
     "bootstrap": 1_000_037,  # the evaluations' resamples of the test images (util/eval/bootstrap.py)
 }
 

@@ -6,6 +6,10 @@ set: a top-1 / top-5 accuracy from the per-image hits, a VOC mAP from the per-im
 all-point AP). Every number of an evaluation is recomputed on the same sets, so the difference `pretrained - random
 init` is paired: its interval leaves out 0 when the gain is larger than the choice of test images explains. Neither
 interval says anything about the spread over training seeds (report.py's rows over seeds do).
+
+Where a protocol picks what it reports on the test images themselves (the AvgPool probe's best epoch, the
+semi-supervised best epoch, the SVM's best layer), the pick is made again on every resampled set from the hits or
+scores of every candidate, so the interval carries the optimism of that pick instead of hiding it.
 """
 
 from __future__ import annotations
@@ -39,21 +43,59 @@ def resample_indices(n: int, seed: int, resamples: int = RESAMPLES) -> Iterator[
         yield rng.integers(0, n, size=(min(CHUNK, resamples - start), n))
 
 
-def accuracy_statistic(hits: np.ndarray) -> Statistic:
-    """100 * the mean of per-image hits (bool (N,)) on each resampled set."""
-    values = np.asarray(hits, dtype=np.float64)
-    return lambda idx: 100.0 * values[idx].mean(1)
+def multiplicities(idx: np.ndarray, n: int) -> np.ndarray:
+    """(c, n): how many times each test image is drawn in each of the c resampled sets."""
+    c = len(idx)
+    flat = (np.arange(c)[:, None] * n + idx).ravel()
+    return np.bincount(flat, minlength=c * n).reshape(c, n).astype(np.float64)
 
 
-def map_statistic(scores: np.ndarray, labels: np.ndarray) -> Statistic:
-    """100 * the mean over classes of VOC AP (difficult images ignored) on each resampled set; scores and labels
-    (N, C). A class with no positive in a set is left out of that set's mean, as the full protocol leaves it out."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+def accuracy_statistic(hits: np.ndarray, select: np.ndarray | None = None) -> Statistic:
+    """100 * the share of hits on each resampled set. hits: bool (N,), or (E, N) for E candidates (epochs) of which
+    the protocol reports the one with the most `select` hits (E, N) (the first of equals; default: hits itself),
+    picked again on each set. Counts are exact integers, so ties are ties."""
+    values = np.atleast_2d(np.asarray(hits, dtype=np.float64))
+    chooser = values if select is None else np.atleast_2d(np.asarray(select, dtype=np.float64))
+    n = values.shape[1]
 
     def statistic(idx: np.ndarray) -> np.ndarray:
-        return np.array([100.0 * np.nanmean(voc_ap_columns(scores[rows], labels[rows])) for rows in idx])
+        drawn = multiplicities(idx, n)
+        counts = drawn @ values.T  # (c, E)
+        pick = np.argmax(drawn @ chooser.T, axis=1) if len(values) > 1 else np.zeros(len(idx), dtype=np.int64)
+        return 100.0 * counts[np.arange(len(idx)), pick] / n
 
     return statistic
+
+
+def map_statistic(scores: np.ndarray | list[np.ndarray], labels: np.ndarray) -> Statistic:
+    """100 * the mean over classes of VOC AP (difficult images ignored) on each resampled set; scores (N, C), or a
+    list of them (layers) of which the best mAP is reported, picked again on each set; labels (N, C). A class with
+    no positive in a set is left out of that set's mean, as the full protocol leaves it out."""
+    candidates = [np.asarray(s, dtype=np.float64) for s in (scores if isinstance(scores, list) else [scores])]
+    labels = np.asarray(labels)
+
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        return np.array(
+            [max(100.0 * np.nanmean(voc_ap_columns(s[rows], labels[rows])) for s in candidates) for rows in idx]
+        )
+
+    return statistic
+
+
+def hit_statistics(per_image: dict, prefix: str = "") -> dict[str, Statistic]:
+    """The statistics of an evaluation task's kept hits: per_image = {"hits": {key: (N,) or (E, N)}, "select": the
+    key whose hits pick the reported candidate, or None}; keys prefixed (the random network's: RANDOM_PREFIX)."""
+    if not isinstance(per_image.get("hits"), dict):  # not a layout this code wrote: no interval, said by the caller
+        return {}
+    hits, select = per_image["hits"], per_image.get("select")
+    return {prefix + key: accuracy_statistic(h, hits[select] if select else None) for key, h in hits.items()}
+
+
+def without_interval(results: dict, statistics: dict, keys: list[str]) -> list[str]:
+    """The reported keys (with or without RANDOM_PREFIX) that have a number but nothing to resample: results reused
+    from an evaluation state kept before per-image hits were."""
+    names = [name for key in keys for name in (key, RANDOM_PREFIX + key)]
+    return [name for name in names if isinstance(results.get(name), float) and name not in statistics]
 
 
 def resampled(statistic: Statistic, n: int, seed: int, resamples: int = RESAMPLES) -> np.ndarray:

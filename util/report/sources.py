@@ -30,8 +30,17 @@ class Evaluation:
 
     def identity(self) -> str:
         """What makes two readings of one evaluation the same (its folder and its W&B run, say)."""
-        numbers = sorted((k, v) for k, v in self.results.items() if isinstance(v, float))
-        return json.dumps([self.kind, self.results.get("weights"), str(self.results.get("data")), numbers])
+        numbers = sorted(  # what results.json and the W&B summary both hold: W&B gives ints back as floats and
+            (k, float(v))  # intervals as KEY_ci95_low / _high, and adds the last logged history values (KEY/..., epoch)
+            for k, v in self.results.items()
+            if isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and "/" not in k
+            and k != "epoch"
+            and not k.endswith(("_ci95_low", "_ci95_high"))
+        )
+        weights = {network: w.get("sha256") for network, w in (self.results.get("weights") or {}).items()}
+        return json.dumps([self.kind, weights, str(self.results.get("data")), numbers])
 
 
 @dataclass
