@@ -32,7 +32,7 @@ from util.args import (
 from util.augment import augment_preset
 from util.data import ImageSource, build_source, evaluation_split, resolve_data_defaults
 from util.errors import UserError, script_entry
-from util.eval.bootstrap import add_intervals, hit_statistics, without_interval
+from util.eval.bootstrap import add_intervals, hit_statistics, warn_without_interval
 from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_pretrained, weights_identities
 from util.eval.probe_features import CachedFeatures, LiveFeatures
 from util.eval.probes import TAP_NAMES, AvgPoolHead, MultiHead, build_tap_pooling
@@ -40,7 +40,7 @@ from util.eval.results import gain_row, publish, row_identity
 from util.eval.state import EvalState, plan_id
 from util.knn import knn_predict, l2_normalize
 from util.logging import interactive, protocol_notes, provenance
-from util.metrics import topk_hits
+from util.metrics import hit_rate, topk_hits
 from util.runtime import start_run
 from util.tracking import Tracker, init_tracker
 
@@ -220,13 +220,12 @@ def main(args: argparse.Namespace) -> None:
             found = run_task(args, task, features_by_network[task.network], num_classes, device, state, tracker)
             state.finish(task.key, task.name, identities[task.network], found)
         found = dict(state.tasks[task.key]["results"])
-        kept = found.pop("per_image", None)
-        statistics.update(hit_statistics(kept, task.prefix) if kept else {})
+        statistics.update(hit_statistics(found.pop("per_image", None), task.prefix))
         results.update({task.prefix + k: v for k, v in found.items()})
     if info.is_main:
-        reported = [f"{t}_top{k}" for t in [*TAP_NAMES, "avgpool", "knn"] for k in (1, 5)]
-        for name in without_interval(results, statistics, reported):
-            logger.warning("%s: reused from a state without per-image hits, no bootstrap interval", name)
+        warn_without_interval(
+            results, statistics, [f"{t}_top{k}" for t in [*TAP_NAMES, "avgpool", "knn"] for k in (1, 5)]
+        )
         add_intervals(results, statistics, len(val), args.seed)
         write_results(args, results, identities, output_dir, tracker)
     tracker.finish()
@@ -374,7 +373,7 @@ def probe_accuracy(task: Task, probe: torch.nn.Module, features) -> tuple[dict, 
     metrics, hits = {}, {}
     for name, store in zip(names, logits, strict=True):
         for k, hit in zip((1, 5), topk_hits(torch.cat(store), target, (1, 5)), strict=True):
-            metrics[f"{name}_top{k}"] = 100.0 * hit.float().mean().item()
+            metrics[f"{name}_top{k}"] = hit_rate(hit)
             hits[f"{name}_top{k}"] = hit.numpy()
     return metrics, hits
 
@@ -391,7 +390,7 @@ def knn_eval(features, num_classes: int, k: int, temperature: float, device: tor
         temperature,
     )
     hit1, hit5 = topk_hits(scores.cpu(), val_labels, (1, 5))
-    top1, top5 = 100.0 * hit1.float().mean().item(), 100.0 * hit5.float().mean().item()
+    top1, top5 = hit_rate(hit1), hit_rate(hit5)
     logger.info("knn (k=%d, T=%.2f): top1 %.2f top5 %.2f", k, temperature, top1, top5)
     return {
         "knn_top1": top1,

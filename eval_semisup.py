@@ -52,13 +52,13 @@ from util.data import (
 )
 from util.datasets import default_cache_dir
 from util.errors import UserError, script_entry
-from util.eval.bootstrap import add_intervals, hit_statistics, without_interval
+from util.eval.bootstrap import add_intervals, hit_statistics, warn_without_interval
 from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_pretrained, weights_identities
 from util.eval.results import gain_row, publish, row_identity
 from util.eval.semisup import PRESETS, percent_subset, preset_regime, read_subset_file, subset_listing
 from util.eval.state import EvalState, plan_id
 from util.logging import protocol_notes, provenance
-from util.metrics import topk_hits
+from util.metrics import hit_rate, topk_hits
 from util.runtime import start_run
 from util.seeds import derive_seed
 from util.tracking import Tracker, init_tracker
@@ -258,12 +258,10 @@ def main(args: argparse.Namespace) -> None:
             state.finish(key, network, identities[network], found)
         prefix = "" if network == "pretrained" else "random_init_"
         found = dict(state.tasks[key]["results"])
-        kept = found.pop("per_image", None)
-        statistics.update(hit_statistics(kept, prefix) if kept else {})
+        statistics.update(hit_statistics(found.pop("per_image", None), prefix))
         results.update({prefix + k: v for k, v in found.items()})
     if info.is_main:
-        for name in without_interval(results, statistics, ["top1", "top5"]):
-            logger.warning("%s: reused from a state without per-image hits, no bootstrap interval", name)
+        warn_without_interval(results, statistics, ["top1", "top5"])
         add_intervals(results, statistics, len(data.val), args.seed)
         write_results(args, hp, results, identities, data.labelled, data.percent, output_dir, tracker)
     tracker.finish()
@@ -375,8 +373,7 @@ def top1_top5(model: nn.Module, val, device: torch.device) -> tuple[tuple[float,
         len(val),
     )
     hit1, hit5 = topk_hits(scores, torch.from_numpy(val.targets), (1, 5))
-    accuracy = (100.0 * hit1.float().mean().item(), 100.0 * hit5.float().mean().item())
-    return accuracy, {"top1": hit1.cpu().numpy(), "top5": hit5.cpu().numpy()}
+    return (hit_rate(hit1), hit_rate(hit5)), {"top1": hit1.cpu().numpy(), "top5": hit5.cpu().numpy()}
 
 
 def write_results(

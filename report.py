@@ -39,7 +39,7 @@ from util.logging import provenance, setup_logging
 from util.pretrain.cluster_images import draw_epoch_grid, run_images, thumbnail_strip
 from util.pretrain.maps import draw_saved_map, saved_map_epochs
 from util.report import evolution, plots
-from util.report.evolution import evolution_rows, least_stable
+from util.report.evolution import Overlaps, consecutive_overlaps, evolution_rows, least_stable
 from util.report.sources import Evaluation, PretrainRun, attach, merge_runs, read_source
 from util.report.tables import Table, all_tables, expanded, to_csv, to_markdown
 from util.seeds import derive_seed
@@ -83,20 +83,29 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
+def requested_epochs(run: PretrainRun, saved: list[int], epochs: list[int], what: str, absent_hint: str) -> list[int]:
+    """The epochs asked for (none: the last saved), all of them saved, or one line saying what is not."""
+    if not saved:
+        raise UserError(f"{run.folder} holds no {what}: {absent_hint}")
+    wanted = epochs or [saved[-1]]
+    absent = [e for e in wanted if e not in saved]
+    if absent:
+        raise UserError(f"{run.folder} has no saved {what} for epoch(s) {absent}: saved are {saved}")
+    return wanted
+
+
+def on_disk(runs: list[PretrainRun], what: str) -> list[PretrainRun]:
+    for run in runs:
+        if run.folder is None:
+            logger.warning("%s was read from W&B: no %s on disk", run.name, what)
+    return [run for run in runs if run.folder is not None]
+
+
 def draw_requested_grids(runs: list[PretrainRun], epochs: list[int]) -> None:
     """Check every run first (folder, saved epochs, its data), then draw: nothing is drawn for a bad request."""
     plans = []
-    for run in runs:
-        if run.folder is None:
-            logger.warning("%s was read from W&B: no assignments on disk, no cluster images", run.name)
-            continue
-        saved = run.saved_epochs()
-        if not saved:
-            raise UserError(f"{run.folder} holds no assignments/epoch_*.npy: no clusters to draw")
-        wanted = epochs or [saved[-1]]
-        absent = [e for e in wanted if e not in saved]
-        if absent:
-            raise UserError(f"{run.folder} has no saved assignments for epoch(s) {absent}: saved are {saved}")
+    for run in on_disk(runs, "assignments"):
+        wanted = requested_epochs(run, run.saved_epochs(), epochs, "assignments", "no clusters to draw")
         if not {"data", "data_cache", "seed"} <= run.args.keys():
             raise UserError(f"{run.folder} has no readable checkpoint.pth with the run's flags: cannot find its images")
         plans.append((run, wanted, run_images(run.args)))
@@ -108,22 +117,11 @@ def draw_requested_grids(runs: list[PretrainRun], epochs: list[int]) -> None:
 
 def draw_requested_maps(runs: list[PretrainRun], epochs: list[int]) -> list[tuple[str, Path]]:
     """Check every run first (folder, saved map points), then draw: nothing is drawn for a bad request."""
-    plans = []
-    for run in runs:
-        if run.folder is None:
-            logger.warning("%s was read from W&B: no map points on disk, no t-SNE map", run.name)
-            continue
-        saved = saved_map_epochs(run.folder)
-        if not saved:
-            raise UserError(
-                f"{run.folder} holds no maps/points_epoch_*.npz: its kNN monitor or --tsne-every was off, or it was "
-                "trained before map points were saved; leave out --tsne"
-            )
-        wanted = epochs or [saved[-1]]
-        absent = [e for e in wanted if e not in saved]
-        if absent:
-            raise UserError(f"{run.folder} has no saved map points for epoch(s) {absent}: saved are {saved}")
-        plans.append((run, wanted))
+    hint = "its kNN monitor or --tsne-every was off, or it was trained before map points were saved; leave out --tsne"
+    plans = [
+        (run, requested_epochs(run, saved_map_epochs(run.folder), epochs, "map points", hint))
+        for run in on_disk(runs, "map points")
+    ]
     drawn = []
     for run, wanted in plans:
         final = run.records[-1]["epoch"] if run.finished else None
@@ -169,81 +167,69 @@ def cluster_grids(
     return found
 
 
-def training_images(runs: list[PretrainRun]) -> dict[str, ImageList | None]:
-    """Each run folder's training images in the order of its assignments; None where they are not on this machine."""
-    found: dict[str, ImageList | None] = {}
-    for run in runs:
-        try:  # listed only where the evolution needs them: two saved epochs or more
-            found[run.name] = run_images(run.args) if len(run.saved_epochs()) >= 2 else None
-        except (UserError, KeyError, OSError):
-            found[run.name] = None
-    return found
+UNSTABLE = 8  # least stable clusters shown per run, with UNSTABLE sample images each
 
 
-def cluster_evolution(
-    runs: list[PretrainRun], output_dir: Path, images: dict[str, ImageList | None]
-) -> tuple[Table | None, dict[str, Path]]:
-    """Per run folder with two or more saved epochs: its evolution rows (one table for all runs) and figure."""
-    table = Table(
+def cluster_evolution(runs: list[PretrainRun], output_dir: Path) -> tuple[list[Table], dict[str, Path]]:
+    """Per run folder with two or more saved epochs, its assignments and their overlaps read and computed once: its
+    evolution rows and figure, and, where its training images are on this machine, the UNSTABLE least stable
+    clusters of its last saved epoch with sample images (output_dir/unstable/*.png). The tables hold every run."""
+    evolution_table = Table(
         "cluster_evolution",
         "Cluster evolution: best-match Jaccard with the epoch before, surviving clusters (Jaccard >= 0.5), purity",
         ["Run", "Epoch", "Clusters", "Jaccard q1", "Jaccard median", "Jaccard q3", "Surviving", "Purity"],
+    )
+    columns = ["Run", "Epoch", "Cluster", "Images", "Best Jaccard", "Best match", "Match images", "Label", "Thumbnails"]
+    unstable_table = Table(
+        "unstable_clusters", "Least stable clusters of the last saved epoch (lowest best-match Jaccard)", columns
     )
     figures = {}
     for run in runs:
         epochs = run.saved_epochs()
         if len(epochs) < 2:
             continue
-        assignments = [np.load(run.folder / "assignments" / f"epoch_{e:04d}.npy").astype(np.int64) for e in epochs]
-        targets = images[run.name].targets if images[run.name] is not None else None  # None: no purity
-        if targets is not None and len(targets) != len(assignments[0]):
-            targets = None
-        for row in evolution_rows(epochs, assignments, targets):
+        assignments = [run.assignments(e).astype(np.int64) for e in epochs]
+        try:
+            images = run_images(run.args)
+        except (UserError, KeyError, OSError):  # the training images are not on this machine
+            logger.warning(
+                "%s: its training images are not on this machine: no purity, no least stable clusters", run.name
+            )
+            images = None
+        if images is not None and len(images) != len(assignments[0]):
+            images = None
+        targets = images.targets if images is not None else None
+        overlaps = consecutive_overlaps(assignments)
+        rows = evolution_rows(epochs, assignments, targets, overlaps)
+        for row in rows:
             cells = [row.get(k) for k in ("jaccard_q1", "jaccard_median", "jaccard_q3", "surviving", "purity_mean")]
-            table.add([run.name, row["epoch"], row["clusters"], *cells], run.where)
+            evolution_table.add([run.name, row["epoch"], row["clusters"], *cells], run.where)
         title = f"Cluster evolution: {run.name}"
-        figures[title] = evolution.draw(epochs, assignments, targets, output_dir / f"evolution_{run.name}.png", title)
-    return (table if table.rows else None), figures
+        path = output_dir / f"evolution_{run.name}.png"
+        figures[title] = evolution.draw(epochs, assignments, targets, path, title, overlaps, rows)
+        if images is not None:
+            add_unstable_rows(unstable_table, run, epochs[-1], assignments[-1], overlaps[-1], images, output_dir)
+    return [table for table in (evolution_table, unstable_table) if table.rows], figures
 
 
-UNSTABLE = 8  # least stable clusters shown per run, with UNSTABLE sample images each
-
-
-def unstable_clusters(
-    runs: list[PretrainRun], output_dir: Path, all_images: dict[str, ImageList | None]
-) -> Table | None:
-    """Per run folder with two or more saved epochs and its training images on this machine: the UNSTABLE clusters
-    of its last saved epoch with the lowest best-match Jaccard against the epoch saved before it, each with its
-    best match, its most frequent label and a strip of sample images (output_dir/unstable/*.png)."""
-    columns = ["Run", "Epoch", "Cluster", "Images", "Best Jaccard", "Best match", "Match images", "Label", "Thumbnails"]
-    table = Table(
-        "unstable_clusters", "Least stable clusters of the last saved epoch (lowest best-match Jaccard)", columns
-    )
-    for run in runs:
-        epochs = run.saved_epochs()
-        if len(epochs) < 2:
-            continue
-        images = all_images[run.name]
-        if images is None:
-            logger.warning("%s: its training images are not on this machine: no least stable clusters", run.name)
-            continue
-        before, after = (run.assignments(e).astype(np.int64) for e in epochs[-2:])
-        if len(after) != len(images):
-            continue
-        rng = np.random.default_rng(derive_seed(run.args.get("seed", 0), "unstable-clusters", epochs[-1]))
-        for found in least_stable(before, after, UNSTABLE):
-            cluster_members = np.flatnonzero(after == found.cluster)
-            drawn = np.sort(rng.choice(cluster_members, size=min(UNSTABLE, len(cluster_members)), replace=False))
-            labels = images.targets[cluster_members]
-            top = int(np.bincount(labels).argmax())
-            thumbnails = Path("unstable") / f"{run.name}_epoch_{epochs[-1]:04d}_cluster_{found.cluster}.png"
-            (output_dir / thumbnails).parent.mkdir(parents=True, exist_ok=True)
-            strip = Image.fromarray(thumbnail_strip(images, drawn, UNSTABLE))
-            atomic_write(output_dir / thumbnails, lambda handle, strip=strip: strip.save(handle, format="PNG"))
-            label = f"{images.classes[top]} {100.0 * np.mean(labels == top):.0f}%"
-            row = [run.name, epochs[-1], found.cluster, found.size, found.jaccard, found.match, found.match_size]
-            table.add(row + [label, thumbnails], run.where)
-    return table if table.rows else None
+def add_unstable_rows(
+    table: Table, run: PretrainRun, epoch: int, after: np.ndarray, pairs: Overlaps, images: ImageList, output_dir: Path
+) -> None:
+    """The UNSTABLE least stable clusters of `epoch` (pairs: its overlaps with the epoch saved before), each with its
+    best match, its most frequent label and a strip of UNSTABLE of its images drawn from the run's --seed."""
+    rng = np.random.default_rng(derive_seed(run.args.get("seed", 0), "unstable-clusters", epoch))
+    for found in least_stable(pairs, UNSTABLE):
+        members = np.flatnonzero(after == found.cluster)
+        drawn = np.sort(rng.choice(members, size=min(UNSTABLE, len(members)), replace=False))
+        labels = images.targets[members]
+        top = int(np.bincount(labels).argmax())
+        thumbnails = Path("unstable") / f"{run.name}_epoch_{epoch:04d}_cluster_{found.cluster}.png"
+        (output_dir / thumbnails).parent.mkdir(parents=True, exist_ok=True)
+        strip = Image.fromarray(thumbnail_strip(images, drawn, UNSTABLE))
+        atomic_write(output_dir / thumbnails, lambda handle, strip=strip: strip.save(handle, format="PNG"))
+        label = f"{images.classes[top]} {100.0 * np.mean(labels == top):.0f}%"
+        row = [run.name, epoch, found.cluster, found.size, found.jaccard, found.match, found.match_size]
+        table.add(row + [label, thumbnails], run.where)
 
 
 def render(
@@ -296,11 +282,8 @@ def main(args: argparse.Namespace) -> Path:
     requested_maps = draw_requested_maps(runs, args.tsne) if args.tsne is not None else []
 
     tables = all_tables(runs, alone)
-    images = training_images(runs)
-    evolution_table, evolution_figures = cluster_evolution(runs, output_dir, images)
-    tables += [evolution_table] if evolution_table is not None else []
-    unstable = unstable_clusters(runs, output_dir, images)
-    tables += [unstable] if unstable is not None else []
+    evolution_tables, evolution_figures = cluster_evolution(runs, output_dir)
+    tables += evolution_tables
     for table in tables:
         write_text(output_dir / f"{table.key}.csv", to_csv(table))
     figures = {

@@ -53,12 +53,12 @@ def test_least_stable_clusters_against_sets(seed):
         match = min(scores, key=lambda a: (-scores[a], a))
         expected.append((scores[match], -len(images), c, match))
     expected.sort()
-    found = least_stable(before, after, 4)
+    found = least_stable(Overlaps.of(before, after), 4)
     assert [(u.cluster, u.match, u.size, u.match_size) for u in found] == [
         (c, a, -size, len(old[a])) for _, size, c, a in expected[:4]
     ]
     np.testing.assert_allclose([u.jaccard for u in found], [j for j, *_ in expected[:4]], rtol=0, atol=1e-15)
-    assert len(least_stable(before, after, 50)) == len(new)
+    assert len(least_stable(Overlaps.of(before, after), 50)) == len(new)
 
 
 def test_map_points_keep_the_geometry_of_the_normalised_features():

@@ -157,12 +157,12 @@ def test_tsne_maps_of_any_measured_epoch(reported):
 def test_least_stable_clusters_with_thumbnails(reported):
     """The report's least stable clusters are those of the saved assignments (epoch 1 against epoch 0), each with a
     strip of its own images; the W&B table holds them as images."""
-    from util.report.evolution import least_stable
+    from util.report.evolution import Overlaps, least_stable
 
     _, run = reported
     rows = read_csv(run / "report" / "unstable_clusters.csv")
     before, after = (np.load(run / "assignments" / f"epoch_{e:04d}.npy") for e in (0, 1))
-    expected = least_stable(before, after, 8)
+    expected = least_stable(Overlaps.of(before, after), 8)
     assert [(int(r["Cluster"]), int(r["Images"]), int(r["Best match"])) for r in rows] == [
         (u.cluster, u.size, u.match) for u in expected
     ]

@@ -78,9 +78,14 @@ def topk_hits(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = 
     return [hits[:, : min(k, max_k)].any(1) for k in ks]
 
 
+def hit_rate(hits: torch.Tensor) -> float:
+    """The share of hits in percent (float32 mean, as every reported accuracy is computed)."""
+    return 100.0 * hits.float().mean().item()
+
+
 def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[float]:
     """Top-k accuracies in percent. logits: (B, C), target: (B,)."""
-    return [100.0 * hits.float().mean().item() for hits in topk_hits(logits, target, ks)]
+    return [hit_rate(hits) for hits in topk_hits(logits, target, ks)]
 
 
 def purity(labels: np.ndarray, assignments: np.ndarray) -> float:

@@ -14,12 +14,15 @@ scores of every candidate, so the interval carries the optimism of that pick ins
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from util.eval.svm import voc_ap_columns
 from util.seeds import derive_seed
+
+logger = logging.getLogger("deepcluster")
 
 RESAMPLES = 1000
 LEVEL = 95.0  # percent: the interval runs from the 2.5th to the 97.5th percentile of the resampled numbers
@@ -82,20 +85,24 @@ def map_statistic(scores: np.ndarray | list[np.ndarray], labels: np.ndarray) -> 
     return statistic
 
 
-def hit_statistics(per_image: dict, prefix: str = "") -> dict[str, Statistic]:
+def hit_statistics(per_image: dict | None, prefix: str = "") -> dict[str, Statistic]:
     """The statistics of an evaluation task's kept hits: per_image = {"hits": {key: (N,) or (E, N)}, "select": the
-    key whose hits pick the reported candidate, or None}; keys prefixed (the random network's: RANDOM_PREFIX)."""
-    if not isinstance(per_image.get("hits"), dict):  # not a layout this code wrote: no interval, said by the caller
+    key whose hits pick the reported candidate, or None}; keys prefixed (the random network's: RANDOM_PREFIX).
+    None, or a layout this code did not write: no statistic (warn_without_interval says so)."""
+    if not isinstance(per_image, dict) or not isinstance(per_image.get("hits"), dict):
         return {}
     hits, select = per_image["hits"], per_image.get("select")
     return {prefix + key: accuracy_statistic(h, hits[select] if select else None) for key, h in hits.items()}
 
 
-def without_interval(results: dict, statistics: dict, keys: list[str]) -> list[str]:
-    """The reported keys (with or without RANDOM_PREFIX) that have a number but nothing to resample: results reused
-    from an evaluation state kept before per-image hits were."""
+def warn_without_interval(results: dict, statistics: dict, keys: list[str]) -> list[str]:
+    """Log, and return, the reported keys (with or without RANDOM_PREFIX) that have a number but nothing to
+    resample: results reused from an evaluation state kept before per-image hits were."""
     names = [name for key in keys for name in (key, RANDOM_PREFIX + key)]
-    return [name for name in names if isinstance(results.get(name), float) and name not in statistics]
+    missing = [name for name in names if isinstance(results.get(name), float) and name not in statistics]
+    for name in missing:
+        logger.warning("%s: reused from a state without per-image hits, no bootstrap interval", name)
+    return missing
 
 
 def resampled(statistic: Statistic, n: int, seed: int, resamples: int = RESAMPLES) -> np.ndarray:

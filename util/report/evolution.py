@@ -51,11 +51,10 @@ class Unstable:
     match_size: int
 
 
-def least_stable(before: np.ndarray, after: np.ndarray, count: int) -> list[Unstable]:
-    """The `count` non-empty clusters of `after` with the lowest best-match Jaccard against the clusters of
-    `before` (ties: the larger cluster first, then the lower id), each with the earlier cluster it matches best
-    (ties: the lower id)."""
-    pairs = Overlaps.of(before, after)
+def least_stable(pairs: Overlaps, count: int) -> list[Unstable]:
+    """The `count` non-empty clusters of the later epoch with the lowest best-match Jaccard against the clusters of
+    the earlier one (ties: the larger cluster first, then the lower id), each with the earlier cluster it matches
+    best (ties: the lower id)."""
     jaccard = pairs.count / (pairs.size_a[pairs.a] + pairs.size_b[pairs.b] - pairs.count)
     order = np.lexsort((pairs.a, -jaccard, pairs.b))  # per later cluster: best Jaccard first, ties to the lower id
     first = order[np.r_[True, pairs.b[order][1:] != pairs.b[order][:-1]]]  # one pair per later cluster
@@ -107,14 +106,23 @@ def evolution_rows(
     return rows
 
 
-def draw(epochs: list[int], assignments: list[np.ndarray], targets: np.ndarray | None, path: Path, title: str) -> Path:
+def draw(
+    epochs: list[int],
+    assignments: list[np.ndarray],
+    targets: np.ndarray | None,
+    path: Path,
+    title: str,
+    overlaps: list[Overlaps] | None = None,
+    rows: list[dict] | None = None,
+) -> Path:
     """Three panels: best-match Jaccard per epoch (median and quartiles); size and purity of the last epoch's largest
-    clusters followed back through their best matches; the alluvial figure of those clusters across epochs."""
+    clusters followed back through their best matches; the alluvial figure of those clusters across epochs.
+    `overlaps` and `rows`: consecutive_overlaps and evolution_rows of these epochs, where the caller has them."""
     from util.report.plots import _pyplot, _save
 
     plt = _pyplot()
-    overlaps = consecutive_overlaps(assignments)  # once, for the rows and the followed clusters
-    rows = evolution_rows(epochs, assignments, targets, overlaps)
+    overlaps = overlaps if overlaps is not None else consecutive_overlaps(assignments)
+    rows = rows if rows is not None else evolution_rows(epochs, assignments, targets, overlaps)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     measured = [r for r in rows if "jaccard_median" in r]
     if measured:
