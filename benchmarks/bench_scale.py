@@ -6,8 +6,12 @@ The features (default 1.28M x 2048, ResNet-50's avgpool size) are generated batc
 mixture of 1,000 Gaussian blobs through a ReLU (non-negative, like pooled ReLU activations), fed to the epoch's own
 extract_features (identity network), so its buffering and storage are what is measured. Smaller N or fewer
 k-means iterations may be timed and the rest extrapolated (per iteration, linear in N); the output says which.
+The epoch's clustering metrics (NMI with the previous epoch's clusters and with 1,000 labels, ARI, the Hungarian
+accuracy) on two assignments of N images to k clusters come first, with their time and the peak memory they allocate
+above their inputs (tracemalloc: numpy's allocations are traced).
     .venv/bin/python benchmarks/bench_scale.py                      # 1.28M x 2048, PCA 256, k=10,000
     .venv/bin/python benchmarks/bench_scale.py --num 200000 --kmeans-iters 5
+    .venv/bin/python benchmarks/bench_scale.py --only metrics       # the metrics alone (seconds)
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import resource
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from util.metrics import ari, cluster_accuracy, nmi
 from util.pretrain.clustering import run_clustering
 from util.pretrain.features import extract_features
 from util.pretrain.sampler import uniform_cluster_indices
@@ -56,6 +62,32 @@ class SyntheticFeatures:
             yield torch.relu(rows).to(device), idx
 
 
+def metrics_rows(num: int, k: int, classes: int = 1000) -> list[tuple[str, float, str]]:
+    """Time and peak traced memory above the inputs of each clustering metric of an epoch: NMI between two epochs'
+    assignments (k clusters each; the second a noisy copy of the first, as consecutive epochs are) and against
+    `classes` labels, ARI, the Hungarian accuracy against the labels."""
+    rng = np.random.default_rng(0)
+    before = rng.integers(0, k, num)
+    after = np.where(rng.random(num) < 0.5, before, rng.integers(0, k, num))
+    labels = rng.integers(0, classes, num)
+    inputs = (before.nbytes + after.nbytes + labels.nbytes) / 2**20
+    rows = []
+    for name, call in (
+        ("NMI(t, t-1)", lambda: nmi(after, before)),
+        ("NMI(t, labels)", lambda: nmi(after, labels)),
+        ("ARI(t, labels)", lambda: ari(after, labels)),
+        ("Hungarian accuracy(t, labels)", lambda: cluster_accuracy(labels, after)),
+    ):
+        tracemalloc.start()
+        start = time.perf_counter()
+        value = call()
+        seconds = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        rows.append((name, seconds, f"s, peak {peak / 2**20:.0f} MB above the inputs ({inputs:.0f} MB); {value:.4f}"))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num", type=int, default=1_281_167)
@@ -66,8 +98,14 @@ def main() -> None:
     parser.add_argument("--kmeans-iters", type=int, default=20)
     parser.add_argument("--backend", default="faiss", choices=["faiss", "torch"])
     parser.add_argument("--chunk", type=int, default=8192, help="rows per streamed chunk (a batch of extraction)")
+    parser.add_argument("--only", choices=("metrics",), default=None, help="run this phase alone")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
+    print(f"clustering metrics of {args.num} images, k={args.k}, 1,000 labels")
+    for name, value, note in metrics_rows(args.num, args.k):
+        print(f"{name:34} {value:8.2f}  {note}")
+    if args.only == "metrics":
+        return
     base = current_rss_gb()
     print(
         f"{args.num} x {args.dim} synthetic features, PCA {args.pca_dim} fit on {args.pca_fit_samples}, "

@@ -59,3 +59,27 @@ def test_purity_is_the_majority_vote_accuracy():
     majority = sum(np.bincount(labels[clusters == c]).max() for c in np.unique(clusters))
     assert purity(labels, clusters) == pytest.approx(majority / 1000)
     assert purity(labels, np.arange(1000)) == 1.0  # one image per cluster: trivially pure
+
+
+def test_sparse_metrics_equal_sklearn_and_a_dense_table_with_many_clusters():
+    """Two epochs' assignments with k far above what a dense k x k table would be cheap for, and labels: NMI and
+    ARI equal scikit-learn's; the Hungarian accuracy equals one computed on the full dense table (absent clusters
+    and labels included)."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(7)
+    num, k = 20_000, 3_000
+    before = rng.integers(0, k, num) * 3  # sparse ids: values absent in between
+    after = np.where(rng.random(num) < 0.6, before // 3, rng.integers(0, k, num))
+    labels = rng.integers(0, 10, num)
+    assert nmi(after, before) == pytest.approx(
+        normalized_mutual_info_score(after, before, average_method="geometric"), abs=1e-12
+    )
+    assert nmi(after, labels) == pytest.approx(
+        normalized_mutual_info_score(after, labels, average_method="geometric"), abs=1e-12
+    )
+    assert ari(after, labels) == pytest.approx(adjusted_rand_score(after, labels), abs=1e-12)
+    dense = np.zeros((k, 10), dtype=np.int64)
+    np.add.at(dense, (after, labels), 1)
+    rows, cols = linear_sum_assignment(-dense)
+    assert cluster_accuracy(labels, after) == dense[rows, cols].sum() / num
