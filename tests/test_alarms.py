@@ -43,6 +43,39 @@ def test_empty_clusters_jumping():
     assert collapse_alarms(steady[:2], steady[2], 0.5) == []
 
 
+@pytest.mark.parametrize("script", ["main_deepcluster", "main_deepclusterv2"])
+def test_the_empty_cluster_alarm_fires_above_a_quarter_of_k_in_both_scripts(script):
+    """Each script's own cluster metrics of k = 8 clusters with 2 empty (a quarter: no alarm) and 3 empty (above a
+    quarter: alarm); num_clusters counts the non-empty clusters in both."""
+    import importlib
+
+    import torch
+
+    from util.pretrain.clustering import ClusteringResult
+    from util.pretrain.spherical import SphericalResult
+
+    module = importlib.import_module(script)
+    targets = np.arange(64) % 4
+
+    def metrics(empty: int) -> dict:
+        assignments = np.arange(64) % (8 - empty)  # clusters 8 - empty .. 7 hold no image
+        if script == "main_deepcluster":
+            result = ClusteringResult(assignments, 8, empty, 0, 0.0)
+            return module.cluster_metrics(result, None, targets)
+        counts = torch.bincount(torch.from_numpy(assignments), minlength=8)
+        result = SphericalResult(torch.zeros(8, 4), torch.from_numpy(assignments), counts)
+        return module.cluster_metrics([result], None, targets)
+
+    calm, collapsing = metrics(2), metrics(3)
+    assert (calm["num_clusters"], calm["empty_clusters"]) == (6, 2)
+    assert (collapsing["num_clusters"], collapsing["empty_clusters"]) == (5, 3)
+    history = [{**metrics(0), "epoch": 0}]
+    assert collapse_alarms(history, {**calm, "epoch": 1}, 0.0) == []
+    assert collapse_alarms(history, {**collapsing, "epoch": 1}, 0.0) == [
+        "3 of 8 clusters empty or re-seeded (the epoch before: 0)"
+    ]
+
+
 def test_frozen_clusters():
     history = records(FROZEN_EPOCHS, nmi_prev=0.995)
     assert collapse_alarms(history[:-1], history[-1], 0.5)[0].startswith("clusters frozen")
@@ -60,7 +93,9 @@ def test_knn_at_the_floor_after_the_warmup():
     assert collapse_alarms(history[:-1], history[-1], 0.5) == []
 
 
-def test_stop_on_collapse_keeps_the_checkpoint_before(tmp_path, tiny_folder):
+def test_stop_on_collapse_keeps_the_network_that_raised_the_alarm(tmp_path, tiny_folder):
+    """The record of epoch 1 measures the network after one epoch (the checkpoint on disk); its alarm stops the run
+    before the training of epoch 1 is saved."""
     out = tmp_path / "run"
     args = [*TINY_PRETRAIN, "--workers", "0", "--data", str(tiny_folder), "--output-dir", str(out)]
     args += ["--wandb-mode", "offline", "--knn-every", "0"]
@@ -69,7 +104,9 @@ def test_stop_on_collapse_keeps_the_checkpoint_before(tmp_path, tiny_folder):
     kept = hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest()
     forced = [*args, "--epochs", "3", "--collapse-entropy", "1.01", "--stop-on-collapse"]  # every epoch alarms
     proc = run_script("main_deepcluster.py", forced, tmp_path)
-    assert_user_error(proc, "stopped at a collapse alarm of epoch 1", "the checkpoint of epoch 1 is kept")
+    assert_user_error(
+        proc, "stopped at a collapse alarm of epoch 1", "keeps the network that raised it (after 1 epochs)"
+    )
     assert "collapse alarm at epoch 1: cluster sizes far from uniform" in proc.stderr
     assert hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest() == kept
     last = read_jsonl(out / "log.jsonl")[-1]

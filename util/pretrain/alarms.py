@@ -4,12 +4,18 @@
   holds every image) below --collapse-entropy (default 0.5);
 - empty or re-seeded clusters jumping: more than a quarter of the clusters, and more than twice the previous epoch's;
 - frozen clusters: NMI with the previous epoch's clusters at or above 0.99 for FROZEN_EPOCHS epochs running;
-- the kNN monitor at or below the random network's floor for BELOW_FLOOR_MEASUREMENTS measurements running, after
-  the first WARMUP_EPOCHS epochs (DeepCluster-v2 dips below its floor in its first epochs on small data).
+- the kNN monitor at or below the random network's floor (knn_floor_random: a network that fell to its own random
+  init has collapsed; the pixels, a higher floor on small images, are no collapse test) for BELOW_FLOOR_MEASUREMENTS
+  measurements running, after the first WARMUP_EPOCHS epochs (DeepCluster-v2 dips below its floor in its first
+  epochs on small data).
 
-Each alarm is a warning line, a `collapse` list in the epoch's record (log.jsonl and W&B, with wandb.alert), and with
---stop-on-collapse the run stops before that epoch's checkpoint is written: the last checkpoint, of the epoch before,
-is kept.
+Every condition is read from the record of epoch e, which measures the network after e epochs of training (its
+clusters, its kNN): the network in checkpoint.pth while epoch e trains. Each alarm is a warning line, a `collapse`
+list in the epoch's record (log.jsonl and W&B, with wandb.alert), and with --stop-on-collapse the run stops before the
+checkpoint of epoch e + 1 is written: checkpoint.pth keeps the network whose measurement raised the alarm, and the
+training of epoch e is discarded.
+
+`num_clusters` is the number of non-empty clusters in both pretraining scripts; with `empty_clusters` it adds up to k.
 """
 
 from __future__ import annotations
@@ -34,8 +40,8 @@ def add_alarm_args(group: argparse._ArgumentGroup) -> None:
         "--stop-on-collapse",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="stop at a collapse alarm (sizes, empty clusters, frozen clusters, kNN at the floor: docs/training.md), "
-        "keeping the last checkpoint, of the epoch before",
+        help="stop at a collapse alarm (sizes, empty clusters, frozen clusters, kNN at the random network's floor: "
+        "docs/training.md); checkpoint.pth keeps the network whose measurement raised it",
     )
 
 
@@ -46,6 +52,11 @@ def size_entropy(sizes: np.ndarray) -> float:
         return 0.0
     p = sizes[sizes > 0] / sizes.sum()
     return float(-(p * np.log(p)).sum() / np.log(len(sizes)))
+
+
+def random_floor(record: dict) -> float | None:
+    """The random network's kNN floor of a record (records written before the pixel floor: knn_floor)."""
+    return record.get("knn_floor_random", record.get("knn_floor"))
 
 
 def collapse_alarms(history: list[dict], record: dict, min_entropy: float) -> list[str]:
@@ -67,10 +78,10 @@ def collapse_alarms(history: list[dict], record: dict, min_entropy: float) -> li
     if (
         record.get("knn_top1") is not None
         and len(last) == BELOW_FLOOR_MEASUREMENTS
-        and all(r.get("knn_floor") is not None and r["knn_top1"] <= r["knn_floor"] for r in last)
+        and all(random_floor(r) is not None and r["knn_top1"] <= random_floor(r) for r in last)
     ):
         alarms.append(
-            f"kNN at or below the random network's floor ({last[-1]['knn_floor']:.2f}) for "
+            f"kNN at or below the random network's floor ({random_floor(last[-1]):.2f}) for "
             f"{BELOW_FLOOR_MEASUREMENTS} measurements running after epoch {WARMUP_EPOCHS}"
         )
     return alarms
