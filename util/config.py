@@ -12,6 +12,10 @@ from util.checkpoint import atomic_write
 from util.errors import UserError
 
 CONFIG_NAME = "config.yaml"
+# Values a run derives from its flags and keeps beside them in its arguments (the checkpoint's, W&B's), which are not
+# flags: config.yaml leaves them out and a config that holds them (written before they were left out) passes them by,
+# since the run computes them again from the flags.
+DERIVED = ("rule_departures",)
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +62,8 @@ def apply_config(parser: argparse.ArgumentParser, path: Path, values: dict) -> N
     defaults = {}
     for key, value in values.items():
         dest = str(key).lstrip("-").replace("-", "_")
+        if dest in DERIVED:
+            continue
         if dest not in actions:
             raise UserError(
                 f"--config {path}: unknown key {key!r}: {parser.prog} has no flag --{dest.replace('_', '-')}"
@@ -76,7 +82,7 @@ def apply_config(parser: argparse.ArgumentParser, path: Path, values: dict) -> N
 
 def write_config(args: argparse.Namespace, output_dir: Path) -> None:
     """OUTPUT_DIR/config.yaml: every argument as the run resolved it (rule-chosen values included), atomically."""
-    values = {k: _plain(v) for k, v in sorted(vars(args).items()) if k != "config"}
+    values = {k: _plain(v) for k, v in sorted(vars(args).items()) if k != "config" and k not in DERIVED}
     text = yaml.safe_dump(values, sort_keys=True, default_flow_style=None)
     atomic_write(output_dir / CONFIG_NAME, lambda handle: handle.write(text.encode()))
 

@@ -51,15 +51,16 @@ def default_aug(data: str, image_size: int) -> str:
 
 def apply_rule(args: argparse.Namespace, profile: DataProfile, world_size: int) -> list[str]:
     """Fill every flag the user left unset (None) from the rule, the image defaults and default_aug; log the result
-    in one line. Returns the rule's departures from the paper's values as `--flag value` strings."""
+    in one line. Returns the values of the rule's flags that depart from the paper's as `--flag value` strings."""
     resolve_image_defaults(args, profile)
-    departures = []
     for name, value in rule(profile.num_images, world_size, args.batch_size).items():
-        if getattr(args, name) is not None:
-            continue
-        setattr(args, name, value)
-        if PAPER[name] != value:
-            departures.append(f"--{name.replace('_', '-')} {value:g}")
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    # every value that differs from the paper's, whoever chose it: a run replayed from its config.yaml (every value
+    # given) records the same departures as the rule-driven run that wrote it
+    departures = [
+        f"--{name.replace('_', '-')} {getattr(args, name):g}" for name in PAPER if getattr(args, name) != PAPER[name]
+    ]
     guessed_aug = args.aug is None
     args.aug = args.aug or default_aug(args.data, args.image_size)
     logger.info(
