@@ -1,8 +1,10 @@
 """Linear probes on frozen features: multi-head Feature1..Feature5, AvgPool, and weighted kNN.
 
-Every evaluation also runs a random-init network of the same architecture (the floor a pretrained network must
-beat; disable with --baseline none). Results go to OUTPUT_DIR/results.json, the console and W&B, every number with
-its bootstrap 95 % interval over the validation images and the paired gain over the random network
+Every evaluation also runs the trivial baselines a pretrained network must beat (--baseline): the random-init network
+of the same architecture, with BatchNorm's initial statistics and with statistics recomputed on the training images,
+and the pixels (kNN and the AvgPool probe on the flattened input images, for images of at most 64 px). Results go to
+OUTPUT_DIR/results.json, the console and W&B, every number with its bootstrap 95 % interval over the validation
+images and the paired gains over the random network (the higher of its two) and over the pixels
 (util/eval/bootstrap.py).
 """
 
@@ -33,14 +35,22 @@ from util.augment import augment_preset
 from util.data import ImageSource, build_source, evaluation_split, resolve_data_defaults
 from util.errors import UserError, script_entry
 from util.eval.bootstrap import add_intervals, hit_statistics, warn_without_interval
-from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_pretrained, weights_identities
+from util.eval.pretrained import (
+    NETWORK_PREFIXES,
+    PixelNet,
+    evaluated_network,
+    networks_to_evaluate,
+    resolve_pretrained,
+    weights_identities,
+)
 from util.eval.probe_features import CachedFeatures, LiveFeatures
-from util.eval.probes import TAP_NAMES, AvgPoolHead, MultiHead, build_tap_pooling
-from util.eval.results import gain_row, publish, row_identity
+from util.eval.probes import TAP_NAMES, AvgPoolHead, MultiHead, NoTaps, build_tap_pooling
+from util.eval.results import gain_row, network_rows, publish
 from util.eval.state import EvalState, plan_id
-from util.knn import knn_predict, l2_normalize
+from util.knn import KNN_K, KNN_TEMPERATURE, knn_predict, l2_normalize
 from util.logging import interactive, protocol_notes, provenance
 from util.metrics import hit_rate, topk_hits
+from util.pixels import PIXEL_VIEWS, pixel_knn_scores, pixel_skip_reason
 from util.runtime import start_run
 from util.tracking import Tracker, init_tracker
 
@@ -57,6 +67,12 @@ DEPARTURES = """protocol notes (mmselfsup / Goyal et al. 2019), and where this s
   avgpool    global average pool of Feature5 -> Linear; SGD 0.9, lr 30, wd 0, 100 epochs, x0.1 at 60% and 80%;
              the BEST epoch is reported.
   knn        weighted kNN on L2-normalised AvgPool features, k=20, T=0.07, cosine similarity (no training).
+  baselines  (not in the protocol) --baseline all: the random-init network scored twice, with BatchNorm's initial
+             statistics (random_init_*) and with statistics recomputed on the training images (one no-grad pass,
+             random_init_recomputed_bn_*), the gain (KEY_gain) over the higher of the two; the pixels (pixels_*,
+             images of at most 64 px): kNN on the flattened input images in two views, the network's input and each
+             image centred on its own mean (pixels / 255), the higher reported (pixels_knn_view), and the AvgPool
+             probe on the network's-input view; no multi-head. KEY_gain_pixels: the gain over the pixels.
   training views: RandomResizedCrop + flip + ColorJitter(0.4, 0.4, 0.4) + Lighting (AlexNet PCA noise, std 0.1), as
              mmselfsup's multi-head config (the AvgPool probe uses the same view); evaluation: resize + center crop.
              In memory (cifar10), the batched augmentation: bilinear crops, jitter in a fixed order.
@@ -113,8 +129,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--wd", type=float, default=None, help="override the protocol's weight decay (multihead 1e-4, avgpool 0)"
     )
     group.add_argument("--momentum", type=float, default=0.9)
-    group.add_argument("--knn-k", type=positive_int, default=20)
-    group.add_argument("--knn-temperature", type=float, default=0.07)
+    group.add_argument("--knn-k", type=positive_int, default=KNN_K)
+    group.add_argument("--knn-temperature", type=float, default=KNN_TEMPERATURE)
     group.add_argument(
         "--cached-features",
         action=argparse.BooleanOptionalAction,
@@ -131,8 +147,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 class Task:
     """One (network, protocol) evaluation; its results land under `prefix + key`."""
 
-    network: str  # "pretrained" or "random_init"
-    weights: str  # the checkpoint path, or "random"
+    network: str  # a key of NETWORK_PREFIXES
+    weights: str  # the checkpoint path, "random" or "pixels"
     protocol: str
     key: str = ""  # content hash of the weights + every flag that defines the protocol: what state is keyed by
 
@@ -142,7 +158,7 @@ class Task:
 
     @property
     def prefix(self) -> str:
-        return "" if self.network == "pretrained" else "random_init_"
+        return NETWORK_PREFIXES[self.network]
 
 
 # Flags that change a task's numbers: a task is resumed or reused only when all of them and the weights match.
@@ -158,13 +174,14 @@ def task_key(args: argparse.Namespace, protocol: str, weights_hash: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def plan_tasks(args: argparse.Namespace, hashes: dict[str, str]) -> list[Task]:
+def plan_tasks(args: argparse.Namespace, networks: list[tuple[str, str]], hashes: dict[str, str]) -> list[Task]:
+    """Every (network, protocol) pair to score; the pixels have no multi-head taps."""
     protocols = ("multihead", "avgpool", "knn") if args.protocol == "all" else (args.protocol,)
-    networks = networks_to_evaluate(args.pretrained, args.baseline)
     return [
         Task(network, weights, protocol, task_key(args, protocol, hashes[network]))
         for network, weights in networks
         for protocol in protocols
+        if not (network == "pixels" and protocol == "multihead")
     ]
 
 
@@ -191,8 +208,12 @@ def main(args: argparse.Namespace) -> None:
 
     # ---- the weights' content hashes key every task; resume or reuse only tasks with the same key
     networks = networks_to_evaluate(args.pretrained, args.baseline)
+    skipped = pixel_skip_reason(len(train), len(val), args.image_size) if ("pixels", "pixels") in networks else None
+    if skipped is not None:
+        logger.info("pixel baseline not measured: %s", skipped)
+        networks.remove(("pixels", "pixels"))
     identities = weights_identities(networks, args.arch, args.sobel, args.seed)
-    tasks = plan_tasks(args, {network: w["sha256"] for network, w in identities.items()})
+    tasks = plan_tasks(args, networks, {network: w["sha256"] for network, w in identities.items()})
     state = EvalState.load(output_dir / STATE_NAME)
     plan = plan_id([task.key for task in tasks])
     tracker = init_tracker(
@@ -214,10 +235,13 @@ def main(args: argparse.Namespace) -> None:
             short_hash = identities[task.network]["sha256"][:12]
             logger.info("== %s: reusing results of the same weights (sha256 %s) and flags", task.name, short_hash)
         else:
-            if task.network not in features_by_network:
-                features_by_network.clear()  # one network's features at a time
-                features_by_network[task.network] = make_features(args, task.weights, train, val, device)
-            found = run_task(args, task, features_by_network[task.network], num_classes, device, state, tracker)
+            if task.network == "pixels" and task.protocol == "knn":  # both views of the pixels, not one network's
+                found = pixel_knn_eval(train, val, num_classes, args, device)
+            else:
+                if task.network not in features_by_network:
+                    features_by_network.clear()  # one network's features at a time
+                    features_by_network[task.network] = make_features(args, task, train, val, device)
+                found = run_task(args, task, features_by_network[task.network], num_classes, device, state, tracker)
             state.finish(task.key, task.name, identities[task.network], found)
         found = dict(state.tasks[task.key]["results"])
         statistics.update(hit_statistics(found.pop("per_image", None), task.prefix))
@@ -227,6 +251,8 @@ def main(args: argparse.Namespace) -> None:
             results, statistics, [f"{t}_top{k}" for t in [*TAP_NAMES, "avgpool", "knn"] for k in (1, 5)]
         )
         add_intervals(results, statistics, len(val), args.seed)
+        if skipped is not None:
+            results["pixels_not_measured"] = skipped
         write_results(args, results, identities, output_dir, tracker)
     tracker.finish()
     dist_util.cleanup()
@@ -241,10 +267,14 @@ def eval_sources(args: argparse.Namespace) -> tuple[ImageSource, ImageSource]:
     return train, val
 
 
-def make_features(args: argparse.Namespace, weights: str, train: ImageSource, val: ImageSource, device: torch.device):
+def make_features(args: argparse.Namespace, task: Task, train: ImageSource, val: ImageSource, device: torch.device):
+    """The probes' inputs from the task's network (the pixels: the flattened input images)."""
     torch.manual_seed(args.seed)  # the random-init baseline is reproducible
-    backbone = load_backbone(weights, args.arch, args.sobel, device, args.channels_last)
-    pooling = build_tap_pooling(backbone, args.arch, args.image_size, device)
+    backbone = evaluated_network(task.network, task.weights, args.arch, args.sobel, device, train, args.channels_last)
+    if isinstance(backbone, PixelNet):
+        pooling = NoTaps()
+    else:
+        pooling = build_tap_pooling(backbone, args.arch, args.image_size, device)
     kind = CachedFeatures if args.cached_features else LiveFeatures
     return kind(backbone, pooling, train, val, args.batch_size, device, args.seed, interactive())
 
@@ -399,6 +429,34 @@ def knn_eval(features, num_classes: int, k: int, temperature: float, device: tor
     }
 
 
+def pixel_knn_eval(
+    train: ImageSource, val: ImageSource, num_classes: int, args: argparse.Namespace, device: torch.device
+) -> dict:
+    """The pixels' weighted kNN in both views (util/pixels.py); the higher top-1 is reported (the first of equals),
+    with its view and its per-image hits."""
+    logger.info("== pixels/knn")
+    k, temperature = args.knn_k, args.knn_temperature
+    scores = pixel_knn_scores(train, val, num_classes, k, temperature, 2 * args.batch_size, device)
+    targets = torch.from_numpy(val.targets)
+    hits = {view: topk_hits(scores[view], targets, (1, 5)) for view in PIXEL_VIEWS}
+    view = max(PIXEL_VIEWS, key=lambda v: hit_rate(hits[v][0]))
+    hit1, hit5 = hits[view]
+    logger.info(
+        "pixels knn (k=%d, T=%.2f): top1 %s; reported: %s",
+        k,
+        temperature,
+        ", ".join(f"{v} {hit_rate(hits[v][0]):.2f}" for v in PIXEL_VIEWS),
+        view,
+    )
+    return {
+        "knn_top1": hit_rate(hit1),
+        "knn_top5": hit_rate(hit5),
+        "knn_view": view,
+        **{f"knn_top1_{v}": hit_rate(hits[v][0]) for v in PIXEL_VIEWS},
+        "per_image": {"hits": {"knn_top1": hit1.numpy(), "knn_top5": hit5.numpy()}},
+    }
+
+
 def write_results(
     args: argparse.Namespace, results: dict, identities: dict, output_dir: Path, tracker: Tracker
 ) -> None:
@@ -407,14 +465,10 @@ def write_results(
     columns = ["Model", "Weights", "Config", *[name.capitalize() for name in TAP_NAMES], "AvgPool", "kNN"]
     config = f"{args.arch}{'+sobel' if args.sobel else ''}{' (cached)' if args.cached_features else ''}"
     keys = [f"{t}_top1" for t in TAP_NAMES] + ["avgpool_top1", "knn_top1"]
-    rows = []
-    for network, prefix in (("pretrained", ""), ("random_init", "random_init_")):
-        if network not in identities:
-            continue
-        rows.append(
-            [*row_identity(network, args.pretrained, identities), config, *[results.get(prefix + key) for key in keys]]
-        )
-    rows += gain_row(results, keys, ["gain over random init", "paired", config])
+    rows = network_rows(
+        results, identities, args.pretrained, lambda prefix: [config, *(results.get(prefix + key) for key in keys)]
+    )
+    rows += gain_row(results, keys, ["paired", config])
     meta = {
         "evaluation": "linear",
         "arch": args.arch,

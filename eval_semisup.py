@@ -7,11 +7,14 @@
 
 The labelled subset is either --percent P (P % of every class, drawn deterministically with --subset-seed; the list
 is saved as OUTPUT_DIR/subset.txt) or --subset-file (the published 1 % / 10 % ImageNet lists: one image per line,
-`class/file.JPEG` as mmselfsup's lists or the bare file name as SimCLR's). The random-init network of the same arch
-is fine-tuned the same way beside it (the floor; --baseline none to skip). Results: OUTPUT_DIR/results.json, the
-console, a W&B table, each top-1 / top-5 with its bootstrap 95 % interval over the evaluation images and the paired
-gain over the random network (util/eval/bootstrap.py); OUTPUT_DIR/semisup_state.pth resumes an interrupted run and
-is keyed by the weights' sha256 and every protocol flag.
+`class/file.JPEG` as mmselfsup's lists or the bare file name as SimCLR's). The trivial baselines are scored beside
+it (--baseline): the random-init network of the same arch, fine-tuned the same way from BatchNorm's initial
+statistics and from statistics recomputed on the labelled images, and the pixels (a weighted kNN of the evaluation
+images against the labelled ones on their flattened pixels, for images of at most 64 px). Results:
+OUTPUT_DIR/results.json, the console, a W&B table, each top-1 / top-5 with its bootstrap 95 % interval over the
+evaluation images and the paired gains over the random network (the higher of its two) and over the pixels
+(util/eval/bootstrap.py); OUTPUT_DIR/semisup_state.pth resumes an interrupted run and is keyed by the weights' sha256
+and every protocol flag.
 """
 
 from __future__ import annotations
@@ -53,12 +56,21 @@ from util.data import (
 from util.datasets import default_cache_dir
 from util.errors import UserError, script_entry
 from util.eval.bootstrap import add_intervals, hit_statistics, warn_without_interval
-from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_pretrained, weights_identities
-from util.eval.results import gain_row, publish, row_identity
+from util.eval.pretrained import (
+    NETWORK_PREFIXES,
+    PIXELS,
+    evaluated_network,
+    networks_to_evaluate,
+    resolve_pretrained,
+    weights_identities,
+)
+from util.eval.results import gain_row, network_rows, publish
 from util.eval.semisup import PRESETS, percent_subset, preset_regime, read_subset_file, subset_listing
 from util.eval.state import EvalState, plan_id
+from util.knn import KNN_K, KNN_TEMPERATURE
 from util.logging import protocol_notes, provenance
 from util.metrics import hit_rate, topk_hits
+from util.pixels import PIXEL_VIEWS, pixel_knn_scores, pixel_skip_reason
 from util.runtime import start_run
 from util.seeds import derive_seed
 from util.tracking import Tracker, init_tracker
@@ -80,6 +92,13 @@ where this script departs from them:
              use SyncBN); several CPU processes (gloo) each normalise their own shard, so there the number of
              processes changes the numbers (it is not part of the state key); rank 0's running statistics are
              used for evaluation.
+  baselines  (not in the protocol) --baseline all: the random-init network fine-tuned twice, from BatchNorm's initial
+             statistics (random_init_*) and from statistics recomputed on the labelled images (one no-grad pass,
+             random_init_recomputed_bn_*): fine-tuning trains BatchNorm in batch mode, so the two runs take the same
+             steps and differ only in the running statistics, by the initial ones' share 0.9^steps (large after a
+             few steps on a 1 %% subset); the gain is over the higher. The pixels (pixels_*): the weighted kNN
+             (k=20, T=0.07) of the evaluation images against the labelled images on their flattened pixels, two
+             views (the network's input, each image centred on its own mean), the higher reported.
   subsets    --percent draws its own per-class subset (not the published ImageNet lists, which --subset-file reads).
   state      OUTPUT_DIR/semisup_state.pth keeps each task (network) under the sha256 of the weights and every
              protocol flag: a task resumes or is reused only when both match; results.json and every table row name
@@ -230,6 +249,12 @@ def main(args: argparse.Namespace) -> None:
 
     # ---- tasks keyed by the weights' content and every protocol flag
     networks = networks_to_evaluate(args.pretrained, args.baseline)
+    skipped = None
+    if ("pixels", PIXELS) in networks:
+        skipped = pixel_skip_reason(data.labelled, len(data.val), args.image_size)
+        if skipped is not None:
+            logger.info("pixel baseline not measured: %s", skipped)
+            networks.remove(("pixels", PIXELS))
     identities = weights_identities(networks, args.arch, args.sobel, args.seed)
     state = EvalState.load(output_dir / STATE_NAME, keyed_since=1)  # version 1 states were keyed too
     keys = {network: task_key(args, hp, identities[network]["sha256"], data.listing) for network, _ in networks}
@@ -253,16 +278,20 @@ def main(args: argparse.Namespace) -> None:
         if key in state.tasks:
             short_hash = identities[network]["sha256"][:12]
             logger.info("== %s: reusing results of the same weights (sha256 %s) and flags", network, short_hash)
+        elif network == "pixels":
+            state.finish(key, network, identities[network], pixel_knn(data.train, data.val, device))
         else:
             found = fine_tune(args, hp, network, path, key, data.train, data.val, device, state, tracker)
             state.finish(key, network, identities[network], found)
-        prefix = "" if network == "pretrained" else "random_init_"
+        prefix = NETWORK_PREFIXES[network]
         found = dict(state.tasks[key]["results"])
         statistics.update(hit_statistics(found.pop("per_image", None), prefix))
         results.update({prefix + k: v for k, v in found.items()})
     if info.is_main:
         warn_without_interval(results, statistics, ["top1", "top5"])
         add_intervals(results, statistics, len(data.val), args.seed)
+        if skipped is not None:
+            results["pixels_not_measured"] = skipped
         write_results(args, hp, results, identities, data.labelled, data.percent, output_dir, tracker)
     tracker.finish()
     dist_util.cleanup()
@@ -272,7 +301,7 @@ def fine_tune(args, hp: FineTuneSchedule, network, path, key, train, val, device
     """SGD with step decay on every parameter; evaluated after every epoch; resumable after any epoch."""
     logger.info("== %s (%s)", network, path)
     torch.manual_seed(args.seed)  # the head's init (and the random-init baseline) are reproducible
-    backbone = load_backbone(path, args.arch, args.sobel, device, args.channels_last)
+    backbone = evaluated_network(network, path, args.arch, args.sobel, device, train, args.channels_last)
     for param in backbone.parameters():
         param.requires_grad_(True)
     model = FineTuned(backbone, len(train.images.classes)).to(device)
@@ -323,6 +352,23 @@ def fine_tune(args, hp: FineTuneSchedule, network, path, key, train, val, device
         else {"hits": {name: np.stack(hits) for name, hits in kept.items()}, "select": "top1"}
     )
     return {**found, "last_epoch_top1": history[-1]["top1"], "finetuned_weights": str(final), "per_image": per_image}
+
+
+def pixel_knn(train: ImageSource, val: ImageSource, device: torch.device) -> dict:
+    """The pixels' baseline: the weighted kNN of the evaluation images against the labelled ones on their pixels, in
+    both views (util/pixels.py); the higher top-1 is reported (the first of equals), with its view."""
+    logger.info("== pixels (weighted kNN on the labelled images' pixels)")
+    num_classes = len(train.images.classes)
+    scores = pixel_knn_scores(train, val, num_classes, KNN_K, KNN_TEMPERATURE, 256, device)
+    targets = torch.from_numpy(val.targets)
+    hits = {view: topk_hits(scores[view], targets, (1, 5)) for view in PIXEL_VIEWS}
+    view = max(PIXEL_VIEWS, key=lambda v: hit_rate(hits[v][0]))
+    hit1, hit5 = hits[view]
+    logger.info(
+        "pixels: top1 %s; reported: %s", ", ".join(f"{v} {hit_rate(hits[v][0]):.2f}" for v in PIXEL_VIEWS), view
+    )
+    per_image = {"hits": {"top1": hit1.numpy(), "top5": hit5.numpy()}}
+    return {"top1": hit_rate(hit1), "top5": hit_rate(hit5), "knn_view": view, "per_image": per_image}
 
 
 def fine_tune_epoch(args, epoch: int, trained: nn.Module, train, optimizer: torch.optim.Optimizer, device) -> float:
@@ -392,14 +438,14 @@ def write_results(
         f"{args.preset} {percent:g}% lr {hp.lr:g} head x{hp.head_lr_mult:g} wd {hp.wd:g} {hp.epochs}e ({hp.pick} epoch)"
     )
     columns = ["Model", "Weights", "Pretrain Config", "Fine-tuned Config", "Top-1 (%)", "Top-5 (%)"]
-    rows = []
     config = f"{args.arch}{'+sobel' if args.sobel else ''}"
-    for network, prefix in (("pretrained", ""), ("random_init", "random_init_")):
-        if network not in identities:
-            continue
-        scores = [results.get(prefix + "top1"), results.get(prefix + "top5")]
-        rows.append([*row_identity(network, args.pretrained, identities), config, fine_tuned, *scores])
-    rows += gain_row(results, ["top1", "top5"], ["gain over random init", "paired", config, fine_tuned])
+    rows = network_rows(
+        results,
+        identities,
+        args.pretrained,
+        lambda prefix: [config, fine_tuned, results.get(prefix + "top1"), results.get(prefix + "top5")],
+    )
+    rows += gain_row(results, ["top1", "top5"], ["paired", config, fine_tuned])
     meta = {
         "evaluation": "semisup",
         "arch": args.arch,

@@ -1,9 +1,11 @@
 """VOC07 linear SVM and low-shot SVM benchmark (Goyal et al. 2019, as used by mmselfsup) on frozen features.
 
 Features of Feature1..Feature5 (pooled as in the multi-head protocol, images resized to 224x224) are extracted once
-and cached in OUTPUT_DIR/features/, so SVM sweeps never re-extract. A random-init network of the same architecture
-is evaluated beside the pretrained one (disable with --baseline none). The best layer's mAP comes with its bootstrap
-95 % interval over the test images and the paired gain over the random network (util/eval/bootstrap.py).
+and cached in OUTPUT_DIR/features/, so SVM sweeps never re-extract. The trivial baselines are evaluated beside the
+pretrained network (--baseline): the random-init network of the same architecture with BatchNorm's initial statistics
+and with statistics recomputed on the training images, and the pixels (one "layer": the flattened input images, for
+images of at most 64 px). The best layer's mAP comes with its bootstrap 95 % interval over the test images and the
+paired gains over the random network (the higher of its two) and over the pixels (util/eval/bootstrap.py).
 """
 
 from __future__ import annotations
@@ -25,13 +27,21 @@ from util.checkpoint import atomic_write
 from util.data import make_source, resolve_data_defaults
 from util.errors import UserError, script_entry
 from util.eval.bootstrap import add_intervals, map_statistic
-from util.eval.pretrained import load_backbone, networks_to_evaluate, resolve_pretrained, weights_identities
+from util.eval.pretrained import (
+    NETWORK_PREFIXES,
+    PIXELS,
+    evaluated_network,
+    networks_to_evaluate,
+    resolve_pretrained,
+    weights_identities,
+)
 from util.eval.probe_features import probe_inputs
 from util.eval.probes import TAP_NAMES, build_tap_pooling
-from util.eval.results import gain_row, publish, row_identity
+from util.eval.results import gain_row, network_rows, publish
 from util.eval.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, l2_normalize_features, lowshot_protocol
 from util.eval.voc import LabelledSplit, is_voc_data, svm_splits
 from util.logging import protocol_notes, provenance
+from util.pixels import pixel_skip_reason, pixel_view
 from util.runtime import start_run
 from util.tracking import Tracker, init_tracker
 
@@ -54,10 +64,12 @@ DEPARTURES = """protocol (Goyal et al. 2019 / mmselfsup VOC07 SVM), with the cho
              the same problems as the published liblinear, a different optimiser. Guarantee: every solution u is
              within a relative distance 1e-3 of its optimum (|u - u*| <= 1e-3 |u|, certified in float64 by
              |grad P(u)| / |u|; problems float32 leaves above it continue in float64; any still above are named in
-             a warning); on CIFAR-10 features the mAP equals liblinear's (to 0.01) at 15-19x its speed for the full
-             protocol and 8.6-9.8x for the low-shot one (README,
-             Measured here); --solver liblinear is scikit-learn's LinearSVC with the protocol's settings (the
-             reference implementation).
+             a warning; its agreement with liblinear and its speed: docs/benchmarks.md); --solver liblinear is
+             scikit-learn's LinearSVC with the protocol's settings (the reference implementation).
+  baselines  (not in the protocol) --baseline all: the random-init network with BatchNorm's initial statistics
+             (random_init_*) and recomputed on the training images in the SVM's view (random_init_recomputed_bn_*),
+             the gain over the higher; the pixels (pixels_*): the same SVMs on the flattened input images (the
+             network's normalisation), the one layer `pixels`; not measured above 64 px (VOC07's 224 px).
   cache      OUTPUT_DIR/features is keyed by the sha256 of the weights and the flags that change the features;
              results.json and every table row name the weights (path, sha256) that produced them.
   ImageFolder / cifar10: one-vs-rest on a single-label dataset (no difficult images)."""
@@ -131,16 +143,23 @@ def main(args: argparse.Namespace) -> None:
 
     # ---- per network: features (cached on disk), full SVM per layer, low-shot on the best layer
     networks = networks_to_evaluate(args.pretrained, args.baseline)
+    skipped = None
+    if (network_pixels := ("pixels", PIXELS)) in networks:
+        skipped = pixel_skip_reason(len(train.images), len(test.images), args.image_size)
+        if skipped is not None:
+            logger.info("pixel baseline not measured: %s", skipped)
+            networks.remove(network_pixels)
     identities = weights_identities(networks, args.arch, args.sobel, args.seed)
-    results: dict = {}
+    results: dict = {"pixels_not_measured": skipped} if skipped is not None else {}
     statistics: dict = {}  # the best layer's mAP from every layer's per-image scores, for the bootstrap intervals
     solver = get_solver(args.solver, str(device))
     for network, weights in networks:
-        feats = cached_features(args, network, weights, identities[network], train, test, layers, device, output_dir)
+        scored = [PIXELS] if network == "pixels" else layers  # the pixels are one "layer"
+        feats = cached_features(args, network, weights, identities[network], train, test, scored, device, output_dir)
         if not info.is_main:
             continue
-        prefix = "" if network == "pretrained" else "random_init_"
-        found, layer_scores = svm_scores(args, feats, train, test, layers, costs, ks, solver)
+        prefix = NETWORK_PREFIXES[network]
+        found, layer_scores = svm_scores(args, feats, train, test, scored, costs, ks, solver)
         results.update({prefix + k: v for k, v in found.items()})
         if layer_scores:  # the best layer is picked again on every resample
             statistics[prefix + "best_map"] = map_statistic(layer_scores, test.labels)
@@ -223,23 +242,34 @@ def load_feature_cache(
 
 @torch.inference_mode()
 def extract_to_disk(args, network: str, weights: str, splits: dict, layers, device, folder: Path) -> None:
-    torch.manual_seed(args.seed)
-    backbone = load_backbone(weights, args.arch, args.sobel, device, args.channels_last)
-    pooling = build_tap_pooling(backbone, args.arch, args.image_size, device)
-    taps = [TAP_NAMES.index(layer) for layer in layers]
-
-    def probe_taps(images: torch.Tensor, taps: list[int]) -> list[torch.Tensor]:
-        pooled = probe_inputs(backbone, pooling, images)[0]
-        return [pooled[t] for t in taps]
-
+    """Every split's features of every layer, in OUTPUT_DIR/features/NETWORK-SPLIT-LAYER.npy: the network's pooled
+    taps, or the flattened input images (the pixels' one layer)."""
     spec = augment_preset("paper", args.image_size)
-    for split, labelled in splits.items():
+    sources = {
+        split: make_source(labelled.images, args.image_size, spec, args.in_memory, args.workers, square=True)
+        for split, labelled in splits.items()
+    }
+    torch.manual_seed(args.seed)
+    backbone = evaluated_network(network, weights, args.arch, args.sobel, device, sources["train"], args.channels_last)
+    if network == "pixels":
+
+        def features(images: torch.Tensor) -> list[torch.Tensor]:
+            return [pixel_view(images, "input")]  # (B, 3 S S) the network's input, flattened
+
+    else:
+        pooling = build_tap_pooling(backbone, args.arch, args.image_size, device)
+        taps = [TAP_NAMES.index(layer) for layer in layers]
+
+        def features(images: torch.Tensor) -> list[torch.Tensor]:
+            pooled = probe_inputs(backbone, pooling, images)[0]
+            return [torch.flatten(pooled[t], 1).float() for t in taps]
+
+    for split, source in sources.items():
         start = time.perf_counter()
-        source = make_source(labelled.images, args.image_size, spec, args.in_memory, args.workers, square=True)
         columns = dist_util.sharded_map(
             np.arange(len(source)),
             lambda shard, source=source: source.eval_batches(shard, args.batch_size, device),
-            lambda images: [torch.flatten(pooled, 1).float() for pooled in probe_taps(images, taps)],
+            features,
             len(source),
         )
         for layer, column in zip(layers, columns, strict=True):
@@ -306,14 +336,18 @@ def write_results(args, results: dict, identities: dict, output_dir: Path, track
     (path and content hash) that produced its numbers."""
     columns = ["Model", "Weights", "Config", "Best Layer", "SVM", *[f"k={k}" for k in ks]]
     config = f"{args.arch}{'+sobel' if args.sobel else ''}"
-    rows = []
-    for network, prefix in (("pretrained", ""), ("random_init", "random_init_")):
-        if network in identities and prefix + "best_layer" in results:
-            row = [*row_identity(network, args.pretrained, identities), config, results[prefix + "best_layer"]]
-            rows.append(
-                row + [results.get(prefix + "best_map")] + [results.get(f"{prefix}lowshot_k{k}_map") for k in ks]
-            )
-    rows += gain_row(results, ["best_map"], ["gain over random init", "paired", config, "-"])
+    rows = network_rows(
+        results,
+        identities,
+        args.pretrained,
+        lambda prefix: [
+            config,
+            results.get(prefix + "best_layer"),
+            results.get(prefix + "best_map"),
+            *(results.get(f"{prefix}lowshot_k{k}_map") for k in ks),
+        ],
+    )
+    rows += gain_row(results, ["best_map"], ["paired", config, "-"])
     rows = [row + [None] * (len(columns) - len(row)) for row in rows]  # the gain row has no low-shot gains
     meta = {
         "evaluation": "svm",

@@ -51,7 +51,14 @@ from util.pretrain.clustering import (
 from util.pretrain.epoch_log import PhaseTimer, close_record
 from util.pretrain.features import extract_features
 from util.pretrain.maps import maps_on
-from util.pretrain.monitor import add_monitor_args, build_held_out, measure_floor, monitor_pass, resolve_knn_every
+from util.pretrain.monitor import (
+    add_monitor_args,
+    build_held_out,
+    floors_of,
+    measure_floor,
+    monitor_pass,
+    resolve_knn_every,
+)
 from util.pretrain.outputs import add_output_args
 from util.pretrain.probe import OnlineProbe, wants_probe
 from util.pretrain.recipe import apply_rule
@@ -382,7 +389,7 @@ def run_epoch(run: Run, epoch: int, state: RunState, train: bool = True) -> tupl
                 project=trunk.project,
             )
             knn.update(floor)
-            state.knn_floor = knn["knn_floor"]
+            state.floors = floors_of(knn)
     # 3-4. cluster the (N, pca_dim) features; pseudo-labels 0..K'-1 over the non-empty clusters
     with times("cluster"):
         result = cluster(args, features, int(run.cluster_rng.integers(2**31)), run.device, run.info)
@@ -398,7 +405,7 @@ def run_epoch(run: Run, epoch: int, state: RunState, train: bool = True) -> tupl
     passes = times["time_extract"] + times["time_cluster"] + times["time_train"]
     record = {"epoch": epoch, "loss": stats["loss"], **cluster_metrics(result, state.assignments, source.targets)}
     record.update(knn, epoch_images_per_s=len(source) / max(passes, 1e-9))
-    return close_record(record, times, stats, state.knn_floor, run.info.world_size, args.epochs), result.assignments
+    return close_record(record, times, stats, state.floors, run.info.world_size, args.epochs), result.assignments
 
 
 def extract(run: Run, epoch: int, monitored: bool) -> tuple[torch.Tensor, dict]:
@@ -565,7 +572,7 @@ def cluster_metrics(result: ClusteringResult, previous: np.ndarray | None, targe
         "ari_labels": ari(result.assignments, targets) if has_labels else None,
         "acc_labels": cluster_accuracy(targets, result.assignments) if has_labels else None,
         "purity_labels": purity(targets, result.assignments) if has_labels else None,
-        "num_clusters": result.num_clusters,
+        "num_clusters": int((sizes > 0).sum()),  # the non-empty clusters, as DeepCluster-v2 counts them
         "empty_clusters": result.empty_clusters,
         "reseeded_clusters": result.reseeded_clusters,
         "kmeans_objective": result.objective,

@@ -41,7 +41,14 @@ from util.pretrain.clock import RunClock
 from util.pretrain.epoch_log import PhaseTimer, close_record
 from util.pretrain.lars import LARS
 from util.pretrain.maps import maps_on
-from util.pretrain.monitor import add_monitor_args, build_held_out, measure_floor, monitor_pass, resolve_knn_every
+from util.pretrain.monitor import (
+    add_monitor_args,
+    build_held_out,
+    floors_of,
+    measure_floor,
+    monitor_pass,
+    resolve_knn_every,
+)
 from util.pretrain.outputs import add_output_args
 from util.pretrain.probe import OnlineProbe, wants_probe
 from util.pretrain.recipe import default_aug
@@ -468,7 +475,7 @@ def run_epoch(run: Run, epoch: int, state: RunState, train: bool = True) -> tupl
     with times("monitor"):
         if run.held_out is not None and (epoch % args.knn_every == 0 or not train):
             knn = monitor(run, epoch, progress)
-            state.knn_floor = knn["knn_floor"] if epoch == 0 else state.knn_floor
+            state.floors = floors_of(knn) if epoch == 0 else state.floors
     with times("cluster"):  # per head: spherical k-means of the bank (filled once before the first epoch)
         if epoch == 0 and not run.bank.fresh.any():
             fill_bank(run, progress)
@@ -481,7 +488,7 @@ def run_epoch(run: Run, epoch: int, state: RunState, train: bool = True) -> tupl
     record = {"epoch": epoch, "loss": stats["loss"], "lr": stats["lr"]}
     record.update(cluster_metrics(results, state.assignments, run.source.targets), **knn)
     assignments = results[0].assignments.numpy()  # head 0's, for NMI and the saved clusters
-    return close_record(record, times, stats, state.knn_floor, run.info.world_size, args.epochs), assignments
+    return close_record(record, times, stats, state.floors, run.info.world_size, args.epochs), assignments
 
 
 def monitor(run: Run, epoch: int, progress: bool) -> dict:

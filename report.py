@@ -137,11 +137,16 @@ def run_lines(runs: list[PretrainRun]) -> list[str]:
     for run in runs:
         trained = sum(1 for r in run.records if not r.get("final"))
         knn = [r for r in run.records if r.get("knn_top1") is not None]
-        monitor = (
-            f"kNN {knn[-1]['knn_top1']:.2f} % after {knn[-1]['epoch']} epochs, random init {knn[0]['knn_top1']:.2f} %"
-            if len(knn) > 1 and knn[0]["epoch"] == 0
-            else "no kNN monitor"
-        )
+        floors = run.floors()
+        monitor = "no kNN monitor"
+        if len(knn) > 1 and floors["knn_floor"] is not None:
+            pixels = floors["knn_floor_pixels"]
+            monitor = (
+                f"kNN {knn[-1]['knn_top1']:.2f} % after {knn[-1]['epoch']} epochs; floors: random init "
+                f"{floors['knn_floor_random']:.2f} %, pixels "
+                + ("not measured" if pixels is None else f"{pixels:.2f} %")
+                + f"; gain over the higher {knn[-1]['knn_top1'] - floors['knn_floor']:+.2f}"
+            )
         state = "finished" if run.finished else "not finished"
         lines.append(
             f"- **{run.name}** ({run.where}): {trained} epochs trained ({state}), {run.args.get('arch', '?')} on "

@@ -24,3 +24,14 @@ def tiny_split_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_image_folder(root / "train", num_classes=4, per_class=40, seed=1)
     make_image_folder(root / "val", num_classes=4, per_class=15, seed=2)
     return root
+
+
+@pytest.fixture(scope="session")
+def digits_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data cache holding scikit-learn's digits as PNG files (`--data sklearn-digits --data-cache DIR`): real
+    images on which the random network, the pixels and a trained network score apart and below 100 %."""
+    from util.datasets import make_digits
+
+    cache = tmp_path_factory.mktemp("digits-cache")
+    make_digits(cache)
+    return cache

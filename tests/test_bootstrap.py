@@ -76,7 +76,13 @@ def test_paired_gain():
     added = add_intervals(
         results, {"knn_top1": accuracy_statistic(better), "random_init_knn_top1": accuracy_statistic(base)}, n, 7
     )
-    assert set(added) == {"knn_top1_ci95", "random_init_knn_top1_ci95", "knn_top1_gain", "knn_top1_gain_ci95"}
+    assert set(added) == {
+        "knn_top1_ci95",
+        "random_init_knn_top1_ci95",
+        "knn_top1_gain",
+        "knn_top1_gain_ci95",
+        "knn_top1_gain_over",
+    }
     assert results["knn_top1_gain"] == results["knn_top1"] - results["random_init_knn_top1"]
     # every resample draws the same images for both networks: the gain is never negative, and its interval is the
     # percentiles of the differences of the two networks' resampled accuracies
@@ -88,6 +94,30 @@ def test_paired_gain():
     same = {"top1": 40.0, "random_init_top1": 40.0}
     add_intervals(same, {"top1": accuracy_statistic(base), "random_init_top1": accuracy_statistic(base)}, n, 7)
     assert same["top1_gain"] == 0.0 and same["top1_gain_ci95"] == [0.0, 0.0]
+
+
+def test_the_gain_is_over_the_higher_random_network_and_apart_over_the_pixels():
+    """Two random-init variants (BatchNorm initial / recomputed): KEY_gain pairs the pretrained network with the one
+    of higher accuracy, KEY_gain_over names it; the pixels get their own paired gain."""
+    n = 300
+    trained, initial, recomputed, pixels = (hits_with(n, count, seed=s) for s, count in enumerate((200, 120, 150, 180)))
+    statistics = {
+        "knn_top1": accuracy_statistic(trained),
+        "random_init_knn_top1": accuracy_statistic(initial),
+        "random_init_recomputed_bn_knn_top1": accuracy_statistic(recomputed),
+        "pixels_knn_top1": accuracy_statistic(pixels),
+    }
+    results = {
+        key: 100.0 * hits.mean() for key, hits in zip(statistics, (trained, initial, recomputed, pixels), strict=True)
+    }
+    add_intervals(results, statistics, n, 3)
+    assert results["knn_top1_gain_over"] == "random_init_recomputed_bn"
+    assert results["knn_top1_gain"] == results["knn_top1"] - results["random_init_recomputed_bn_knn_top1"]
+    apart = resampled(statistics["knn_top1"], n, 3) - resampled(statistics["random_init_recomputed_bn_knn_top1"], n, 3)
+    assert results["knn_top1_gain_ci95"] == percentile_interval(apart)
+    assert results["knn_top1_gain_pixels"] == results["knn_top1"] - results["pixels_knn_top1"]
+    apart = resampled(statistics["knn_top1"], n, 3) - resampled(statistics["pixels_knn_top1"], n, 3)
+    assert results["knn_top1_gain_pixels_ci95"] == percentile_interval(apart)
 
 
 def test_intervals_follow_the_seed_and_only_the_seed():

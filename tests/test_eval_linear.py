@@ -16,7 +16,7 @@ import torchvision
 from tests.helpers import PYTHON, REPO, random_resnet18, run_script, script_env, wandb_records, wandb_run_dir
 from util.augment import augment_preset
 from util.data import build_source
-from util.eval.pretrained import load_backbone
+from util.eval.pretrained import NETWORK_PREFIXES, RANDOM_NETWORKS, load_backbone
 from util.eval.probe_features import LiveFeatures
 from util.eval.probes import build_tap_pooling
 
@@ -61,36 +61,44 @@ def test_all_protocols_cached_with_random_baseline(tmp_path, tiny_split_folder, 
     )
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text())
-    for prefix in ("", "random_init_"):
-        for key in [f"feature{i}_top1" for i in range(1, 6)] + ["avgpool_top1", "knn_top1", "knn_top5"]:
+    every = [f"feature{i}_top1" for i in range(1, 6)] + ["avgpool_top1", "knn_top1", "knn_top5"]
+    for network, prefix in NETWORK_PREFIXES.items():
+        for key in every if network != "pixels" else ["avgpool_top1", "knn_top1", "knn_top5"]:  # no taps
             assert 0 <= results[prefix + key] <= 100, prefix + key
+    assert "pixels_feature1_top1" not in results and results["pixels_knn_view"] in ("input", "centred")
     assert results["arch"] == "resnet18" and results["cached_features"] is True
-    assert "Feature1" in proc.stderr and "random init" in proc.stderr  # the console table
+    assert "Feature1" in proc.stderr and "random init, BatchNorm recomputed" in proc.stderr  # the console table
     tables = [r for r in wandb_records(wandb_run_dir(out)) if "linear_eval" in json.dumps(r)]
     assert tables, "the W&B run holds the linear_eval table"
     # The W&B table file, read back from the offline run: every cell equals results.json.
     (table_file,) = (wandb_run_dir(out) / "files").rglob("linear_eval*.table.json")
     table = json.loads(table_file.read_text())
     keys = [f"feature{i}_top1" for i in range(1, 6)] + ["avgpool_top1", "knn_top1"]
-    *networks, gains = table["data"]
-    for row in networks:
-        prefix = "" if row[0].startswith("pretrained") else "random_init_"
-        weights = results["weights"]["pretrained" if not prefix else "random_init"]["sha256"]
-        assert row[1] == f"sha256:{weights[:12]}"
-        assert row[3:] == [results[prefix + key] for key in keys]
-    assert gains[0] == "gain over random init" and gains[3:] == [results[f"{key}_gain"] for key in keys]
+    *networks, gains, pixel_gains = table["data"]
+    assert [row[0] for row in networks[1:]] == ["random init", "random init, BatchNorm recomputed", "pixels"]
+    for row, (network, prefix) in zip(networks, NETWORK_PREFIXES.items(), strict=True):
+        weights = "no network" if network == "pixels" else f"sha256:{results['weights'][network]['sha256'][:12]}"
+        assert row[1] == weights
+        assert row[3:] == [results.get(prefix + key) for key in keys]
+    assert gains[0].startswith("gain over random init") and gains[3:] == [results[f"{key}_gain"] for key in keys]
+    assert pixel_gains[0] == "gain over the pixels"
+    assert pixel_gains[3:] == [results.get(f"{key}_gain_pixels") for key in keys]
     # the bootstrap over the validation images: an interval per number, a paired interval per gain
     for key in keys:
-        assert results[f"{key}_gain"] == results[key] - results["random_init_" + key]
-        for name in (key, "random_init_" + key, f"{key}_gain"):
+        randoms = {network: results[NETWORK_PREFIXES[network] + key] for network in RANDOM_NETWORKS}
+        higher = max(randoms, key=randoms.get)  # the first of equals: BatchNorm's initial statistics
+        assert results[f"{key}_gain_over"] == higher and results[f"{key}_gain"] == results[key] - randoms[higher]
+        for name in (key, *(NETWORK_PREFIXES[n] + key for n in RANDOM_NETWORKS), f"{key}_gain"):
             low, high = results[f"{name}_ci95"]
             assert low <= high and (-100 <= low <= 100 if name.endswith("gain") else 0 <= low <= 100 and high <= 100)
+    for key in ("avgpool_top1", "knn_top1"):
+        assert results[f"{key}_gain_pixels"] == results[key] - results[f"pixels_{key}"]
     assert results["bootstrap"]["resamples"] == 1000 and "95 % CI" in proc.stderr
     # the kept hits are those of the reported numbers: the last epoch, AvgPool's best (the first of equals), kNN
     state = torch.load(out / "linear_state.pth", weights_only=False)
-    assert len(state["tasks"]) == 6
+    assert len(state["tasks"]) == 3 * 3 + 2  # three networks x three protocols; the pixels: AvgPool and kNN
     for task in state["tasks"].values():
-        prefix = "" if task["name"].startswith("pretrained") else "random_init_"
+        prefix = NETWORK_PREFIXES[task["name"].split("/")[0]]
         found = task["results"]
         for key, hits in found["per_image"]["hits"].items():
             if hits.ndim == 2:  # AvgPool: every epoch, the reported one the first with the most top-1 hits

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 
 import numpy as np
 import pytest
@@ -43,49 +43,6 @@ def test_streaming_knn_equals_brute_force_whatever_the_batching():
 
 
 @pytest.mark.slow
-def test_monitor_logs_the_floor_and_agrees_with_eval_linear(tmp_path, tiny_split_folder):
-    """The monitor's epoch-0 kNN is the random network's and equals eval_linear's random_init_knn_top1; its final
-    record equals eval_linear's kNN of the saved checkpoint (independent extraction, all training images)."""
-    out = tmp_path / "run"
-    args = [
-        "--data",
-        str(tiny_split_folder / "train"),
-        "--knn-data",
-        str(tiny_split_folder / "val"),
-        "--epochs",
-        "2",
-        "--output-dir",
-        str(out),
-        *TINY,
-    ]
-    proc = run_script("main_deepcluster.py", args, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    records = read_jsonl(out / "log.jsonl")
-    assert [r["epoch"] for r in records] == [0, 1, 2] and records[-1]["final"] is True
-    assert all(r["knn_floor"] == records[0]["knn_top1"] for r in records)
-    assert "(floor " in proc.stderr
-
-    evaluated = tmp_path / "eval"
-    proc = run_script(
-        "eval_linear.py",
-        [
-            "--pretrained",
-            str(out / "checkpoint.pth"),
-            "--data",
-            str(tiny_split_folder),
-            *"--protocol knn --image-size 32 --batch-size 16 --workers 0 --output-dir".split(),
-            str(evaluated),
-        ],
-        tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads((evaluated / "results.json").read_text())
-    one_image = 100.0 / 60  # 60 held-out images: the two extractions may differ in the last float bits only
-    assert abs(records[-1]["knn_top1"] - results["knn_top1"]) <= one_image
-    assert abs(records[0]["knn_top1"] - results["random_init_knn_top1"]) <= one_image
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("reassign", ["1", "2.5"])
 def test_reassign_sets_the_images_trained_per_clustering(tmp_path, tiny_folder, reassign):
     out = tmp_path / "run"
@@ -112,7 +69,11 @@ def test_true_labels_sanity_check_lifts_knn_far_above_the_floor(tmp_path):
     assert proc.returncode == 0, proc.stderr
     records = read_jsonl(out / "log.jsonl")
     floor, final = records[0]["knn_top1"], records[-1]["knn_top1"]
-    assert final > floor + 5.0, (floor, [r["knn_top1"] for r in records])
+    # more than 4 standard errors of the difference of two accuracies on the 10,000 test images (the bound for two
+    # independent samples; the networks are scored on the same images, which only narrows the true spread)
+    share = (floor + final) / 200
+    margin = 4 * 100 * math.sqrt(2 * share * (1 - share) / 10_000)
+    assert final > floor + margin, (floor, final, margin)
 
 
 def test_monitor_bad_inputs(tmp_path, tiny_folder, tiny_split_folder):

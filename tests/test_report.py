@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 from tests.helpers import run_in_one_process, run_script, wandb_records, wandb_run_dir, wandb_summary
+from util.eval.pretrained import NETWORK_PREFIXES
 from util.pretrain.cluster_images import choose_clusters
 from util.report.sources import PretrainRun, history_records, merge_runs
-from util.report.tables import GAIN_LABEL, MISSING
+from util.report.tables import GAIN_LABEL, MISSING, PIXEL_GAIN_LABEL
 
 pytestmark = pytest.mark.slow
 
@@ -73,20 +74,26 @@ def markdown_row(markdown: str, section: str, first_cells: list[str]) -> dict[st
 
 
 def check_table(run: Path, kind: str, csv_name: str, keys: dict, markdown: str, section: str) -> None:
-    """Every number of the pretrained and random-init rows, and of the gain row under them, equals results.json
-    (CSV exactly, Markdown to 2 decimals), with its bootstrap interval, beside the hash of the weights that
-    produced it."""
+    """Every number of every network's row (pretrained, random init both ways, pixels), and of the gain rows under
+    them, equals results.json (CSV exactly, Markdown to 2 decimals), with its bootstrap interval, beside the hash of
+    the weights that produced it."""
     results = results_of(run, kind)
     rows = read_csv(run / "report" / csv_name)
-    (gains,) = [r for r in rows if r["Model"] == GAIN_LABEL]
-    for model, prefix in (("pretrained", ""), ("random_init", "random_init_"), ("gain", "")):
-        weights = "-" if model == "gain" else short(results["weights"][model]["sha256"])
-        row = gains if model == "gain" else next(r for r in rows if r["Weights"] == weights)
+    assert set(results["weights"]) == set(NETWORK_PREFIXES)  # --baseline all: every baseline
+    networks = list(NETWORK_PREFIXES.items())
+    for model, prefix in [*networks, ("gain", ""), ("gain_pixels", "")]:
+        if model.startswith("gain"):
+            weights = "-"
+            (row,) = [r for r in rows if r["Model"] == (GAIN_LABEL if model == "gain" else PIXEL_GAIN_LABEL)]
+        else:
+            weights = "no network" if model == "pixels" else short(results["weights"][model]["sha256"])
+            row = next(r for r in rows if r["Weights"] == weights)
         md = markdown_row(markdown, section, [row["Model"], weights])
         for column, key in keys.items():
-            name = prefix + key + ("_gain" if model == "gain" else "")
-            if name not in results:  # low-shot: no test-image interval, no gain
-                assert row[column] == "" and md[column] == "-" and model == "gain", (model, column)
+            name = prefix + key + (f"_{model}" if model.startswith("gain") else "")
+            if name not in results:  # low-shot: no test-image interval, no gain; the pixels: no multi-head taps
+                assert row[column] == "" and md[column] == "-", (model, column)
+                assert model.startswith("gain") or model == "pixels", (model, column)
                 continue
             assert float(row[column]) == results[name], (model, column)
             interval = results.get(f"{name}_ci95")
@@ -115,8 +122,12 @@ def test_tables_match_results_json(reported):
     )
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     (final,) = [r for r in knn if r["Measured by"].startswith("monitor, final")]
-    (floor,) = [r for r in knn if r["Measured by"] == "monitor, epoch 0"]
-    assert float(final["Top-1"]) == records[-1]["knn_top1"] and float(floor["Top-1"]) == records[0]["knn_top1"]
+    assert float(final["Top-1"]) == records[-1]["knn_top1"]
+    floors = {r["Model"]: float(r["Top-1"]) for r in knn if r["Measured by"] == "monitor, epoch 0"}
+    assert floors == {
+        "random init (the run's floor: higher BatchNorm statistics)": records[0]["knn_floor_random"],
+        "pixels (the run's floor: higher view)": records[0]["knn_floor_pixels"],
+    }
     # the checkpoint the evaluations read is the run's: its rows are labelled with the run's name
     assert final["Weights"] == row["Weights"]
     # no semi-supervised evaluation: the run's row is missing; published rows (ImageNet, VOC2007) only beside runs
@@ -242,11 +253,12 @@ def test_report_from_offline_wandb_runs_equals_the_folder_report(reported):
     tmp, run = reported
     from_wandb = tmp / "from-wandb"
     for name, keys in (("linear_tiny_split0.csv", LINEAR_KEYS), ("svm.csv", SVM_KEYS)):
-        from_folder = {r["Weights"]: r for r in read_csv(run / "report" / name) if r["Weights"].startswith("sha256")}
-        wandb_rows = {r["Weights"]: r for r in read_csv(from_wandb / name) if r["Weights"].startswith("sha256")}
-        assert from_folder.keys() == wandb_rows.keys() and len(from_folder) == 2
+        networks = ("sha256", "no network")  # the pretrained network, random init both ways; the pixels
+        from_folder = {r["Weights"]: r for r in read_csv(run / "report" / name) if r["Weights"].startswith(networks)}
+        wandb_rows = {r["Weights"]: r for r in read_csv(from_wandb / name) if r["Weights"].startswith(networks)}
+        assert from_folder.keys() == wandb_rows.keys() and len(from_folder) == 4
         for weights, row in from_folder.items():
-            assert [float(row[c]) for c in keys] == [float(wandb_rows[weights][c]) for c in keys]
+            assert [row[c] for c in keys] == [wandb_rows[weights][c] for c in keys]
             intervals = [c for c in row if c.endswith(("95% low", "95% high"))]  # from the W&B summary's _low/_high
             assert intervals and [row[c] for c in intervals] == [wandb_rows[weights][c] for c in intervals]
     # the run's W&B history holds a row per epoch plus the cluster image of epoch 1: still 2 epochs, then the final

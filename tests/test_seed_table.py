@@ -5,21 +5,39 @@ from __future__ import annotations
 import numpy as np
 
 from util.report.sources import Evaluation, PretrainRun
-from util.report.tables import GAIN_LABEL, Measured, knn_table, seed_table, semisup_table, to_csv, to_markdown
+from util.report.tables import (
+    FLOOR_GAIN_LABEL,
+    GAIN_LABEL,
+    Measured,
+    knn_table,
+    seed_table,
+    semisup_table,
+    to_csv,
+    to_markdown,
+)
 
 
-def run(name: str, seed: int, knn: float, floor: float, k: int = 10) -> PretrainRun:
-    records = [{"epoch": 0, "knn_top1": floor, "nmi_labels": 0.1}, {"epoch": 2, "knn_top1": knn, "final": True}]
+def run(name: str, seed: int, knn: float, floor: float, k: int = 10, pixels: float | None = None) -> PretrainRun:
+    """A finished run whose records carry its floors as the monitor writes them: the random network's (`floor`, the
+    higher of its two BatchNorm variants: epoch 0's kNN, the initial statistics', is 2 points lower), the pixels'
+    and the floor, the higher of the two."""
+    floors = {"knn_floor_random": floor, "knn_floor_pixels": pixels, "knn_floor": max(floor, pixels or floor)}
+    records = [
+        {"epoch": 0, "knn_top1": floor - 2.0, "nmi_labels": 0.1, **floors},
+        {"epoch": 2, "knn_top1": knn, "final": True, **floors},
+    ]
     records[-1].update(probe_top1=knn + 10, nmi_labels=0.3 + seed / 10)
     args = {"seed": seed, "k": k, "data": "cifar10", "output_dir": f"runs/{name}", "wandb_name": name}
     return PretrainRun(name, f"runs/{name}", records, None, args)
 
 
 def test_runs_differing_only_in_seed_get_mean_and_deviation():
+    """Each run's gain is its final kNN minus its own floor: the higher of its random network's (not epoch 0's kNN,
+    the initial BatchNorm statistics') and its pixels'."""
     runs = [
-        run("a", 0, 45.0, 40.0),
-        run("b", 1, 47.0, 41.0),
-        run("c", 2, 49.0, 39.0),
+        run("a", 0, 45.0, 40.0, pixels=38.0),
+        run("b", 1, 47.0, 41.0, pixels=44.0),  # the pixels are this run's floor
+        run("c", 2, 49.0, 39.0, pixels=37.0),
         run("other-k", 3, 60.0, 40.0, 20),
     ]
     table = seed_table(runs)
@@ -28,10 +46,22 @@ def test_runs_differing_only_in_seed_get_mean_and_deviation():
     assert row["Runs"] == "a, b, c" and row["Seeds"] == "0, 1, 2"
     assert row["kNN"] == f"{np.mean([45, 47, 49]):.2f} ± {np.std([45, 47, 49], ddof=1):.2f}" == "47.00 ± 2.00"
     assert row["Online probe"] == "57.00 ± 2.00"
-    assert row["Floor (kNN)"] == "40.00 ± 1.00"
-    gains = [45 - 40, 47 - 41, 49 - 39]  # each run against its own random network
+    assert row["Floor: random init (kNN)"] == "40.00 ± 1.00"
+    assert row["Floor: pixels (kNN)"] == f"{np.mean([38, 44, 37]):.2f} ± {np.std([38, 44, 37], ddof=1):.2f}"
+    floors = [40, 44, 39]
+    assert row["Floor (kNN)"] == f"{np.mean(floors):.2f} ± {np.std(floors, ddof=1):.2f}"
+    gains = [45 - 40, 47 - 44, 49 - 39]  # each run against its own floor
     assert row["Gain over the floor"] == f"{np.mean(gains):.2f} ± {np.std(gains, ddof=1):.2f}"
     assert "47.00 ± 2.00" in to_csv(table)
+
+
+def test_the_knn_table_shows_each_runs_floors_and_its_gain_over_the_higher():
+    table = knn_table([run("b", 1, 47.0, 41.0, pixels=44.0)], [])
+    by_model = {row[0]: row for row in table.rows}
+    top1 = table.columns.index("Top-1")
+    assert by_model["random init (the run's floor: higher BatchNorm statistics)"][top1] == 41.0
+    assert by_model["pixels (the run's floor: higher view)"][top1] == 44.0
+    assert by_model[FLOOR_GAIN_LABEL][top1] == 47.0 - 44.0
 
 
 def test_no_table_without_repeats():
@@ -67,11 +97,11 @@ def test_evaluation_tables_get_rows_over_seeds():
     assert set(over) == {
         "a and 2 more: mean over seeds 0,1,2",
         "a and 2 more: random init, mean over seeds 0,1,2",
-        "a and 2 more: gain, mean over seeds 0,1,2",
+        "a and 2 more: gain over random init, mean over seeds 0,1,2",
     }
     column = table.columns.index("Top-1 (%)")
     gains = np.subtract(tops, floors)
-    for label, values in (("", tops), ("random init, ", floors), ("gain, ", gains)):
+    for label, values in (("", tops), ("random init, ", floors), ("gain over random init, ", gains)):
         cell = over[f"a and 2 more: {label}mean over seeds 0,1,2"][column]
         assert isinstance(cell, Measured) and cell.n == 3
         assert cell == np.mean(values) and cell.std == np.std(values, ddof=1)

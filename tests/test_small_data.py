@@ -15,12 +15,12 @@ from torch import nn
 
 from tests.helpers import make_image_folder, read_jsonl, run_script
 from util.augment import BatchAugment, augment_preset
-from util.data import DataProfile, build_source, profile_data, resolve_image_defaults
+from util.batchnorm import BN_RECOMPUTE_BATCH, recompute_batchnorm
+from util.data import DataProfile, build_source, extraction_order, profile_data, resolve_image_defaults
 from util.datasets import DIGITS_SIZE, DIGITS_TEST, digits_arrays, make_digits
 from util.metrics import cluster_accuracy
 from util.pretrain.clock import RunClock
-from util.pretrain.features import extraction_order
-from util.pretrain.monitor import held_out_clustering, recompute_batchnorm
+from util.pretrain.monitor import held_out_clustering
 from util.pretrain.recipe import MIN_PCA_DIM, MIN_STEPS_PER_CLUSTERING, PAPER, apply_rule, rule
 
 
@@ -97,7 +97,8 @@ def test_rule_counts_every_process_and_flags_given_win():
     args = argparse.Namespace(data="sklearn-digits", k=50, **unset)
     departures = apply_rule(args, DataProfile(1_400, 32, 10), world_size=1)
     assert (args.k, args.pca_dim, args.batch_size, args.reassign, args.aug) == (50, 32, 64, 8.0, "noflip")
-    assert departures == ["--pca-dim 32", "--batch-size 64", "--reassign 8"]  # k was given: not the rule's
+    # every value that differs from the paper's, the given k too: a departure whoever chose it
+    assert departures == ["--k 50", "--pca-dim 32", "--batch-size 64", "--reassign 8"]
 
 
 def test_image_defaults_follow_the_images(tmp_path):
@@ -152,14 +153,15 @@ class ToFloat64(nn.Module):
 
 def test_recomputed_batchnorm_is_the_average_of_the_batch_statistics(digits_root):
     """Checked in float64, where the two reductions agree to ~1e-12 whatever their order."""
-    source = build_source("sklearn-digits", "train", 32, augment_preset("noflip", 32), 200, True, 0, digits_root.parent)
+    num = BN_RECOMPUTE_BATCH + 144  # two batches of unequal size
+    source = build_source("sklearn-digits", "train", 32, augment_preset("noflip", 32), num, True, 0, digits_root.parent)
     torch.manual_seed(0)
     net = nn.Sequential(ToFloat64(), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
     net = net.double()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    copy = recompute_batchnorm(net, source, batch_size=64, device=torch.device("cpu"))
+    copy = recompute_batchnorm(net, source, device=torch.device("cpu"))
     means, variances = [], []
-    for images, _ in source.eval_batches(extraction_order(200), 64, torch.device("cpu")):
+    for images, _ in source.eval_batches(extraction_order(num), BN_RECOMPUTE_BATCH, torch.device("cpu")):
         activations = net[1](images.double()).detach()
         means.append(activations.mean((0, 2, 3)))
         variances.append(activations.var((0, 2, 3), unbiased=True))
@@ -183,8 +185,8 @@ def test_digits_run_logs_the_rule_and_the_floor_both_ways(tmp_path):
     )
     first, final = read_jsonl(out / "log.jsonl")
     assert first["knn_floor_init_bn"] == first["knn_top1"]
-    assert first["knn_floor"] == max(first["knn_floor_init_bn"], first["knn_floor_recomputed_bn"])
-    assert final["knn_floor"] == first["knn_floor"]
+    assert first["knn_floor_random"] == max(first["knn_floor_init_bn"], first["knn_floor_recomputed_bn"])
+    assert final["knn_floor_random"] == first["knn_floor_random"]
     assert first["train_images"] == 256 * 8 // 64 * 64
     for record in (first, final):
         assert 0 <= record["test_kmeans_acc"] <= 100 and 0 <= record["test_kmeans_acc_std"] <= 50
@@ -230,13 +232,14 @@ def test_recomputing_batchnorm_draws_nothing_from_the_global_generators(digits_r
     the head's initialisation or any later draw of the run."""
     from models import build_model
 
-    source = build_source("sklearn-digits", "train", 64, augment_preset("noflip", 64), 64, True, 0, digits_root.parent)
+    num = BN_RECOMPUTE_BATCH + 64
+    source = build_source("sklearn-digits", "train", 64, augment_preset("noflip", 64), num, True, 0, digits_root.parent)
     net = build_model("alexnet", False)
     before = torch.get_rng_state()
-    copy = recompute_batchnorm(net, source, batch_size=32, device=torch.device("cpu"))
+    copy = recompute_batchnorm(net, source, device=torch.device("cpu"))
     assert torch.equal(torch.get_rng_state(), before)
     moved = [m for m in copy.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert moved and all(int(m.num_batches_tracked) == 2 for m in moved)  # 64 images in 2 batches, all counted
+    assert moved and all(int(m.num_batches_tracked) == 2 for m in moved)  # num images in 2 batches, all counted
 
 
 def test_eval_state_keeps_keyed_states_and_moves_unkeyed_ones_aside(tmp_path):

@@ -123,23 +123,33 @@ def check(per_epoch: list) -> None:
         assert not late, "\n".join(late)
 
 
-def test_v1_steps_read_the_device_once_per_log_interval(monkeypatch, tiny_folder, tmp_path):
-    argv = [*TINY_PRETRAIN, "--data", str(tiny_folder), "--in-memory", "--batch-size", "8", "--epochs", "2"]
+def with_monitor(split_folder) -> list[str]:
+    """The default configuration: a labelled held-out split turns the kNN monitor and the online probe on, and the
+    probe steps inside every training step."""
+    return ["--data", str(split_folder / "train"), "--knn-data", str(split_folder / "val")]
+
+
+def test_v1_steps_read_the_device_once_per_log_interval(monkeypatch, tiny_split_folder, tmp_path):
+    argv = [*TINY_PRETRAIN, *with_monitor(tiny_split_folder), "--in-memory", "--batch-size", "8", "--epochs", "2"]
     argv += ["--log-every", str(LOG_EVERY), "--wandb-mode", "disabled", "--output-dir", str(tmp_path / "v1")]
     args = main_deepcluster.get_args_parser().parse_args(argv)
+    assert args.knn_every is None and args.online_probe  # left to their defaults: on
     with counting(monkeypatch, main_deepcluster, "train_batches") as per_epoch:
         main_deepcluster.main(args)
+    assert args.knn_every == 1 and main_deepcluster.wants_probe(args)
     check(per_epoch)
 
 
-def test_v2_steps_read_the_device_once_per_log_interval(monkeypatch, tiny_folder, tmp_path):
-    argv = ["--data", str(tiny_folder), "--arch", "resnet18", "--image-size", "32", "--in-memory", "--nmb-crops", "2"]
+def test_v2_steps_read_the_device_once_per_log_interval(monkeypatch, tiny_split_folder, tmp_path):
+    argv = [*with_monitor(tiny_split_folder), "--arch", "resnet18", "--image-size", "32", "--in-memory"]
+    argv += ["--nmb-crops", "2"]
     argv += ["--size-crops", "32", "--feat-dim", "16", "--hidden-mlp", "32", "--nmb-prototypes", "12", "8"]
     argv += ["--batch-size", "8", "--epochs", "2", "--log-every", str(LOG_EVERY), "--wandb-mode", "disabled"]
     argv += ["--output-dir", str(tmp_path / "v2")]
     args = main_deepclusterv2.get_args_parser().parse_args(argv)
     with counting(monkeypatch, main_deepclusterv2, "multicrop_batches") as per_epoch:
         main_deepclusterv2.main(args)
+    assert args.knn_every == 1 and main_deepclusterv2.wants_probe(args)
     check(per_epoch)
 
 

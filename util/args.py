@@ -165,9 +165,11 @@ def add_wandb_args(parser: argparse.ArgumentParser, pretraining: bool = False) -
 def add_baseline_arg(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--baseline",
-        choices=("random", "none"),
-        default="random",
-        help="also evaluate a random-init network of the same arch, the floor to beat (default: random)",
+        choices=("all", "random", "none"),
+        default="all",
+        help="the trivial baselines scored beside the network, which it must beat: random = the random-init network "
+        "of the same arch twice, with BatchNorm's initial statistics and with statistics recomputed on the training "
+        "images (gains are over the higher); all = that and the pixels (images of at most 64 px); none (default: all)",
     )
 
 

@@ -148,6 +148,15 @@ def subset_indices(num_images: int, subset: int | None) -> np.ndarray:
     return np.sort(np.random.default_rng(0).permutation(num_images)[:subset])
 
 
+EXTRACTION_ORDER_SEED = 12345  # fixed: the order never depends on --seed
+
+
+def extraction_order(num: int) -> np.ndarray:
+    """A fixed random permutation of the images, the order of every pass over them in the deterministic view: its
+    first M images are a uniform sample (the PCA fit, the BatchNorm recomputation)."""
+    return np.random.default_rng(EXTRACTION_ORDER_SEED).permutation(num)
+
+
 def load_image(path: str) -> Image.Image:
     """Open an RGB image; a file that does not decode is reported with its path."""
     try:

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from util.dist import all_gather_rows, current
 
+KNN_K, KNN_TEMPERATURE = 20, 0.07  # neighbours and vote temperature of every weighted kNN here (Wu et al. 2018)
+
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     """Rows to unit L2 norm, float32: x / max(|x|, 1e-12). x: (N, D). The one normaliser of the code base (the SVM
@@ -28,7 +30,12 @@ class StreamingKnn:
     """
 
     def __init__(
-        self, test_feats: torch.Tensor, num_classes: int, k: int = 20, temperature: float = 0.07, chunk: int = 4096
+        self,
+        test_feats: torch.Tensor,
+        num_classes: int,
+        k: int = KNN_K,
+        temperature: float = KNN_TEMPERATURE,
+        chunk: int = 4096,
     ) -> None:
         self.test = l2_normalize(test_feats)  # (M, D)
         self.num_classes, self.k, self.temperature, self.chunk = num_classes, k, temperature, chunk
@@ -71,8 +78,8 @@ def knn_predict(
     train_labels: torch.Tensor,
     test_feats: torch.Tensor,
     num_classes: int,
-    k: int = 20,
-    temperature: float = 0.07,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
 ) -> torch.Tensor:
     """Weighted kNN class scores (M, C) of test_feats (M, D) given train_feats (N, D) with labels (N,)."""
     return StreamingKnn(test_feats, num_classes, k, temperature).update(train_feats, train_labels).scores()

@@ -41,6 +41,13 @@ class TapPooling(nn.Module):
         return [pool(tap) for pool, tap in zip(self.pools, taps, strict=True)]
 
 
+class NoTaps(nn.Module):
+    """The pooling of a network without multi-head taps (the pixel baseline): no pooled tap."""
+
+    def forward(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return []
+
+
 def build_tap_pooling(backbone: Backbone, arch: str, image_size: int, device: torch.device) -> TapPooling:
     check_image_size(backbone, arch, image_size)
     with torch.inference_mode():

@@ -10,6 +10,7 @@ from pathlib import Path
 from util.checkpoint import atomic_write
 from util.config import write_config
 from util.eval.bootstrap import METHOD, interval_lines
+from util.eval.pretrained import NETWORK_LABELS, NETWORK_PREFIXES
 from util.tracking import Tracker
 
 logger = logging.getLogger("deepcluster")
@@ -17,8 +18,20 @@ logger = logging.getLogger("deepcluster")
 
 def row_identity(network: str, pretrained: str, identities: dict) -> list[str]:
     """The first two cells of every results row: which network, and the content hash of its weights."""
-    label = f"pretrained ({Path(pretrained).name})" if network == "pretrained" else "random init"
+    if network == "pixels":
+        return [NETWORK_LABELS[network], "no network"]
+    label = f"pretrained ({Path(pretrained).name})" if network == "pretrained" else NETWORK_LABELS[network]
     return [label, f"sha256:{identities[network]['sha256'][:12]}"]
+
+
+def network_rows(results: dict, identities: dict, pretrained: str, cells) -> list[list]:
+    """One row per network evaluated (NETWORK_PREFIXES' order): its identity, then cells(prefix) (None where the
+    network has no number)."""
+    return [
+        [*row_identity(network, pretrained, identities), *cells(prefix)]
+        for network, prefix in NETWORK_PREFIXES.items()
+        if network in identities
+    ]
 
 
 def format_table(columns: list[str], rows: list[list]) -> str:
@@ -30,10 +43,18 @@ def format_table(columns: list[str], rows: list[list]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells)
 
 
+GAIN_ROWS = (("gain", "gain over random init (the higher BatchNorm)"), ("gain_pixels", "gain over the pixels"))
+
+
 def gain_row(results: dict, keys: list[str], lead: list[str]) -> list[list]:
-    """The row of paired gains (pretrained minus random init) under the two networks' rows, when there are both."""
-    gains = [results.get(f"{key}_gain") for key in keys]
-    return [[*lead, *gains]] if any(g is not None for g in gains) else []
+    """The rows of paired gains under the networks' rows: over the random-init network, over the pixels (each when
+    measured); `lead` after the row's label."""
+    rows = []
+    for suffix, label in GAIN_ROWS:
+        gains = [results.get(f"{key}_{suffix}") for key in keys]
+        if any(g is not None for g in gains):
+            rows.append([label, *lead, *gains])
+    return rows
 
 
 def publish(

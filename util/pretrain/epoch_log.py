@@ -29,21 +29,23 @@ class PhaseTimer(dict):
 
 
 def close_record(
-    record: dict, times: PhaseTimer, stats: dict, knn_floor: float | None, world_size: int, epochs: int
+    record: dict, times: PhaseTimer, stats: dict, floors: dict | None, world_size: int, epochs: int
 ) -> dict:
     """The end of an epoch's record, the same in both scripts: phase times, images trained (all processes) and their
-    rate, the floor beside a kNN measurement, `final` for the measurement without training; then its console line."""
+    rate, the floors beside a kNN measurement with the gain over the floor (the higher trivial baseline), `final` for
+    the measurement without training; then its console line."""
     train_images = stats["images"] * world_size  # whole batches
     record.update(times, train_images=train_images, images_per_s=train_images / max(times["time_train"], 1e-9))
-    if record.get("knn_top1") is not None:
-        record["knn_floor"] = knn_floor
+    if record.get("knn_top1") is not None and floors is not None:
+        record.update(floors)
+        record["knn_gain"] = record["knn_top1"] - floors["knn_floor"]
     if record["loss"] is None:
         record["final"] = True
-    log_epoch_line(record, epochs, knn_floor, tuple(key[len("time_") :] for key in times))
+    log_epoch_line(record, epochs, tuple(key[len("time_") :] for key in times))
     return record
 
 
-def log_epoch_line(record: dict, epochs: int, knn_floor: float | None, phases: tuple[str, ...]) -> None:
+def log_epoch_line(record: dict, epochs: int, phases: tuple[str, ...]) -> None:
     """The console line of an epoch: loss, NMI, clusters, the kNN monitor beside its floor, the phases' times
     (record["time_<phase>"]) and the training throughput."""
     title = f"epoch {record['epoch']}/{epochs}" + (" (final network, no training)" if record.get("final") else "")
@@ -55,12 +57,24 @@ def log_epoch_line(record: dict, epochs: int, knn_floor: float | None, phases: t
         f"clusters {record['num_clusters']} (empty {record['empty_clusters']})",
     ]
     if record.get("knn_top1") is not None:
-        parts.append(f"knn {record['knn_top1']:.2f} (floor {_fmt(knn_floor, 2)})")
+        parts.append(f"knn {record['knn_top1']:.2f} ({floor_words(record)})")
     if record.get("probe_top1") is not None:
         parts.append(f"online probe {record['probe_top1']:.2f}")
     times = "  ".join(f"{phase} {record[f'time_{phase}']:.1f}s" for phase in phases)
     parts.append(f"{times}  {record['images_per_s']:.0f} img/s")
     logger.info("  ".join(parts))
+
+
+def floor_words(record: dict) -> str:
+    """`floor 47.96 = pixels, random 39.57, gain -2.79`: the floor, which baseline it is, the other, the gain."""
+    floor, random, pixels = (record.get(key) for key in ("knn_floor", "knn_floor_random", "knn_floor_pixels"))
+    if floor is None:
+        return "floor n/a"
+    if pixels is not None and pixels >= (random if random is not None else pixels):
+        words = f"floor {floor:.2f} = pixels" + (f", random network {random:.2f}" if random is not None else "")
+    else:
+        words = f"floor {floor:.2f} = random network" + (f", pixels {pixels:.2f}" if pixels is not None else "")
+    return words + (f", gain {record['knn_gain']:+.2f}" if record.get("knn_gain") is not None else "")
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -87,6 +101,9 @@ def log_epoch(tracker: Tracker, record: dict, assignments: np.ndarray | None) ->
         "final_nmi_labels": record["nmi_labels"],
         "final_knn_top1": record.get("knn_top1"),
         "knn_floor": record.get("knn_floor"),
+        "knn_floor_random": record.get("knn_floor_random"),
+        "knn_floor_pixels": record.get("knn_floor_pixels"),
+        "knn_gain": record.get("knn_gain"),
         "epochs_trained": record["epoch"] + (0 if record.get("final") else 1),
     }
     if record["loss"] is not None:

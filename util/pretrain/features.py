@@ -8,19 +8,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from util.data import ImageSource
+from util.data import ImageSource, extraction_order
 from util.dist import all_gather_rows, broadcast_object, current, gather_rows_by_index, shard_positions
 from util.errors import UserError
 from util.knn import l2_normalize
 from util.precision import autocast
 from util.pretrain.clustering import PCAWhitening
-
-EXTRACTION_ORDER_SEED = 12345  # fixed: the order never depends on --seed
-
-
-def extraction_order(num: int) -> np.ndarray:
-    """A fixed random permutation, so the first M extracted features are a uniform sample (PCA fit)."""
-    return np.random.default_rng(EXTRACTION_ORDER_SEED).permutation(num)
 
 
 @torch.inference_mode()

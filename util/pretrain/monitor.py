@@ -3,31 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
-from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from util import dist as dist_util
 from util.args import positive_int
 from util.augment import augment_preset
+from util.batchnorm import recompute_batchnorm
 from util.data import ImageSource, build_source, resolve_split
 from util.datasets import is_named
 from util.errors import UserError
-from util.knn import StreamingKnn, l2_normalize
+from util.knn import KNN_K, KNN_TEMPERATURE, StreamingKnn, l2_normalize
 from util.metrics import cluster_accuracy, nmi, topk_accuracy
+from util.pixels import PIXEL_VIEWS, pixel_knn_scores, pixel_skip_reason
 from util.pretrain.alarms import add_alarm_args
 from util.pretrain.clustering import PCAWhitening, torch_kmeans
-from util.pretrain.features import extract_features, extraction_order
+from util.pretrain.features import extract_features
 from util.pretrain.maps import FEATURES_KEY, add_map_arg
 from util.pretrain.probe import OnlineProbe, add_probe_arg
 from util.seeds import derive_seed
 
+logger = logging.getLogger("deepcluster")
+
 KMEANS_RUNS = 5  # seeded k-means runs of the held-out clustering metric; their mean and spread are logged
-BN_RECOMPUTE_IMAGES = 20_000  # training images whose batch statistics give the floor's recomputed BatchNorm
+# The floors a monitored record carries beside its kNN (the components are in epoch 0's record only): the floor (the
+# higher trivial baseline), the random network's (the higher of its BatchNorm statistics), the pixels' (the higher view)
+FLOOR_KEYS = ("knn_floor", "knn_floor_random", "knn_floor_pixels")
 
 
 def add_monitor_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -46,8 +51,10 @@ def add_monitor_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
         help="labelled held-out ImageFolder (same class folders as --data) for the monitor; the training side is "
         "--data with its folder labels",
     )
-    group.add_argument("--knn-k", type=positive_int, default=20, help="neighbours (default: 20)")
-    group.add_argument("--knn-temperature", type=float, default=0.07, help="vote temperature (default: 0.07)")
+    group.add_argument("--knn-k", type=positive_int, default=KNN_K, help="neighbours (default: %(default)s)")
+    group.add_argument(
+        "--knn-temperature", type=float, default=KNN_TEMPERATURE, help="vote temperature (default: %(default)s)"
+    )
     add_alarm_args(group)
     add_probe_arg(group)
     add_map_arg(group)
@@ -164,30 +171,6 @@ def held_out_clustering(view: torch.Tensor, targets: np.ndarray, seeds: list[int
     }
 
 
-@torch.no_grad()
-def recompute_batchnorm(net: nn.Module, source: ImageSource, batch_size: int, device: torch.device) -> nn.Module:
-    """A copy of `net` whose BatchNorm running statistics are the average of the batch statistics of one no-grad pass
-    in training mode over the training images (deterministic view, at most BN_RECOMPUTE_IMAGES of a fixed random
-    order). A network that never trained still has BatchNorm's initial statistics (mean 0, variance 1), which no
-    trained network has; the floor is measured both ways. Distributed: each rank its shard, averaged over ranks."""
-    copy = deepcopy(net).eval()  # only BatchNorm in training mode: no dropout, no draw from the global RNGs
-    norms = [m for m in copy.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average over the pass
-        norm.train()
-    order = extraction_order(len(source))[:BN_RECOMPUTE_IMAGES]
-    for images, _ in source.eval_batches(dist_util.shard(order, wrap=True), batch_size, device):
-        copy(images)
-    if dist_util.current().distributed:
-        for norm in norms:
-            for stat in (norm.running_mean, norm.running_var):
-                moved = stat.to(dist_util.collective_device())
-                torch.distributed.all_reduce(moved)
-                stat.copy_(moved / dist_util.current().world_size)
-    return copy.eval()
-
-
 def measure_floor(
     net: nn.Module,
     source: ImageSource,
@@ -201,10 +184,12 @@ def measure_floor(
     project: Callable[[torch.Tensor], torch.Tensor] | None = None,
     view: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
-    """The random network's monitor both ways: `init_bn` (BatchNorm's initial statistics, measured by the epoch's
-    pass) and with statistics recomputed on the training images. The floor is the higher kNN of the two."""
+    """The trivial baselines of the monitor, measured once per run: the random network both ways, `init_bn`
+    (BatchNorm's initial statistics, measured by the epoch's pass) and with statistics recomputed on the training
+    images, and the pixels in both views (util/pixels.py). knn_floor_random and knn_floor_pixels are the higher of
+    each pair; knn_floor, the floor, the higher of the two: what a trained network must beat."""
     recomputed, _ = monitor_pass(
-        recompute_batchnorm(net, source, args.extract_batch_size, device),
+        recompute_batchnorm(net, source, device),
         source,
         held_out,
         args,
@@ -215,9 +200,33 @@ def measure_floor(
         desc="floor (BatchNorm statistics recomputed)",
         project=project,
     )
-    return {
-        "knn_floor": max(init_bn["knn_top1"], recomputed["knn_top1"]),
+    floors = {
+        "knn_floor_random": max(init_bn["knn_top1"], recomputed["knn_top1"]),
         "knn_floor_init_bn": init_bn["knn_top1"],
         "knn_floor_recomputed_bn": recomputed["knn_top1"],
         **{f"{key}_recomputed_bn": value for key, value in recomputed.items() if key != "knn_top1"},
+        **pixel_floor(source, held_out, args, device),
     }
+    measured = [floors[key] for key in ("knn_floor_random", "knn_floor_pixels") if floors[key] is not None]
+    return {"knn_floor": max(measured), **floors}
+
+
+def pixel_floor(source: ImageSource, held_out: ImageSource, args: argparse.Namespace, device: torch.device) -> dict:
+    """The monitor's kNN on the pixels of the training and held-out images in both views (util/pixels.py), and the
+    higher of the two as knn_floor_pixels; None (and a log line) where the pixels are too large to be a baseline."""
+    reason = pixel_skip_reason(len(source), len(held_out), args.image_size)
+    if reason is not None:
+        logger.info("pixel floor not measured: %s", reason)
+        return {"knn_floor_pixels": None}
+    num_classes = len(held_out.images.classes)
+    scores = pixel_knn_scores(
+        source, held_out, num_classes, args.knn_k, args.knn_temperature, args.extract_batch_size, device
+    )
+    targets = torch.from_numpy(held_out.targets)
+    floors = {f"knn_floor_pixels_{view}": topk_accuracy(scores[view], targets, (1,))[0] for view in PIXEL_VIEWS}
+    return {"knn_floor_pixels": max(floors.values()), **floors}
+
+
+def floors_of(record: dict) -> dict:
+    """The floors a monitored record carries (FLOOR_KEYS), from the record of the run's first measurement."""
+    return {key: record.get(key) for key in FLOOR_KEYS}

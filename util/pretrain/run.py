@@ -50,7 +50,7 @@ class RunState:
 
     epoch: int = 0  # epochs trained
     assignments: np.ndarray | None = None  # the clusters the last epoch trained on, for NMI(t, t-1)
-    knn_floor: float | None = None  # the random network's kNN, shown beside every later value
+    floors: dict | None = None  # the trivial baselines' kNN (monitor.FLOOR_KEYS), shown beside every later value
     wandb_run_id: str | None = None
     wandb_group: str | None = None
 
@@ -120,7 +120,9 @@ def restart_from_checkpoint(
             obj.load_state_dict(ckpt[name])
     state.epoch = ckpt["epoch"]
     state.assignments = ckpt["assignments"].astype(np.int64)
-    state.knn_floor = ckpt.get("knn_floor")
+    state.floors = ckpt.get("floors")
+    if state.floors is None and ckpt.get("knn_floor") is not None:  # written before the pixels were a floor
+        state.floors = {"knn_floor": ckpt["knn_floor"], "knn_floor_random": ckpt["knn_floor"], "knn_floor_pixels": None}
     state.wandb_run_id, state.wandb_group = ckpt.get("wandb_run_id"), ckpt.get("wandb_group")
     set_rng_states(ckpt["rng"])
     if dist_util.current().is_main:  # the epochs after the checkpoint are redone: their records go
@@ -141,7 +143,7 @@ def checkpoint_payload(args: argparse.Namespace, method: str, departures: str, s
         "args": vars(args),
         **{name: None if obj is None else obj.state_dict() for name, obj in objects.items()},
         "assignments": state.assignments.astype(np.int32),
-        "knn_floor": state.knn_floor,
+        "floors": state.floors,
         "rng": rng_states(),
         "wandb_run_id": state.wandb_run_id,
         "wandb_group": state.wandb_group,
@@ -244,10 +246,12 @@ def train_and_measure(
         record, assignments = run_epoch(run, epoch, state, train)
         record["collapse"] = outputs.collapse_alarms(record) or None
         if train and record["collapse"] and run.args.stop_on_collapse:
-            outputs.end_epoch(record, None, payload)  # the record only: the checkpoint of the epoch before is kept
+            # the record only: checkpoint.pth keeps the network the record measured (the alarm's), not its training
+            outputs.end_epoch(record, None, payload)
             raise UserError(
-                f"stopped at a collapse alarm of epoch {epoch} ({record['collapse'][0]}); the checkpoint of epoch "
-                f"{state.epoch} is kept: change the recipe, or rerun without --stop-on-collapse"
+                f"stopped at a collapse alarm of epoch {epoch} ({record['collapse'][0]}); checkpoint.pth keeps the "
+                f"network that raised it (after {state.epoch} epochs): change the recipe, or rerun without "
+                "--stop-on-collapse"
             )
         if train:
             state.epoch, state.assignments = epoch + 1, assignments

@@ -3,7 +3,9 @@ best-match Jaccard with the previous epoch's clusters (how long clusters live), 
 and an alluvial figure of the largest clusters across epochs.
 
 Overlaps come from the sparse contingency of two epochs' assignments (one np.unique over N pair codes): O(N log N),
-never k x k."""
+never k x k. Images without a cluster in an epoch (negative assignments: DeepCluster-v2 marks the images its last
+partial batch left out of the memory bank -100) belong to no cluster of that epoch: they count in no size, purity or
+overlap, so every Jaccard index is still the exact one of the two clusters as sets of images."""
 
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ class Overlaps:
     def of(cls, before: np.ndarray, after: np.ndarray) -> Overlaps:
         before, after = before.astype(np.int64), after.astype(np.int64)
         k_b = int(after.max()) + 1
-        codes, count = np.unique(before * k_b + after, return_counts=True)
-        return cls(codes // k_b, codes % k_b, count, np.bincount(before), np.bincount(after, minlength=k_b))
+        both = (before >= 0) & (after >= 0)  # images in a cluster of either epoch
+        codes, count = np.unique(before[both] * k_b + after[both], return_counts=True)
+        return cls(codes // k_b, codes % k_b, count, sizes_of(before), sizes_of(after, k_b))
 
     def best_jaccard(self) -> np.ndarray:
         """For every non-empty cluster of the later epoch: its largest Jaccard index with an earlier cluster."""
@@ -67,10 +70,17 @@ def least_stable(pairs: Overlaps, count: int) -> list[Unstable]:
     ]
 
 
+def sizes_of(assignments: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """Images per cluster id 0..max (images without a cluster left out)."""
+    return np.bincount(assignments[assignments >= 0], minlength=minlength)
+
+
 def purity(assignments: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Per cluster, the share of its images of its most frequent label (0 for an empty cluster)."""
     k, classes = int(assignments.max()) + 1, int(targets.max()) + 1
-    table = np.bincount(assignments.astype(np.int64) * classes + targets, minlength=k * classes).reshape(k, classes)
+    kept = assignments >= 0
+    codes = assignments[kept].astype(np.int64) * classes + targets[kept]
+    table = np.bincount(codes, minlength=k * classes).reshape(k, classes)
     sizes = table.sum(1)
     return np.where(sizes > 0, table.max(1) / np.maximum(sizes, 1), 0.0)
 
@@ -91,7 +101,7 @@ def evolution_rows(
     overlaps = overlaps if overlaps is not None else consecutive_overlaps(assignments)
     rows = []
     for i, (epoch, current) in enumerate(zip(epochs, assignments, strict=True)):
-        row = {"epoch": epoch, "clusters": int((np.bincount(current) > 0).sum())}
+        row = {"epoch": epoch, "clusters": int((sizes_of(current) > 0).sum())}
         if i > 0:
             best = overlaps[i - 1].best_jaccard()
             quartiles = np.percentile(best, [25, 50, 75])
@@ -100,7 +110,7 @@ def evolution_rows(
             )
             row["surviving"] = float((best >= 0.5).mean())
         if targets is not None:
-            sizes = np.bincount(current)
+            sizes = sizes_of(current)
             row["purity_mean"] = float(np.average(purity(current, targets)[sizes > 0], weights=sizes[sizes > 0]))
         rows.append(row)
     return rows
@@ -135,7 +145,7 @@ def draw(
 
     lineages = follow_back(assignments, overlaps)  # per followed cluster, its cluster id at every epoch
     colours = plt.get_cmap("tab10")
-    sizes_by_epoch = [np.bincount(a) for a in assignments]
+    sizes_by_epoch = [sizes_of(a) for a in assignments]
     purity_by_epoch = [purity(a, targets) for a in assignments] if targets is not None else None
     purity_axis = axes[1].twinx() if targets is not None else None
     for row, lineage in enumerate(lineages):
@@ -156,8 +166,7 @@ def draw(
 def follow_back(assignments: list[np.ndarray], overlaps: list[Overlaps] | None = None) -> list[list[int]]:
     """The last epoch's TOP_CLUSTERS largest clusters, each followed back epoch by epoch to its earlier cluster of
     largest overlap: a list of cluster ids per followed cluster, one per epoch."""
-    last = assignments[-1]
-    sizes = np.bincount(last)
+    sizes = sizes_of(assignments[-1])
     top = [c for c in np.argsort(-sizes, kind="stable") if sizes[c] > 0][:TOP_CLUSTERS]  # ties: the smaller id first
     lineages = [[int(c)] for c in top]
     overlaps = overlaps if overlaps is not None else consecutive_overlaps(assignments)

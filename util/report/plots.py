@@ -32,8 +32,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def training_curves(runs: list[PretrainRun], path: Path) -> Path | None:
-    """Loss, NMI against the labels (solid) and between consecutive epochs (dotted), kNN with each run's floor
-    (dashed), per epoch, one colour per run."""
+    """Loss, NMI against the labels (solid) and between consecutive epochs (dotted), kNN with each run's floors (the
+    random network dashed, the pixels dotted), per epoch, one colour per run."""
     runs = [r for r in runs if r.records]
     if not runs:
         return None
@@ -49,11 +49,15 @@ def training_curves(runs: list[PretrainRun], path: Path) -> Path | None:
         knn = [(r["epoch"], r["knn_top1"]) for r in run.records if r.get("knn_top1") is not None]
         if knn:
             axes[2].plot(*zip(*knn, strict=True), color=color, marker="o", label=run.name)
-            if knn[0][0] == 0:
-                axes[2].axhline(knn[0][1], color=color, linestyle="--", linewidth=0.8)
+            floors = run.floors()
+            for key, style in (("knn_floor_random", "--"), ("knn_floor_pixels", ":")):
+                if floors[key] is not None:
+                    axes[2].axhline(floors[key], color=color, linestyle=style, linewidth=0.8)
     axes[0].set(xlabel="epoch", ylabel="training loss", title="loss")
     axes[1].set(xlabel="epoch", ylabel="NMI", title="NMI: vs labels (solid), vs previous epoch (dotted)")
-    axes[2].set(xlabel="epochs trained", ylabel="kNN top-1 (%)", title="kNN monitor (dashed: random init)")
+    axes[2].set(
+        xlabel="epochs trained", ylabel="kNN top-1 (%)", title="kNN monitor (dashed: random init, dotted: pixels)"
+    )
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

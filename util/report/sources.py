@@ -66,6 +66,23 @@ class PretrainRun:
             return f"sha256:{self.checkpoint_sha256[:12]}"
         return f"W&B run {self.run_id}" if self.run_id else "-"
 
+    def floors(self) -> dict:
+        """The run's kNN floors from its monitored records: knn_floor (the floor: the higher trivial baseline),
+        knn_floor_random (the random network, the higher of its BatchNorm statistics) and knn_floor_pixels (None where
+        not measured). Records logged before the pixel floor hold the random network's as knn_floor; older ones no
+        floor at all, where epoch 0's kNN (the random network as initialised) stands in."""
+        for record in self.records:
+            if record.get("knn_floor") is not None:
+                random = record["knn_floor_random"] if "knn_floor_random" in record else record["knn_floor"]
+                return {
+                    "knn_floor": record["knn_floor"],
+                    "knn_floor_random": random,
+                    "knn_floor_pixels": record.get("knn_floor_pixels"),
+                }
+        first = next((r for r in self.records if r.get("knn_top1") is not None), None)
+        value = first["knn_top1"] if first is not None and first["epoch"] == 0 else None
+        return {"knn_floor": value, "knn_floor_random": value, "knn_floor_pixels": None}
+
     def saved_epochs(self) -> list[int]:
         if self.folder is None:
             return []

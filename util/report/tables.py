@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from util.eval.pretrained import NETWORK_LABELS, NETWORK_PREFIXES, network_of
 from util.report.published import CONFIG, LOWSHOT_KS, published_rows
 from util.report.sources import Evaluation, PretrainRun
 
@@ -63,7 +64,7 @@ class Table:
     rows: list[list] = field(default_factory=list)
     where: list[str] = field(default_factory=list)  # per row: the folder / W&B run / source it was read from
     sources: list[str] = field(default_factory=list)  # the published rows' citations
-    roles: list[tuple] = field(default_factory=list)  # per row: (run, "pretrained" | "random" | "gain") or None
+    roles: list[tuple] = field(default_factory=list)  # per row: (run, a network or a gain suffix) or None
 
     def add(self, row: list, where: str, run: PretrainRun | None = None, role: str | None = None) -> None:
         assert len(row) == len(self.columns), (row, self.columns)
@@ -107,22 +108,24 @@ def _model_label(run: PretrainRun | None, evaluation: Evaluation) -> str:
 
 
 def _pairs(run: PretrainRun | None, evaluation: Evaluation) -> list[tuple[str, str, str]]:
-    """(row label, identity, key prefix) of the evaluation's pretrained and random-init rows; the identity is
-    NOT_EVALUATED where the evaluation has no such network (--baseline none), `unknown` where it measured the
-    network but did not record its hash (W&B runs from before the hash was summarised)."""
+    """(row label, identity, key prefix) of the evaluation's networks: the pretrained one, the random-init one with
+    BatchNorm's initial statistics, and the baselines it measured besides (the random one with recomputed statistics,
+    the pixels). The identity is NOT_EVALUATED for the pretrained or initial random network the evaluation did not
+    run (--baseline none), `unknown` where it measured the network but did not record its hash (W&B runs from before
+    the hash was summarised); the other baselines have no row where they were not measured."""
     rows = []
-    for network, prefix, label in (
-        ("pretrained", "", _model_label(run, evaluation)),
-        ("random_init", "random_init_", "random init"),
-    ):
+    numbers = [k for k, v in evaluation.results.items() if isinstance(v, float)]
+    for network, prefix in NETWORK_PREFIXES.items():
+        label = _model_label(run, evaluation) if network == "pretrained" else NETWORK_LABELS[network]
         sha = _sha(evaluation.results, network)
-        numbers = [k for k, v in evaluation.results.items() if isinstance(v, float)]
-        measured = any(k.startswith("random_init_") == bool(prefix) for k in numbers)
-        if sha:
+        measured = any(network_of(k)[0] == network for k in numbers)
+        if network == "pixels" and (sha or measured):
+            rows.append((label, "no network", prefix))
+        elif sha:
             rows.append((label, _short(sha), prefix))
         elif measured:
             rows.append((label, "unknown", prefix))
-        else:
+        elif network in ("pretrained", "random_init"):
             rows.append((f"{label} (not evaluated)", NOT_EVALUATED, prefix))
     return rows
 
@@ -136,20 +139,25 @@ def _value(results: dict, key: str, identity: str):
 
 
 GAIN_LABEL = "gain over random init (paired)"
+PIXEL_GAIN_LABEL = "gain over the pixels (paired)"
+FLOOR_GAIN_LABEL = "gain over the floor (the higher of random init and pixels)"
+GAINS = (("gain", GAIN_LABEL), ("gain_pixels", PIXEL_GAIN_LABEL))  # results suffix, row label; role = the suffix
 
 
 def _role(prefix: str) -> str:
-    return "pretrained" if not prefix else "random"
+    return network_of(prefix + "x")[0]
 
 
 def _gain_row(
     table: Table, run: PretrainRun | None, evaluation: Evaluation, lead: list, keys: list[str | None]
 ) -> None:
-    """The row of gains (pretrained minus random init, each with its paired interval) under an evaluation's two
-    networks; nothing when the evaluation has no gain (one network, or written before gains were measured)."""
-    gains = [None if key is None else measured(evaluation.results, f"{key}_gain") for key in keys]
-    if any(g is not None for g in gains):
-        table.add([GAIN_LABEL, *lead, *gains], evaluation.where, run, "gain")
+    """The rows of gains under an evaluation's networks (pretrained minus random init, the higher of its two
+    BatchNorm variants; pretrained minus the pixels), each number with its paired interval; none where the
+    evaluation has no such gain."""
+    for suffix, label in GAINS:
+        gains = [None if key is None else measured(evaluation.results, f"{key}_{suffix}") for key in keys]
+        if any(g is not None for g in gains):
+            table.add([label, *lead, *gains], evaluation.where, run, suffix)
 
 
 def lowshot_ks(evaluations: list[Evaluation]) -> list[int]:
@@ -227,7 +235,8 @@ def linear_tables(runs: list[PretrainRun], alone: list[Evaluation]) -> list[Tabl
 
 def knn_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
     """Weighted kNN (k=20, T=0.07): eval_linear.py's, and each pretraining run's monitor on its final network
-    beside the run's floor (its random network at epoch 0). Not on the reference page: none published."""
+    beside the run's floors (its random network and the pixels, measured before training) and the gain over the higher
+    of them. Not on the reference page: none published."""
     table = Table(
         "knn", "Weighted kNN (top-1 / top-5 %)", ["Model", "Weights", "Data", "Measured by", "Top-1", "Top-5"]
     )
@@ -251,7 +260,6 @@ def knn_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
         if not monitored:
             table.add([run.name, run.weights_label, data, "monitor (off)", MISSING, MISSING], run.where)
             continue
-        floor = monitored[0] if monitored[0]["epoch"] == 0 else None
         if run.finished:
             final = run.records[-1]
             row = [run.name, run.weights_label, data, f"monitor, final network (epoch {final['epoch']})"]
@@ -259,10 +267,16 @@ def knn_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
         else:
             row = [run.name, run.weights_label, data, "monitor (run not finished)", MISSING, MISSING]
             table.add(row, run.where)
-        if floor is not None:
-            seed = run.args.get("seed", "?")
-            row = ["random init (the run's floor)", f"epoch 0, seed {seed}", data, "monitor, epoch 0"]
-            table.add(row + [floor.get("knn_top1"), floor.get("knn_top5")], run.where)
+        floors, seed = run.floors(), run.args.get("seed", "?")
+        for key, label, identity in (
+            ("knn_floor_random", "random init (the run's floor: higher BatchNorm statistics)", f"seed {seed}"),
+            ("knn_floor_pixels", "pixels (the run's floor: higher view)", "no network"),
+        ):
+            if floors[key] is not None:
+                table.add([label, identity, data, "monitor, epoch 0", floors[key], None], run.where)
+        if run.finished and floors["knn_floor"] is not None and run.records[-1].get("knn_top1") is not None:
+            gain = run.records[-1]["knn_top1"] - floors["knn_floor"]
+            table.add([FLOOR_GAIN_LABEL, "-", data, "monitor: final minus floor", gain, None], run.where)
     return table
 
 
@@ -291,8 +305,9 @@ def semisup_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
 
 ROLE_LABELS = {
     "pretrained": "mean over seeds",
-    "random": "random init, mean over seeds",
-    "gain": "gain, mean over seeds",
+    **{network: f"{label}, mean over seeds" for network, label in NETWORK_LABELS.items()},
+    "gain": "gain over random init, mean over seeds",
+    "gain_pixels": "gain over the pixels, mean over seeds",
 }
 
 
@@ -363,18 +378,24 @@ def mean_std(values: list[float]) -> str:
 
 def seed_table(runs: list[PretrainRun]) -> Table | None:
     """Runs that differ only in --seed: mean ± standard deviation over the seeds of the final network's kNN, online
-    probe and NMI, of the random networks' floors, and of the paired gain (each run's kNN minus its own floor)."""
-    columns = ["Runs", "Seeds", "Data", *(name for _, name in SEED_METRICS), "Floor (kNN)", "Gain over the floor"]
+    probe and NMI, of each run's floors (the random network's, the pixels', the floor: the higher) and of the gain of
+    each run over its own floor."""
+    columns = ["Runs", "Seeds", "Data", *(name for _, name in SEED_METRICS)]
+    columns += ["Floor: random init (kNN)", "Floor: pixels (kNN)", "Floor (kNN)", "Gain over the floor"]
     table = Table("seeds", "Over seeds: mean ± standard deviation (n - 1)", columns)
     for group in seed_groups(runs):
         finals = [run.records[-1] for run in group]
-        floors = [run.records[0].get("knn_top1") if run.records[0]["epoch"] == 0 else None for run in group]
+        floors = [run.floors() for run in group]
         pairs = zip(finals, floors, strict=True)
-        gains = [None if f is None or r.get("knn_top1") is None else r["knn_top1"] - f for r, f in pairs]
+        gains = [
+            None if f["knn_floor"] is None or r.get("knn_top1") is None else r["knn_top1"] - f["knn_floor"]
+            for r, f in pairs
+        ]
         row = [", ".join(run.name for run in group), ", ".join(str(run.args.get("seed")) for run in group)]
         row.append(_data_label(group[0].args.get("data")))
         row += [mean_std([r.get(key) for r in finals]) for key, _ in SEED_METRICS]
-        table.add(row + [mean_std(floors), mean_std(gains)], group[0].where)
+        row += [mean_std([f[key] for f in floors]) for key in ("knn_floor_random", "knn_floor_pixels", "knn_floor")]
+        table.add(row + [mean_std(gains)], group[0].where)
     return table if table.rows else None
 
 
