@@ -99,9 +99,10 @@ DEPARTURES = """departures from the paper (Caron et al. 2018), each named so res
   PIC                the number of clusters is found by PIC, not set by --k.
   --neck mlp         not in the paper for ResNets: two Linear-BN-ReLU layers between the pooled features and the
                      classifier, clustered there (the paper's AlexNet clusters fc7).
-  --knn-every        not in the paper: a weighted kNN monitor (k=20, T=0.07) on a labelled held-out split, the
-                     random network's value logged as the floor (the higher of BatchNorm's initial and recomputed
-                     statistics); it never influences training."""
+  --knn-every        not in the paper: a weighted kNN monitor (k=20, T=0.07) on a labelled held-out split beside
+                     its floor, the higher of two trivial baselines scored the same way: the random network (the
+                     higher of BatchNorm's initial and recomputed statistics) and the pixels (two views, the higher;
+                     images of at most 64 px); it never influences training."""
 
 # Arguments that define a run: resuming an output folder with other values would mix two experiments.
 METHOD = "deepcluster"  # the checkpoint's "method": main_deepclusterv2.py writes "deepcluster-v2"
@@ -375,7 +376,9 @@ def run_epoch(run: Run, epoch: int, state: RunState, train: bool = True) -> tupl
         monitored = run.held_out is not None and (epoch % args.knn_every == 0 or not train)
         features, knn = extract(run, epoch, monitored)
     with times("monitor"):
-        if epoch == 0 and knn:  # the floor: the random network, with BatchNorm's initial and recomputed statistics
+        if (
+            epoch == 0 and knn
+        ):  # the floor: the random network (BatchNorm's initial and recomputed statistics), the pixels
             trunk = run.trunk
             floor = measure_floor(
                 trunk.backbone,

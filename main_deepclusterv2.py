@@ -95,7 +95,8 @@ DEPARTURES = """departures from SwAV's main_deepclusterv2.py (Caron et al. 2020)
   blur          13 taps (SwAV: cv2 with 23 taps at 224 px), sigma 0.1-2 px as SwAV.
   --warmup-epochs  default min(10, epochs / 10): SwAV's 10 of 800, shortened for short runs.
   --knn-every   not in the paper: a weighted kNN monitor (k=20, T=0.07) of the backbone's pooled features on a
-                labelled held-out split, the random network's value logged as the floor; never used for training."""
+                labelled held-out split beside its floor (the higher of the random network's and the pixels', as
+                main_deepcluster.py's); never used for training."""
 
 # Arguments that define a run: resuming an output folder with other values would mix two experiments.
 METHOD = "deepcluster-v2"  # the checkpoint's "method"
@@ -494,7 +495,8 @@ def run_epoch(run: Run, epoch: int, state: RunState, train: bool = True) -> tupl
 def monitor(run: Run, epoch: int, progress: bool) -> dict:
     """The kNN monitor of the backbone's pooled features (training images in the deterministic view vote for the
     held-out split); its held-out k-means runs on the projection head's L2-normalised embeddings, what the memory
-    bank clusters. At epoch 0 the floor is measured both ways (BatchNorm's initial and recomputed statistics).
+    bank clusters. At epoch 0 the floors are measured (the random network with BatchNorm's initial and recomputed
+    statistics, the pixels).
     Every rank streams its share of the training images; BatchNorm statistics are rank 0's."""
     model = unwrap(run.model)
     model.eval()

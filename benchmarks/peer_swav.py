@@ -14,6 +14,9 @@ lightly's per image with PIL, as each is used.
     .venv/bin/pip install -r requirements-bench.txt
     .venv/bin/python benchmarks/peer_swav.py --subset 10000 --epochs 5 --arch resnet18   # the CPU table
     python benchmarks/peer_swav.py --subset 50000 --epochs 30 --device cuda --amp   # a GPU
+
+`--only lightly --jsonl FILE` runs lightly's SwaV alone with the flags v2's recipe resolves for the data, writing one
+JSON line per kNN measurement as it is made (benchmarks/time_to_accuracy.py reads it while the run goes on).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -75,8 +79,11 @@ class TransformedImages(torch.utils.data.Dataset):
         return self.transform(load_image(self.paths[index]))
 
 
-def lightly_swav(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    """lightly's SwaV with our backbone, crops, batch, epochs, LARS and schedule; kNN by our monitor every epoch."""
+def lightly_swav(
+    args: argparse.Namespace, device: torch.device, on_row: Callable[[dict], None] | None = None
+) -> list[dict]:
+    """lightly's SwaV with our backbone, crops, batch, epochs, LARS and schedule; kNN by our monitor every epoch
+    (each row also handed to on_row as it is measured)."""
     from lightly.loss import SwaVLoss
     from lightly.transforms.swav_transform import SwaVTransform
 
@@ -127,6 +134,8 @@ def lightly_swav(args: argparse.Namespace, device: torch.device) -> list[dict]:
     for epoch in range(args.epochs + 1):
         knn, _ = monitor_pass(net.backbone, source, held_out, args, device, epoch)
         rows.append({"epoch": epoch, "knn_top1": knn["knn_top1"], "seconds": elapsed})
+        if on_row is not None:
+            on_row(rows[-1])
         print(f"lightly SwaV: epoch {epoch} knn {knn['knn_top1']:.2f}  {elapsed:.0f} s", flush=True)
         if epoch == args.epochs:
             break
@@ -153,27 +162,43 @@ def lightly_swav(args: argparse.Namespace, device: torch.device) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subset", type=int, default=10_000, help="CIFAR-10 training images")
+    parser.add_argument("--data", default="cifar10", help="cifar10 or sklearn-digits")
+    parser.add_argument("--subset", type=int, default=None, help="training images (default: all)")
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast for both")
-    parser.add_argument(
-        "--arch", default=None, help="the backbone of both (default: the v2 recipe's, resnet18_cifar at 32 px)"
-    )
+    parser.add_argument("--arch", default=None, help="the backbone of both (default: the v2 recipe's for the data)")
+    parser.add_argument("--only", choices=("lightly",), default=None, help="run lightly's SwaV alone")
+    parser.add_argument("--jsonl", default=None, help="with --only lightly: one JSON line per measurement here")
     parser.add_argument("--output", default=None, help="also write the table as JSON here")
     own = parser.parse_args()
-    argv = ["--data", "cifar10", "--subset", str(own.subset), "--epochs", str(own.epochs), "--device", own.device]
+    argv = ["--data", own.data, "--epochs", str(own.epochs), "--device", own.device, "--seed", str(own.seed)]
+    argv += ["--subset", str(own.subset)] if own.subset else []
     argv += ["--wandb-mode", "disabled", "--cluster-images-every", "0"] + (["--amp"] if own.amp else [])
     argv += ["--arch", own.arch] if own.arch else []
+    device = torch.device(own.device)
+    if own.only == "lightly":
+        args = mdcv2.get_args_parser().parse_args([*argv, "--knn-every", "1", "--output-dir", "unused"])
+        args = mdcv2.finalize_args(args, 1, device.type)
+        start = time.perf_counter()
+
+        def write(row: dict) -> None:
+            if own.jsonl:
+                with open(own.jsonl, "a") as handle:
+                    handle.write(json.dumps({**row, "wall_s": time.perf_counter() - start}) + "\n")
+
+        lightly_swav(args, device, write)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         args, our_rows = ours(argv, Path(tmp) / "ours")
-    device = torch.device(own.device)
     peer_rows = lightly_swav(args, device)
-    images = (own.subset // args.batch_size) * args.batch_size
+    images = len(list_images(resolve_split(own.data, "train", Path(args.data_cache)))) if not own.subset else own.subset
+    images = (images // args.batch_size) * args.batch_size
     print(
-        f"\nCIFAR-10 {own.subset} training images, {args.arch}, {args.nmb_crops} x {args.size_crops} px crops, batch "
+        f"\n{own.data} {images} training images, {args.arch}, {args.nmb_crops} x {args.size_crops} px crops, batch "
         f"{args.batch_size}, LARS base lr {args.base_lr}, {own.epochs} epochs, amp {args.amp}, {own.device}; kNN "
-        f"(k {args.knn_k}, T {args.knn_temperature}) on the 10,000 test images"
+        f"(k {args.knn_k}, T {args.knn_temperature}) on the held-out split"
     )
     print(f"{'epoch':>5} {'DeepCluster-v2 kNN':>18} {'s':>7} {'lightly SwaV kNN':>16} {'s':>7}")
     for mine, peer in zip(our_rows, peer_rows, strict=False):

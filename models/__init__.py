@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from models.backbone import Backbone
-from models.convnet import VGG16, AlexNet
+from models.convnet import VGG16, AlexNet, ResNet9
 from models.resnet import ResNet
 from util.errors import UserError
 
@@ -16,6 +16,11 @@ ARCHS: dict[str, Callable[[bool], Backbone]] = {
     "resnet50": lambda sobel: ResNet(50, sobel),
     "resnet18_cifar": lambda sobel: ResNet(18, sobel, cifar_stem=True),
     "resnet50_cifar": lambda sobel: ResNet(50, sobel, cifar_stem=True),
+    "resnet18_s2": lambda sobel: ResNet(18, sobel, stem="cifar_s2"),
+    "resnet18_cifar_w32": lambda sobel: ResNet(18, sobel, stem="cifar", width=32),
+    "resnet18_cifar_w16": lambda sobel: ResNet(18, sobel, stem="cifar", width=16),
+    "resnet9_w32": lambda sobel: ResNet9(sobel, width=32),
+    "resnet9_w64": lambda sobel: ResNet9(sobel, width=64),
     "alexnet": lambda sobel: AlexNet(sobel),
     "vgg16": lambda sobel: VGG16(sobel),
 }

@@ -125,3 +125,44 @@ class VGG16(Backbone):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_taps(x)[-1]
         return self.classifier(torch.flatten(self.avgpool(x), 1))
+
+
+def _conv_bn(in_ch: int, out_ch: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(True))
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_conv_bn(channels, channels), _conv_bn(channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResNet9(Backbone):
+    """The layout of fast CIFAR-10 training (the DAWNBench "ResNet-9" of D. Page, 2018): a 3x3 prep conv, three
+    stages of conv + 2x2 max-pool with widths 2w, 4w, 8w, a residual block of two convs after the first and the third;
+    global average pool. At 32 px its last maps are 4 x 4. Taps Feature1..Feature5: prep (32 px), stage 1 with its
+    residual (16), stage 2 (8), stage 3 before (4) and after its residual (4)."""
+
+    def __init__(self, sobel: bool = False, width: int = 32) -> None:
+        super().__init__(sobel)
+        self.prep = _conv_bn(self.in_channels, width)
+        self.layer1 = nn.Sequential(_conv_bn(width, 2 * width), nn.MaxPool2d(2), _Residual(2 * width))
+        self.layer2 = nn.Sequential(_conv_bn(2 * width, 4 * width), nn.MaxPool2d(2))
+        self.layer3 = nn.Sequential(_conv_bn(4 * width, 8 * width), nn.MaxPool2d(2))
+        self.layer4 = _Residual(8 * width)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = 8 * width
+        self.head_activation = nn.Identity()  # pooled features are already non-negative
+        _init_weights(self)
+
+    def forward_taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        taps = [self.prep(self._front(x))]
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            taps.append(layer(taps[-1]))
+        return taps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.avgpool(self.forward_taps(x)[-1]), 1)

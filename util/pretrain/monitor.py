@@ -42,7 +42,8 @@ def add_monitor_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
         "--knn-every",
         type=int,
         default=None,
-        help="measure kNN top-1 every N epochs, before the first step too (the random network: the floor) and after "
+        help="measure kNN top-1 every N epochs, before the first step too (with the floor: the random network's and "
+        "the pixels') and after "
         "the last; 0 = off (default: 1 when a labelled held-out split exists: cifar10's test split or --knn-data)",
     )
     group.add_argument(
