@@ -33,7 +33,7 @@ from util.args import (
 )
 from util.augment import augment_preset
 from util.data import ImageSource, build_source, evaluation_split, resolve_data_defaults
-from util.errors import UserError, script_entry
+from util.errors import UserError
 from util.eval.bootstrap import add_intervals, hit_statistics, warn_without_interval
 from util.eval.pretrained import (
     NETWORK_PREFIXES,
@@ -51,7 +51,7 @@ from util.knn import KNN_K, KNN_TEMPERATURE, knn_predict, l2_normalize
 from util.logging import interactive, protocol_notes, provenance
 from util.metrics import hit_rate, topk_hits
 from util.pixels import PIXEL_VIEWS, pixel_knn_scores, pixel_skip_reason
-from util.runtime import start_run
+from util.runtime import script_entry, start_run
 from util.tracking import Tracker, init_tracker
 
 logger = logging.getLogger("deepcluster")

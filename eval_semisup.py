@@ -54,7 +54,7 @@ from util.data import (
     resolve_split,
 )
 from util.datasets import default_cache_dir
-from util.errors import UserError, script_entry
+from util.errors import UserError
 from util.eval.bootstrap import add_intervals, hit_statistics, warn_without_interval
 from util.eval.pretrained import (
     NETWORK_PREFIXES,
@@ -71,7 +71,7 @@ from util.knn import KNN_K, KNN_TEMPERATURE
 from util.logging import protocol_notes, provenance
 from util.metrics import hit_rate, topk_hits
 from util.pixels import PIXEL_VIEWS, pixel_knn_scores, pixel_skip_reason
-from util.runtime import start_run
+from util.runtime import script_entry, start_run
 from util.seeds import derive_seed
 from util.tracking import Tracker, init_tracker
 

@@ -25,7 +25,7 @@ from util.args import add_baseline_arg, add_data_args, add_evaluated_model_args,
 from util.augment import augment_preset
 from util.checkpoint import atomic_write
 from util.data import make_source, resolve_data_defaults
-from util.errors import UserError, script_entry
+from util.errors import UserError
 from util.eval.bootstrap import add_intervals, map_statistic
 from util.eval.pretrained import (
     NETWORK_PREFIXES,
@@ -42,7 +42,7 @@ from util.eval.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, 
 from util.eval.voc import LabelledSplit, is_voc_data, svm_splits
 from util.logging import protocol_notes, provenance
 from util.pixels import pixel_skip_reason, pixel_view
-from util.runtime import start_run
+from util.runtime import script_entry, start_run
 from util.tracking import Tracker, init_tracker
 
 logger = logging.getLogger("deepcluster")

@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 
 from util.checkpoint import atomic_write
-from util.errors import UserError, script_entry
+from util.errors import UserError
 from util.eval.export import FORMATS, check_exportable, torchvision_state, write_export
 from util.eval.pretrained import RANDOM, load_backbone, resolve_arch, weights_sha256
 from util.logging import setup_logging
+from util.runtime import script_entry
 
 logger = logging.getLogger("deepcluster")
 

@@ -32,7 +32,7 @@ from util.args import (
 )
 from util.augment import AUGMENT_PRESETS, AugmentSpec, augment_preset
 from util.data import build_source, profile_data
-from util.errors import UserError, script_entry
+from util.errors import UserError
 from util.faults import kill_point
 from util.logging import JsonLog, interactive
 from util.metrics import ari, cluster_accuracy, nmi, purity
@@ -76,7 +76,7 @@ from util.pretrain.run import (
 )
 from util.pretrain.sampler import UniformClusterSampler
 from util.pretrain.step_log import StepLog
-from util.runtime import start_run
+from util.runtime import script_entry, start_run
 from util.seeds import derive_seed
 
 logger = logging.getLogger("deepcluster")

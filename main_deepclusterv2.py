@@ -30,7 +30,7 @@ from util import dist as dist_util
 from util.args import add_data_args, add_model_args, add_runtime_args, add_wandb_args, positive_int
 from util.augment import AugmentSpec, augment_preset, multicrop_specs
 from util.data import SMALL_IMAGE, DataProfile, build_source, profile_data, resolve_image_defaults
-from util.errors import UserError, script_entry
+from util.errors import UserError
 from util.faults import kill_point
 from util.logging import JsonLog, interactive
 from util.metrics import nmi
@@ -66,7 +66,7 @@ from util.pretrain.run import (
 from util.pretrain.schedule import warmup_cosine
 from util.pretrain.spherical import IGNORE, SphericalResult, spherical_kmeans
 from util.pretrain.step_log import StepLog
-from util.runtime import start_run
+from util.runtime import script_entry, start_run
 from util.seeds import derive_seed
 
 logger = logging.getLogger("deepcluster")

@@ -34,7 +34,7 @@ from PIL import Image
 from util.args import add_wandb_args
 from util.checkpoint import atomic_write
 from util.data import ImageList
-from util.errors import UserError, script_entry
+from util.errors import UserError
 from util.logging import provenance, setup_logging
 from util.pretrain.cluster_images import draw_epoch_grid, run_images, thumbnail_strip
 from util.pretrain.maps import draw_saved_map, saved_map_epochs
@@ -42,6 +42,7 @@ from util.report import evolution, plots
 from util.report.evolution import Overlaps, consecutive_overlaps, evolution_rows, least_stable
 from util.report.sources import Evaluation, PretrainRun, attach, merge_runs, read_source
 from util.report.tables import Table, all_tables, expanded, to_csv, to_markdown
+from util.runtime import script_entry
 from util.seeds import derive_seed
 from util.tracking import init_tracker
 

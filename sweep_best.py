@@ -16,9 +16,10 @@ import json
 from pathlib import Path
 
 from util.checkpoint import atomic_write
-from util.errors import UserError, script_entry
+from util.errors import UserError
 from util.eval.results import format_table
 from util.logging import setup_logging
+from util.runtime import script_entry
 
 
 def get_args_parser() -> argparse.ArgumentParser:

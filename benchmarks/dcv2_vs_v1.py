@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.learning_curve import read_log  # noqa: E402
-from util.errors import UserError, run_main  # noqa: E402
+from util.errors import UserError  # noqa: E402
+from util.runtime import run_main  # noqa: E402
 
 V1 = "--data cifar10 --epochs 6 --reassign 2 --pca-dim 256"  # the CPU recipe on 50k images, whatever the --subset
 V2_CPU = (

@@ -14,7 +14,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from util.errors import UserError, run_main  # noqa: E402
+from util.errors import UserError  # noqa: E402
+from util.runtime import run_main  # noqa: E402
 
 
 def read_log(run: Path) -> list[dict]:

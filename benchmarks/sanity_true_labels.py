@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.learning_curve import plot, read_log, summary_line  # noqa: E402
-from util.errors import UserError, run_main  # noqa: E402
+from util.errors import UserError  # noqa: E402
+from util.runtime import run_main  # noqa: E402
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from util.errors import UserError, run_main  # noqa: E402
+from util.errors import UserError  # noqa: E402
+from util.runtime import run_main  # noqa: E402
 
 # The recipe every diagnosis row changes one flag of: the CPU flags CIFAR-10 was tuned with, applied to small images.
 TUNED_ON_CIFAR = "--image-size 32 --in-memory --aug cifar --k 100 --reassign 2 --pca-dim 256 --batch-size 256"

@@ -25,7 +25,8 @@ import submitit
 
 from slurm.job import REPO_ROOT, SCRIPTS, ScriptJob, load_script, script_parser
 from util.config import parse_with_config
-from util.errors import UserError, run_main
+from util.errors import UserError
+from util.runtime import run_main
 
 
 def launcher_parser() -> argparse.ArgumentParser:

@@ -1,13 +1,7 @@
-"""User-facing errors: one clear line, a non-zero exit, nothing overwritten."""
+"""User-facing errors: one clear line, a non-zero exit, nothing overwritten. A leaf module: it imports nothing of
+this repository (util/runtime.py runs the entry points under it)."""
 
 from __future__ import annotations
-
-import argparse
-import logging
-import sys
-from collections.abc import Callable
-
-from util.abort import share_failure
 
 EXIT_USER_ERROR = 2
 
@@ -24,24 +18,6 @@ def _one_line(message: str) -> str:
         last = lines[-1]
         return last.split("UserError: ", 1)[-1]
     return " ".join(line.strip() for line in lines)
-
-
-def run_main(main: Callable[[], object]) -> None:
-    """Run an entry point; a UserError (also one raised in a data worker) exits 2 with one line."""
-    logger = logging.getLogger("deepcluster")
-    if not logger.handlers:  # errors raised before the script set up its logging still get printed
-        logger.addHandler(logging.StreamHandler(sys.stderr))
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    try:
-        main()
-    except Exception as err:
-        status, line = failure_line(err)
-        share_failure(status, line)  # every other rank of a distributed run ends with this line too
-        if status != EXIT_USER_ERROR:
-            raise
-        logger.error("error: %s", line)
-        sys.exit(EXIT_USER_ERROR)
 
 
 def failure_line(err: Exception) -> tuple[int, str]:
@@ -86,20 +62,3 @@ def _distributed() -> bool:
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def script_entry(
-    title: str,
-    get_args_parser: Callable[[], argparse.ArgumentParser],
-    main: Callable[[argparse.Namespace], object],
-    epilog: str,
-) -> None:
-    """The `if __name__ == "__main__"` of every entry script: its parser (with --help and the departures from the
-    paper or protocol as epilog), then main() under run_main."""
-    from util.config import add_config_arg, parse_with_config
-
-    parser = argparse.ArgumentParser(
-        title, parents=[get_args_parser()], epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_config_arg(parser)
-    run_main(lambda: main(parse_with_config(parser, sys.argv[1:])))

@@ -1,18 +1,24 @@
-"""Start-up of every entry script: device, seeds, determinism, the output folder."""
+"""Start-up of every entry script: its parser and error handling (script_entry, run_main), device, seeds,
+determinism, the output folder."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import random
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from util.abort import share_failure
 from util.checkpoint import remove_stale_temporaries
+from util.config import add_config_arg, parse_with_config
 from util.dist import DEFAULT_TIMEOUT_MIN, DistInfo, init_distributed
-from util.errors import UserError
+from util.errors import EXIT_USER_ERROR, UserError, failure_line
 from util.logging import setup_logging
 
 logger = logging.getLogger("deepcluster")
@@ -95,3 +101,36 @@ def start_run(
     resolved = resolve_device(device, info)
     seed_everything(seed, deterministic)
     return info, resolved, prepare_output_dir(output_dir, info.is_main)
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run an entry point; a UserError (also one raised in a data worker) exits 2 with one line."""
+    logger = logging.getLogger("deepcluster")
+    if not logger.handlers:  # errors raised before the script set up its logging still get printed
+        logger.addHandler(logging.StreamHandler(sys.stderr))
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    try:
+        main()
+    except Exception as err:
+        status, line = failure_line(err)
+        share_failure(status, line)  # every other rank of a distributed run ends with this line too
+        if status != EXIT_USER_ERROR:
+            raise
+        logger.error("error: %s", line)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def script_entry(
+    title: str,
+    get_args_parser: Callable[[], argparse.ArgumentParser],
+    main: Callable[[argparse.Namespace], object],
+    epilog: str,
+) -> None:
+    """The `if __name__ == "__main__"` of every entry script: its parser (with --help and the departures from the
+    paper or protocol as epilog), then main() under run_main."""
+    parser = argparse.ArgumentParser(
+        title, parents=[get_args_parser()], epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_config_arg(parser)
+    run_main(lambda: main(parse_with_config(parser, sys.argv[1:])))
