@@ -37,22 +37,24 @@ from util.errors import UserError
 from util.eval.bootstrap import add_intervals, hit_statistics, warn_without_interval
 from util.eval.pretrained import (
     NETWORK_PREFIXES,
+    Checkpoint,
     PixelNet,
     evaluated_network,
+    measurable_networks,
+    network_identities,
     networks_to_evaluate,
     resolve_pretrained,
-    weights_identities,
 )
 from util.eval.probe_features import CachedFeatures, LiveFeatures
 from util.eval.probes import TAP_NAMES, AvgPoolHead, MultiHead, NoTaps, build_tap_pooling
-from util.eval.results import gain_row, network_rows, publish
+from util.eval.results import ResultsTable, gain_row, network_rows, publish
 from util.eval.state import EvalState, plan_id
 from util.knn import KNN_K, KNN_TEMPERATURE, knn_predict, l2_normalize
 from util.logging import interactive, protocol_notes, provenance
 from util.metrics import hit_rate, topk_hits
-from util.pixels import PIXEL_VIEWS, pixel_knn_scores, pixel_skip_reason
+from util.pixels import PIXEL_VIEWS, pixel_knn_scores
 from util.runtime import script_entry, start_run
-from util.tracking import Tracker, init_tracker
+from util.tracking import Tracker, WandbSpec, init_tracker
 
 logger = logging.getLogger("deepcluster")
 
@@ -148,7 +150,7 @@ class Task:
     """One (network, protocol) evaluation; its results land under `prefix + key`."""
 
     network: str  # a key of NETWORK_PREFIXES
-    weights: str  # the checkpoint path, "random" or "pixels"
+    weights: Checkpoint | str  # the checkpoint (read once), "random" or "pixels"
     protocol: str
     key: str = ""  # content hash of the weights + every flag that defines the protocol: what state is keyed by
 
@@ -188,7 +190,7 @@ def plan_tasks(args: argparse.Namespace, networks: list[tuple[str, str]], hashes
 def main(args: argparse.Namespace) -> None:
     # ---- set-up
     info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir, args.dist_timeout)
-    lineage = resolve_pretrained(args)
+    checkpoint, lineage = resolve_pretrained(args)
     resolve_data_defaults(args)
 
     # ---- data: train split for the heads, val (or test) split for the numbers
@@ -207,43 +209,27 @@ def main(args: argparse.Namespace) -> None:
     )
 
     # ---- the weights' content hashes key every task; resume or reuse only tasks with the same key
-    networks = networks_to_evaluate(args.pretrained, args.baseline)
-    skipped = pixel_skip_reason(len(train), len(val), args.image_size) if ("pixels", "pixels") in networks else None
-    if skipped is not None:
-        logger.info("pixel baseline not measured: %s", skipped)
-        networks.remove(("pixels", "pixels"))
-    identities = weights_identities(networks, args.arch, args.sobel, args.seed)
+    networks = networks_to_evaluate(checkpoint, args.baseline)
+    networks, skipped = measurable_networks(networks, len(train), len(val), args.image_size)
+    identities = network_identities(networks, args.arch, args.sobel, args.seed)
     tasks = plan_tasks(args, networks, {network: w["sha256"] for network, w in identities.items()})
     state = EvalState.load(output_dir / STATE_NAME)
     plan = plan_id([task.key for task in tasks])
     tracker = init_tracker(
-        args,
+        WandbSpec.from_args(args),
         output_dir,
         job_type="linear",
-        config={**vars(args), **provenance(), "weights": identities},
-        is_main=info.is_main,
+        config={**vars(args), **provenance(), "identities": identities},
         run_id=state.wandb_runs.get(plan),
         epoch_metrics=("probe/*",),
         lineage=lineage,
     )
     state.wandb_runs[plan] = tracker.run_id
-    features_by_network: dict[str, object] = {}
+
+    # ---- every task (network x protocol), one network's features at a time; then the intervals over the images
     results: dict = {}
     statistics: dict = {}  # results key -> its bootstrap statistic, from the task's per-image hits
-    for task in tasks:
-        if task.key in state.tasks:
-            short_hash = identities[task.network]["sha256"][:12]
-            logger.info("== %s: reusing results of the same weights (sha256 %s) and flags", task.name, short_hash)
-        else:
-            if task.network == "pixels" and task.protocol == "knn":  # both views of the pixels, not one network's
-                found = pixel_knn_eval(train, val, num_classes, args, device)
-            else:
-                if task.network not in features_by_network:
-                    features_by_network.clear()  # one network's features at a time
-                    features_by_network[task.network] = make_features(args, task, train, val, device)
-                found = run_task(args, task, features_by_network[task.network], num_classes, device, state, tracker)
-            state.finish(task.key, task.name, identities[task.network], found)
-        found = dict(state.tasks[task.key]["results"])
+    for task, found in run_tasks(args, tasks, (train, val), identities, state, tracker, device):
         statistics.update(hit_statistics(found.pop("per_image", None), task.prefix))
         results.update({task.prefix + k: v for k, v in found.items()})
     if info.is_main:
@@ -251,11 +237,33 @@ def main(args: argparse.Namespace) -> None:
             results, statistics, [f"{t}_top{k}" for t in [*TAP_NAMES, "avgpool", "knn"] for k in (1, 5)]
         )
         add_intervals(results, statistics, len(val), args.seed)
-        if skipped is not None:
-            results["pixels_not_measured"] = skipped
+        results.update({"pixels_not_measured": skipped} if skipped is not None else {})
         write_results(args, results, identities, output_dir, tracker)
     tracker.finish()
     dist_util.cleanup()
+
+
+def run_tasks(args, tasks: list[Task], splits, identities: dict, state: EvalState, tracker, device):
+    """Each task with its results (a copy): reused from the state when its key is there, else measured and kept
+    there. splits: (train, val) sources."""
+    train, val = splits
+    num_classes = len(train.images.classes)
+    features_by_network: dict[str, object] = {}
+    for task in tasks:
+        if task.key in state.tasks:
+            short_hash = identities[task.network]["sha256"][:12]
+            logger.info("== %s: reusing results of the same weights (sha256 %s) and flags", task.name, short_hash)
+        elif task.network == "pixels" and task.protocol == "knn":  # both views of the pixels, not one network's
+            state.finish(
+                task.key, task.name, identities[task.network], pixel_knn_eval(train, val, num_classes, args, device)
+            )
+        else:
+            if task.network not in features_by_network:
+                features_by_network.clear()  # one network's features at a time
+                features_by_network[task.network] = make_features(args, task, train, val, device)
+            found = run_task(args, task, features_by_network[task.network], num_classes, device, state, tracker)
+            state.finish(task.key, task.name, identities[task.network], found)
+        yield task, dict(state.tasks[task.key]["results"])
 
 
 def eval_sources(args: argparse.Namespace) -> tuple[ImageSource, ImageSource]:
@@ -474,7 +482,7 @@ def write_results(
         "arch": args.arch,
         "sobel": args.sobel,
         "pretrained": args.pretrained,
-        "weights": identities,
+        "identities": identities,
         "cached_features": args.cached_features,
         "data": args.data,
         "subset": args.subset,
@@ -482,7 +490,7 @@ def write_results(
         "protocol_notes": protocol_notes(DEPARTURES),
     }
     title = f"top-1 (%) on {args.data}"
-    publish(args, output_dir, results, meta, tracker, "linear_eval", columns, rows, title, interval_keys=keys)
+    publish(args, output_dir, results, meta, tracker, ResultsTable("linear_eval", title, columns, rows, tuple(keys)))
 
 
 if __name__ == "__main__":

@@ -58,22 +58,23 @@ from util.errors import UserError
 from util.eval.bootstrap import add_intervals, hit_statistics, warn_without_interval
 from util.eval.pretrained import (
     NETWORK_PREFIXES,
-    PIXELS,
+    Checkpoint,
     evaluated_network,
+    measurable_networks,
+    network_identities,
     networks_to_evaluate,
     resolve_pretrained,
-    weights_identities,
 )
-from util.eval.results import gain_row, network_rows, publish
+from util.eval.results import ResultsTable, gain_row, network_rows, publish
 from util.eval.semisup import PRESETS, percent_subset, preset_regime, read_subset_file, subset_listing
 from util.eval.state import EvalState, plan_id
 from util.knn import KNN_K, KNN_TEMPERATURE
 from util.logging import protocol_notes, provenance
 from util.metrics import hit_rate, topk_hits
-from util.pixels import PIXEL_VIEWS, pixel_knn_scores, pixel_skip_reason
+from util.pixels import PIXEL_VIEWS, pixel_knn_scores
 from util.runtime import script_entry, start_run
 from util.seeds import derive_seed
-from util.tracking import Tracker, init_tracker
+from util.tracking import Tracker, WandbSpec, init_tracker
 
 logger = logging.getLogger("deepcluster")
 
@@ -231,7 +232,7 @@ def labelled_data(args: argparse.Namespace, info: dist_util.DistInfo, output_dir
 
 def main(args: argparse.Namespace) -> None:
     info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir, args.dist_timeout)
-    lineage = resolve_pretrained(args)
+    checkpoint, lineage = resolve_pretrained(args)
     resolve_data_defaults(args)
 
     # ---- the labelled subset (saved beside the results) and the evaluation split
@@ -248,60 +249,88 @@ def main(args: argparse.Namespace) -> None:
     )
 
     # ---- tasks keyed by the weights' content and every protocol flag
-    networks = networks_to_evaluate(args.pretrained, args.baseline)
-    skipped = None
-    if ("pixels", PIXELS) in networks:
-        skipped = pixel_skip_reason(data.labelled, len(data.val), args.image_size)
-        if skipped is not None:
-            logger.info("pixel baseline not measured: %s", skipped)
-            networks.remove(("pixels", PIXELS))
-    identities = weights_identities(networks, args.arch, args.sobel, args.seed)
+    networks = networks_to_evaluate(checkpoint, args.baseline)
+    networks, skipped = measurable_networks(networks, data.labelled, len(data.val), args.image_size)
+    identities = network_identities(networks, args.arch, args.sobel, args.seed)
     state = EvalState.load(output_dir / STATE_NAME, keyed_since=1)  # version 1 states were keyed too
-    keys = {network: task_key(args, hp, identities[network]["sha256"], data.listing) for network, _ in networks}
-    plan = plan_id(list(keys.values()))
-    config = {**vars(args), **provenance(), "weights": identities, "hyperparameters": asdict(hp)}
+    tasks = [
+        Task(name, weights, task_key(args, hp, identities[name]["sha256"], data.listing)) for name, weights in networks
+    ]
+    plan = plan_id([task.key for task in tasks])
+    config = {**vars(args), **provenance(), "identities": identities, "hyperparameters": asdict(hp)}
     tracker = init_tracker(
-        args,
+        WandbSpec.from_args(args),
         output_dir,
         job_type="semisup",
         config={**config, "labelled": data.labelled},
-        is_main=info.is_main,
         run_id=state.wandb_runs.get(plan),
         epoch_metrics=("ft/*",),
         lineage=lineage,
     )
     state.wandb_runs[plan] = tracker.run_id
+
+    # ---- each network fine-tuned (the pixels: their kNN) or its results reused, then the intervals over the images
     results: dict = {}
     statistics: dict = {}  # results key -> its bootstrap statistic, from the task's per-image hits
-    for network, path in networks:
-        key = keys[network]
-        if key in state.tasks:
-            short_hash = identities[network]["sha256"][:12]
-            logger.info("== %s: reusing results of the same weights (sha256 %s) and flags", network, short_hash)
-        elif network == "pixels":
-            state.finish(key, network, identities[network], pixel_knn(data.train, data.val, device))
-        else:
-            found = fine_tune(args, hp, network, path, key, data.train, data.val, device, state, tracker)
-            state.finish(key, network, identities[network], found)
-        prefix = NETWORK_PREFIXES[network]
-        found = dict(state.tasks[key]["results"])
-        statistics.update(hit_statistics(found.pop("per_image", None), prefix))
-        results.update({prefix + k: v for k, v in found.items()})
+    for task in tasks:
+        found = dict(run_task(args, hp, task, data, identities[task.network], state, tracker, device))
+        statistics.update(hit_statistics(found.pop("per_image", None), NETWORK_PREFIXES[task.network]))
+        results.update({NETWORK_PREFIXES[task.network] + k: v for k, v in found.items()})
     if info.is_main:
         warn_without_interval(results, statistics, ["top1", "top5"])
         add_intervals(results, statistics, len(data.val), args.seed)
-        if skipped is not None:
-            results["pixels_not_measured"] = skipped
+        results.update({"pixels_not_measured": skipped} if skipped is not None else {})
         write_results(args, hp, results, identities, data.labelled, data.percent, output_dir, tracker)
     tracker.finish()
     dist_util.cleanup()
 
 
-def fine_tune(args, hp: FineTuneSchedule, network, path, key, train, val, device, state: EvalState, tracker) -> dict:
+@dataclass(frozen=True)
+class Task:
+    """One network's evaluation: its name (NETWORK_PREFIXES), weights (a checkpoint, `random` or `pixels`) and the
+    key its state and results are kept under (the weights' hash and every protocol flag)."""
+
+    network: str
+    weights: Checkpoint | str
+    key: str
+
+
+def run_task(args, hp: FineTuneSchedule, task: Task, data, identity: dict, state: EvalState, tracker, device) -> dict:
+    """The task's results: reused from the state when its key is there, else measured and kept there."""
+    if task.key in state.tasks:
+        logger.info(
+            "== %s: reusing results of the same weights (sha256 %s) and flags", task.network, identity["sha256"][:12]
+        )
+    elif task.network == "pixels":
+        state.finish(task.key, task.network, identity, pixel_knn(data.train, data.val, device))
+    else:
+        state.finish(task.key, task.network, identity, fine_tune(args, hp, task, data, device, state, tracker))
+    return state.tasks[task.key]["results"]
+
+
+def pixel_knn(train: ImageSource, val: ImageSource, device: torch.device) -> dict:
+    """The pixels' baseline: the weighted kNN of the evaluation images against the labelled ones on their pixels, in
+    both views (util/pixels.py); the higher top-1 is reported (the first of equals), with its view."""
+    logger.info("== pixels (weighted kNN on the labelled images' pixels)")
+    num_classes = len(train.images.classes)
+    scores = pixel_knn_scores(train, val, num_classes, KNN_K, KNN_TEMPERATURE, 256, device)
+    targets = torch.from_numpy(val.targets)
+    hits = {view: topk_hits(scores[view], targets, (1, 5)) for view in PIXEL_VIEWS}
+    view = max(PIXEL_VIEWS, key=lambda v: hit_rate(hits[v][0]))
+    hit1, hit5 = hits[view]
+    logger.info(
+        "pixels: top1 %s; reported: %s", ", ".join(f"{v} {hit_rate(hits[v][0]):.2f}" for v in PIXEL_VIEWS), view
+    )
+    per_image = {"hits": {"top1": hit1.numpy(), "top5": hit5.numpy()}}
+    return {"top1": hit_rate(hit1), "top5": hit_rate(hit5), "knn_view": view, "per_image": per_image}
+
+
+def fine_tune(args, hp: FineTuneSchedule, task: Task, data, device, state: EvalState, tracker) -> dict:
     """SGD with step decay on every parameter; evaluated after every epoch; resumable after any epoch."""
-    logger.info("== %s (%s)", network, path)
+    network, key, train, val = task.network, task.key, data.train, data.val
+    logger.info("== %s", network)
     torch.manual_seed(args.seed)  # the head's init (and the random-init baseline) are reproducible
-    backbone = evaluated_network(network, path, args.arch, args.sobel, device, train, args.channels_last)
+    backbone = evaluated_network(network, task.weights, args.arch, args.sobel, device, train, args.channels_last)
     for param in backbone.parameters():
         param.requires_grad_(True)
     model = FineTuned(backbone, len(train.images.classes)).to(device)
@@ -352,23 +381,6 @@ def fine_tune(args, hp: FineTuneSchedule, network, path, key, train, val, device
         else {"hits": {name: np.stack(hits) for name, hits in kept.items()}, "select": "top1"}
     )
     return {**found, "last_epoch_top1": history[-1]["top1"], "finetuned_weights": str(final), "per_image": per_image}
-
-
-def pixel_knn(train: ImageSource, val: ImageSource, device: torch.device) -> dict:
-    """The pixels' baseline: the weighted kNN of the evaluation images against the labelled ones on their pixels, in
-    both views (util/pixels.py); the higher top-1 is reported (the first of equals), with its view."""
-    logger.info("== pixels (weighted kNN on the labelled images' pixels)")
-    num_classes = len(train.images.classes)
-    scores = pixel_knn_scores(train, val, num_classes, KNN_K, KNN_TEMPERATURE, 256, device)
-    targets = torch.from_numpy(val.targets)
-    hits = {view: topk_hits(scores[view], targets, (1, 5)) for view in PIXEL_VIEWS}
-    view = max(PIXEL_VIEWS, key=lambda v: hit_rate(hits[v][0]))
-    hit1, hit5 = hits[view]
-    logger.info(
-        "pixels: top1 %s; reported: %s", ", ".join(f"{v} {hit_rate(hits[v][0]):.2f}" for v in PIXEL_VIEWS), view
-    )
-    per_image = {"hits": {"top1": hit1.numpy(), "top5": hit5.numpy()}}
-    return {"top1": hit_rate(hit1), "top5": hit_rate(hit5), "knn_view": view, "per_image": per_image}
 
 
 def fine_tune_epoch(args, epoch: int, trained: nn.Module, train, optimizer: torch.optim.Optimizer, device) -> float:
@@ -451,7 +463,7 @@ def write_results(
         "arch": args.arch,
         "sobel": args.sobel,
         "pretrained": args.pretrained,
-        "weights": identities,
+        "identities": identities,
         "data": args.data,
         "labelled_images": labelled,
         "labelled_percent": percent,
@@ -461,7 +473,9 @@ def write_results(
         "protocol_notes": protocol_notes(DEPARTURES),
     }
     title = f"semi-supervised top-1 on {args.data}"
-    publish(args, output_dir, results, meta, tracker, "semisup_eval", columns, rows, title, ["top1", "top5"])
+    publish(
+        args, output_dir, results, meta, tracker, ResultsTable("semisup_eval", title, columns, rows, ("top1", "top5"))
+    )
 
 
 if __name__ == "__main__":

@@ -30,20 +30,30 @@ from util.eval.bootstrap import add_intervals, map_statistic
 from util.eval.pretrained import (
     NETWORK_PREFIXES,
     PIXELS,
+    Checkpoint,
     evaluated_network,
+    measurable_networks,
+    network_identities,
     networks_to_evaluate,
     resolve_pretrained,
-    weights_identities,
 )
 from util.eval.probe_features import probe_inputs
 from util.eval.probes import TAP_NAMES, build_tap_pooling
-from util.eval.results import gain_row, network_rows, publish
-from util.eval.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, l2_normalize_features, lowshot_protocol
+from util.eval.results import ResultsTable, gain_row, network_rows, publish
+from util.eval.svm import (
+    DEFAULT_COSTS,
+    LOWSHOT_KS,
+    LowShot,
+    full_protocol,
+    get_solver,
+    l2_normalize_features,
+    lowshot_protocol,
+)
 from util.eval.voc import LabelledSplit, is_voc_data, svm_splits
 from util.logging import protocol_notes, provenance
-from util.pixels import pixel_skip_reason, pixel_view
+from util.pixels import pixel_view
 from util.runtime import script_entry, start_run
-from util.tracking import Tracker, init_tracker
+from util.tracking import Tracker, WandbSpec, init_tracker
 
 logger = logging.getLogger("deepcluster")
 
@@ -122,7 +132,7 @@ def main(args: argparse.Namespace) -> None:
     costs = parse_list(args.costs, float, "--costs", positive=True) if args.costs else list(DEFAULT_COSTS)
     ks = parse_list(args.lowshot_ks, int, "--lowshot-ks", positive=True)
     info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir, args.dist_timeout)
-    lineage = resolve_pretrained(args)
+    checkpoint, lineage = resolve_pretrained(args)
     if is_voc_data(args.data):  # the protocol: every image resized to 224 x 224, decoded per step
         args.image_size, args.in_memory = args.image_size or 224, bool(args.in_memory)
     else:
@@ -139,23 +149,19 @@ def main(args: argparse.Namespace) -> None:
         args.solver,
     )
     config = {**vars(args), **provenance()}
-    tracker = init_tracker(args, output_dir, "svm", config, info.is_main, lineage=lineage)
+    tracker = init_tracker(WandbSpec.from_args(args), output_dir, "svm", config, lineage=lineage)
 
     # ---- per network: features (cached on disk), full SVM per layer, low-shot on the best layer
-    networks = networks_to_evaluate(args.pretrained, args.baseline)
-    skipped = None
-    if (network_pixels := ("pixels", PIXELS)) in networks:
-        skipped = pixel_skip_reason(len(train.images), len(test.images), args.image_size)
-        if skipped is not None:
-            logger.info("pixel baseline not measured: %s", skipped)
-            networks.remove(network_pixels)
-    identities = weights_identities(networks, args.arch, args.sobel, args.seed)
+    networks = networks_to_evaluate(checkpoint, args.baseline)
+    networks, skipped = measurable_networks(networks, len(train.images), len(test.images), args.image_size)
+    identities = network_identities(networks, args.arch, args.sobel, args.seed)
     results: dict = {"pixels_not_measured": skipped} if skipped is not None else {}
     statistics: dict = {}  # the best layer's mAP from every layer's per-image scores, for the bootstrap intervals
     solver = get_solver(args.solver, str(device))
     for network, weights in networks:
         scored = [PIXELS] if network == "pixels" else layers  # the pixels are one "layer"
-        feats = cached_features(args, network, weights, identities[network], train, test, scored, device, output_dir)
+        splits = {"train": train, "test": test}
+        feats = cached_features(args, network, weights, identities[network], splits, scored, device, output_dir)
         if not info.is_main:
             continue
         prefix = NETWORK_PREFIXES[network]
@@ -173,10 +179,9 @@ def main(args: argparse.Namespace) -> None:
 def cached_features(
     args,
     network: str,
-    weights: str,
-    weights_identity: dict,
-    train: LabelledSplit,
-    test: LabelledSplit,
+    weights: Checkpoint | str,
+    identity: dict,
+    splits: dict[str, LabelledSplit],
     layers,
     device,
     output_dir: Path,
@@ -184,9 +189,10 @@ def cached_features(
     """{split: {layer: (N, D) float32}} from OUTPUT_DIR/features, extracted only when missing or stale: the cache is
     keyed by the weights' content hash (not their path or mtime) and every flag that changes the features."""
     folder = output_dir / "features"
-    identity = {
-        "weights": weights_identity["path"],
-        "weights_sha256": weights_identity["sha256"],
+    train, test = splits["train"], splits["test"]
+    key = {
+        "weights": identity["path"],
+        "weights_sha256": identity["sha256"],
         "arch": args.arch,
         "sobel": args.sobel,
         "image_size": args.image_size,
@@ -198,16 +204,15 @@ def cached_features(
         "test_paths": hashlib.sha256("\n".join(test.images.paths).encode()).hexdigest(),
     }
     meta_path = folder / f"{network}.json"
-    splits = {"train": train, "test": test}
     loaded = None
     if dist_util.current().is_main:  # rank 0 reads the cache; every rank learns whether it must be made again
-        loaded = load_feature_cache(folder, network, identity, splits, layers)
+        loaded = load_feature_cache(folder, network, key, splits, layers)
     if not dist_util.broadcast_object(loaded is not None):
         extract_to_disk(args, network, weights, splits, layers, device, folder)
         if dist_util.current().is_main:
-            text = json.dumps(identity, indent=2)
+            text = json.dumps(key, indent=2)
             atomic_write(meta_path, lambda handle: handle.write(text.encode()))
-            loaded = load_feature_cache(folder, network, identity, splits, layers, fresh=True)
+            loaded = load_feature_cache(folder, network, key, splits, layers, fresh=True)
     dist_util.barrier()
     return loaded or {}  # the SVMs run on rank 0
 
@@ -241,7 +246,7 @@ def load_feature_cache(
 
 
 @torch.inference_mode()
-def extract_to_disk(args, network: str, weights: str, splits: dict, layers, device, folder: Path) -> None:
+def extract_to_disk(args, network: str, weights: Checkpoint | str, splits: dict, layers, device, folder: Path) -> None:
     """Every split's features of every layer, in OUTPUT_DIR/features/NETWORK-SPLIT-LAYER.npy: the network's pooled
     taps, or the flattened input images (the pixels' one layer)."""
     spec = augment_preset("paper", args.image_size)
@@ -307,9 +312,8 @@ def svm_scores(
         lowshot_layers = [out["best_layer"]] if "best_layer" in out else layers
         for layer in lowshot_layers:
             start = time.perf_counter()
-            low = lowshot_protocol(
-                *_xy(normalised[layer], train, test), costs, solver, ks, args.lowshot_samples, args.seed
-            )
+            draws = LowShot(ks, args.lowshot_samples, args.seed)
+            low = lowshot_protocol(*_xy(normalised[layer], train, test), costs, solver, draws)
             for k, value in low.items():
                 out[f"{layer}_lowshot_k{k}_map"], out[f"{layer}_lowshot_k{k}_std"] = value["map"], value["std"]
             logger.info(
@@ -354,14 +358,14 @@ def write_results(args, results: dict, identities: dict, output_dir: Path, track
         "arch": args.arch,
         "sobel": args.sobel,
         "pretrained": args.pretrained,
-        "weights": identities,
+        "identities": identities,
         "data": args.data,
         "subset": args.subset,
         "solver": args.solver,
         "protocol_notes": protocol_notes(DEPARTURES),
     }
     title = f"VOC07-style SVM mAP (%) on {args.data}"
-    publish(args, output_dir, results, meta, tracker, "svm_eval", columns, rows, title, ["best_map"])
+    publish(args, output_dir, results, meta, tracker, ResultsTable("svm_eval", title, columns, rows, ("best_map",)))
 
 
 if __name__ == "__main__":

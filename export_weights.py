@@ -26,7 +26,7 @@ import torch
 from util.checkpoint import atomic_write
 from util.errors import UserError
 from util.eval.export import FORMATS, check_exportable, torchvision_state, write_export
-from util.eval.pretrained import RANDOM, load_backbone, resolve_arch, weights_sha256
+from util.eval.pretrained import RANDOM, load_backbone, read_checkpoint, resolve_arch
 from util.logging import setup_logging
 from util.runtime import script_entry
 
@@ -59,7 +59,8 @@ def main(args: argparse.Namespace) -> list[Path]:
     setup_logging()
     if args.pretrained == RANDOM:
         raise UserError("--pretrained random has no weights worth exporting: give a checkpoint")
-    arch, sobel, _ = resolve_arch(args.pretrained, args.arch, args.sobel)
+    checkpoint = read_checkpoint(args.pretrained)
+    arch, sobel = resolve_arch(checkpoint, args.arch, args.sobel)
     for fmt in args.format:
         check_exportable(arch, sobel, fmt)
     out_dir = Path(args.output_dir)
@@ -67,9 +68,8 @@ def main(args: argparse.Namespace) -> list[Path]:
     existing = [str(p) for p in [*targets, out_dir / "export.json"] if p.exists()]  # one source per folder
     if existing and not args.overwrite:
         raise UserError(f"{', '.join(existing)} already exist(s): choose another --output-dir or pass --overwrite")
-    state = torchvision_state(load_backbone(args.pretrained, arch, sobel, torch.device("cpu")))
-    sha = weights_sha256(args.pretrained, arch, sobel, 0)
-    meta = {"author": "deepcluster", "arch": arch, "source": str(Path(args.pretrained).resolve()), "sha256": sha}
+    state = torchvision_state(load_backbone(checkpoint, arch, sobel, torch.device("cpu")))
+    meta = {"author": "deepcluster", "arch": arch, "source": checkpoint.identity["path"], "sha256": checkpoint.sha256}
     for fmt, path in zip(args.format, targets, strict=True):
         atomic_write(path, lambda handle, fmt=fmt: write_export(state, fmt, handle, meta))
         logger.info("wrote %s (%s, %d tensors)", path, fmt, len(state))

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +31,19 @@ from util.args import (
     positive_int,
 )
 from util.augment import AUGMENT_PRESETS, AugmentSpec, augment_preset
-from util.data import build_source, profile_data
+from util.data import profile_data
 from util.errors import UserError
 from util.faults import kill_point
-from util.logging import JsonLog, interactive
+from util.knn import l2_normalize
+from util.logging import interactive
 from util.metrics import ari, cluster_accuracy, nmi, purity
 from util.precision import add_amp_arg, add_compile_arg, autocast, check_amp, compile_in_place, to_channels_last
 from util.pretrain.alarms import size_entropy
-from util.pretrain.clock import RunClock
 from util.pretrain.clustering import (
     ClusteringResult,
+    ClusteringSpec,
+    PCAWhitening,
+    PicParams,
     check_k,
     check_pic_neighbors,
     cluster_sizes,
@@ -49,34 +52,15 @@ from util.pretrain.clustering import (
     torch_kmeans,
 )
 from util.pretrain.epoch_log import PhaseTimer, close_record
-from util.pretrain.features import extract_features
-from util.pretrain.maps import maps_on
-from util.pretrain.monitor import (
-    add_monitor_args,
-    build_held_out,
-    floors_of,
-    measure_floor,
-    monitor_pass,
-    resolve_knn_every,
-)
+from util.pretrain.features import Extraction, extract_features
+from util.pretrain.monitor import Votes, add_monitor_args, floors_of, resolve_knn_every
 from util.pretrain.outputs import add_output_args
 from util.pretrain.probe import OnlineProbe, wants_probe
 from util.pretrain.recipe import apply_rule
-from util.pretrain.run import (
-    EpochContext,
-    RunOutputs,
-    RunState,
-    SavedGenerator,
-    already_done,
-    checkpoint_payload,
-    restart_from_checkpoint,
-    start_tracker,
-    train_and_measure,
-    unwrap,
-)
+from util.pretrain.run import EpochContext, Method, RunState, SavedGenerator, open_run, resume, unwrap
 from util.pretrain.sampler import UniformClusterSampler
 from util.pretrain.step_log import StepLog
-from util.runtime import script_entry, start_run
+from util.runtime import script_entry
 from util.seeds import derive_seed
 
 logger = logging.getLogger("deepcluster")
@@ -97,6 +81,8 @@ DEPARTURES = """departures from the paper (Caron et al. 2018), each named so res
   k-means            empty clusters are re-seeded by splitting a large cluster (faiss and torch backends), as the
                      original; clusters still empty at the end are dropped from the pseudo-labels and counted.
   PIC                the number of clusters is found by PIC, not set by --k.
+  --head-init centroids  not in the paper (its head starts at N(0, 0.01) every epoch): the head starts at the
+                     clusters' centroids carried back through the PCA, DeepCluster-v2's prototypes.
   --neck mlp         not in the paper for ResNets: two Linear-BN-ReLU layers between the pooled features and the
                      classifier, clustered there (the paper's AlexNet clusters fc7).
   --knn-every        not in the paper: a weighted kNN monitor (k=20, T=0.07) on a labelled held-out split beside
@@ -105,7 +91,6 @@ DEPARTURES = """departures from the paper (Caron et al. 2018), each named so res
                      images of at most 64 px); it never influences training."""
 
 # Arguments that define a run: resuming an output folder with other values would mix two experiments.
-METHOD = "deepcluster"  # the checkpoint's "method": main_deepclusterv2.py writes "deepcluster-v2"
 RUN_DEFINING_ARGS = (
     "arch",
     "sobel",
@@ -117,8 +102,9 @@ RUN_DEFINING_ARGS = (
     "image_size",
     "labels_from",
     "neck",
+    "head_init",
 )
-EPOCH_METRICS = ("train/*", "cluster/*", "time/*", "monitor/*")
+METHOD = Method("deepcluster", RUN_DEFINING_ARGS, DEPARTURES, done_hint="raise --epochs to train further")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -199,6 +185,14 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         help="none: cluster and classify the backbone's pooled features (the paper's ResNets). mlp: two Linear-BN-ReLU "
         "layers (2048 units) between them and the classifier, clustered there, as the paper's AlexNet clusters fc7; "
         "the monitor and evaluations read the pooled features below it",
+    )
+    group.add_argument(
+        "--head-init",
+        choices=("normal", "centroids"),
+        default="normal",
+        help="the classifier head of every epoch starts at N(0, 0.01) (normal: the paper) or at the clusters' "
+        "centroids carried back through the PCA (centroids: DeepCluster-v2's prototypes), so it predicts the "
+        "clusters from the first step and every step trains the backbone",
     )
     group.add_argument(
         "--reassign",
@@ -294,38 +288,49 @@ def training_augment(args: argparse.Namespace) -> AugmentSpec:
 
 
 def main(args: argparse.Namespace) -> None:
-    # ---- set-up: processes, device, seeds, output folder; the flags the data decides
-    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir, args.dist_timeout)
-    args = finalize_args(args, info.world_size, device.type)
-    logger.info("args: %s", " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
+    # ---- set-up: processes, device, seeds, output folder; the flags the data decides; the images and the monitor
+    run = open_run(args, finalize_args, training_augment)
+    args, device, info = run.args, run.device, run.info
+    effective = args.batch_size * info.world_size
     logger.info(
         "effective batch %d (%d x %d processes); k=%d; device %s",
-        args.batch_size * info.world_size,
+        effective,
         args.batch_size,
         info.world_size,
         args.k,
         device,
     )
 
-    # ---- data: the training images (augmented batches, and the deterministic view for extraction); the held-out split
-    source = build_source(
-        data=args.data,
-        split="train",
-        crop=args.image_size,
-        augment=training_augment(args),
-        subset=args.subset,
-        in_memory=args.in_memory,
-        workers=args.workers,
-        cache_dir=Path(args.data_cache),
+    # ---- model and optimizer: backbone (and --neck) trained throughout; the classifier head is new every epoch
+    trunk = build_trunk(args, device, info)
+    optimizer = torch.optim.SGD(trunk.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+    cluster_rng = np.random.default_rng(args.seed)  # a fresh k-means seed every epoch (paper, section 3.2)
+    probe = (
+        OnlineProbe(trunk.backbone.feature_dim, len(run.source.images.classes), device) if wants_probe(args) else None
     )
-    held_out = build_held_out(args, source) if args.knn_every > 0 else None
-    for images in (source, held_out):  # in-memory images on the GPU when they fit
-        if images is not None:
-            images.place(device)
-    if args.labels_from == "dataset":
-        logger.warning("--labels-from dataset: training on the TRUE labels (a sanity check, not DeepCluster)")
+    saved = {"backbone": trunk.backbone, "neck": trunk.neck, "optimizer": optimizer, "online_probe": probe}
+    saved["cluster_rng"] = SavedGenerator(cluster_rng)
 
-    # ---- model, optimizer, resume
+    # ---- resume from OUTPUT_DIR/checkpoint.pth (or --resume), every object strictly; the W&B run
+    resumed = resume(run, METHOD, saved)
+    if resumed is None:
+        return
+    state, outputs = resumed
+    run = Run(**vars(run), trunk=trunk, optimizer=optimizer, cluster_rng=cluster_rng, probe=probe)
+
+    # ---- epochs: extract -> cluster -> pseudo-label -> train -> log -> checkpoint. The last pass measures the final
+    # network (extraction, clustering, monitor) without training: the metrics of the weights in the last checkpoint
+    for epoch in range(state.epoch, args.epochs + 1):
+        trains = epoch < args.epochs
+        record, assignments = run_epoch(run, epoch, state, trains)
+        outputs.close_epoch(record, assignments, state, trains)
+    outputs.finish()  # the run's answer: the final network against its floors, where to look next
+    dist_util.cleanup()
+
+
+def build_trunk(args: argparse.Namespace, device: torch.device, info: dist_util.DistInfo) -> Trunk:
+    """The backbone and its --neck, on the device, in channels_last (default), SyncBatchNorm with --sync-bn on
+    several processes, compiled with --compile."""
     backbone = build_model(args.arch, args.sobel).to(device)
     check_image_size(backbone, args.arch, args.image_size)
     trunk = Trunk(backbone, build_neck(args.neck, backbone.feature_dim))
@@ -333,29 +338,10 @@ def main(args: argparse.Namespace) -> None:
     if args.sync_bn and info.distributed:
         trunk = nn.SyncBatchNorm.convert_sync_batchnorm(trunk)
     compile_in_place(trunk.backbone, args.compile)
-    optimizer = torch.optim.SGD(trunk.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
-    cluster_rng = np.random.default_rng(args.seed)  # a fresh k-means seed every epoch (paper, section 3.2)
-    probe = OnlineProbe(trunk.backbone.feature_dim, len(source.images.classes), device) if wants_probe(args) else None
-    saved = {"backbone": trunk.backbone, "neck": trunk.neck, "optimizer": optimizer, "online_probe": probe}
-    saved["cluster_rng"] = SavedGenerator(cluster_rng)
-    state = restart_from_checkpoint(args, output_dir, METHOD, RUN_DEFINING_ARGS, RunState(), **saved)
-    log = JsonLog(output_dir / "log.jsonl")
-    if already_done(log, state, args, output_dir, hint="raise --epochs to train further"):
-        dist_util.cleanup()
-        return
-    tracker = start_tracker(args, output_dir, state, DEPARTURES, EPOCH_METRICS)
-    clock = RunClock(args.epochs - state.epoch + 1, info.is_main)
-    run = Run(args, source, held_out, device, info, clock, trunk, optimizer, cluster_rng, probe)
-    outputs = RunOutputs(args, output_dir, log, tracker, source)
-
-    # ---- epochs: extract -> cluster -> pseudo-label -> train -> log -> checkpoint. The last pass measures the final
-    # network (extraction, clustering, monitor) without training: the metrics of the weights in the last checkpoint
-    payload = partial(checkpoint_payload, args, METHOD, DEPARTURES, state, **saved)
-    train_and_measure(run, state, outputs, run_epoch, payload)
-    dist_util.cleanup()
+    return trunk
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run(EpochContext):
     """What every DeepCluster epoch reads and updates: the trunk being trained, its optimizer, the k-means seeds."""
 
@@ -369,29 +355,21 @@ def run_epoch(run: Run, epoch: int, state: RunState, train: bool = True) -> tupl
     """One DeepCluster epoch (paper, section 3; docs/training.md); returns the epoch's record for log.jsonl and the
     assignments it trained on. Its clustering and kNN are those of the network after `epoch` epochs of training;
     train=False measures them without training."""
-    args, source, times = run.args, run.source, PhaseTimer()
+    args, source, times, backbone = run.args, run.source, PhaseTimer(), run.trunk.backbone
+    run.trunk.eval()
+    dist_util.broadcast_buffers(run.trunk)  # every rank extracts with rank 0's BatchNorm statistics, the saved ones
     # 1-2. extract features in eval mode, PCA-whiten and L2-normalise: (N, pca_dim). When the kNN monitor is due, the
-    # same pass casts the training images' votes for the held-out split (the monitor's raw backbone features)
+    # same pass casts the training images' votes for the held-out split (the monitor listens)
+    monitored = run.monitor is not None and run.monitor.spec.due(epoch, final=not train)
     with times("extract"):
-        monitored = run.held_out is not None and (epoch % args.knn_every == 0 or not train)
-        features, knn = extract(run, epoch, monitored)
-    with times("monitor"):
-        if (
-            epoch == 0 and knn
-        ):  # the floor: the random network (BatchNorm's initial and recomputed statistics), the pixels
-            trunk = run.trunk
-            floor = measure_floor(
-                trunk.backbone,
-                source,
-                run.held_out,
-                args,
-                run.device,
-                epoch,
-                knn,
-                pca_dim=args.pca_dim,
-                project=trunk.project,
-            )
-            knn.update(floor)
+        if monitored:  # the probe is untrained before the first epoch
+            probe, keep_points = run.probe if epoch > 0 else None, run.monitor.spec.keep_points
+            features, pca, knn = measure(run, backbone, epoch, probe, keep_points)
+        else:
+            (features, pca), knn = extract(run, backbone, epoch), {}
+    with times("floor"):  # once per run: the random network (BatchNorm initial and recomputed), the pixels
+        if epoch == 0 and knn:
+            knn.update(run.monitor.floor(backbone, knn, lambda net: measure(run, net, epoch)[2]))
             state.floors = floors_of(knn)
     # 3-4. cluster the (N, pca_dim) features; pseudo-labels 0..K'-1 over the non-empty clusters
     with times("cluster"):
@@ -403,7 +381,11 @@ def run_epoch(run: Run, epoch: int, state: RunState, train: bool = True) -> tupl
         if train and args.labels_from == "dataset":  # sanity check: the true labels stand in for the clusters
             labels, num_pseudo = source.targets.copy(), len(source.images.classes)
         if train:
-            stats = train_one_epoch(run, epoch, labels, num_pseudo, before_training=times.total)
+            head = new_head(run.trunk.out_dim, num_pseudo, run.device)
+            if args.head_init == "centroids":  # the classifier starts as the clustering's own decision rule
+                centroid_head(head, features, labels, pca)
+            repeated = times.total - times["time_floor"]  # what every epoch spends before training
+            stats = train_one_epoch(run, epoch, labels, head, before_training=repeated)
     # 8. metrics of this epoch's clustering and of the monitor
     passes = times["time_extract"] + times["time_cluster"] + times["time_train"]
     record = {"epoch": epoch, "loss": stats["loss"], **cluster_metrics(result, state.assignments, source.targets)}
@@ -411,52 +393,45 @@ def run_epoch(run: Run, epoch: int, state: RunState, train: bool = True) -> tupl
     return close_record(record, times, stats, state.floors, run.info.world_size, args.epochs), result.assignments
 
 
-def extract(run: Run, epoch: int, monitored: bool) -> tuple[torch.Tensor, dict]:
-    """Steps 1-2 in eval mode with rank 0's BatchNorm statistics (the saved ones) on every rank: the (N, pca_dim)
-    features to cluster (the neck's, with --neck) and, when monitored, the kNN monitor's metrics from the same pass
-    (on the backbone's pooled features, below the neck)."""
-    args, trunk = run.args, run.trunk
-    trunk.eval()
-    dist_util.broadcast_buffers(trunk)
-    progress, desc = interactive() and run.info.is_main, f"epoch {epoch} extract"
-    if monitored:
-        knn, features = monitor_pass(
-            trunk.backbone,
-            run.source,
-            run.held_out,
-            args,
-            run.device,
-            epoch,
-            pca_dim=args.pca_dim,
-            progress=progress,
-            desc=desc,
-            project=trunk.project,
-            probe=run.probe if epoch > 0 else None,  # untrained before the first epoch
-            keep_held_out=maps_on(args),
-        )
-        return features, knn
-    features = extract_features(
-        trunk.backbone,
-        run.source,
-        args.extract_batch_size,
-        run.device,
-        pca_dim=args.pca_dim,
-        pca_fit_samples=args.pca_fit_samples,
-        progress=progress,
-        desc=desc,
-        project=trunk.project,
-        amp=args.amp,
-    )
-    return features, {}
+def extract(run: Run, net: nn.Module, epoch: int, votes: Votes | None = None) -> tuple[torch.Tensor, PCAWhitening]:
+    """Steps 1-2 for `net` (in eval mode): the (N, pca_dim) features to cluster (the neck's, with --neck),
+    PCA-whitened and L2-normalised, the training images' raw features streamed into the monitor's `votes` by the
+    same pass; and the PCA fitted on them."""
+    args, project = run.args, run.trunk.project
+    pca = PCAWhitening(args.pca_dim, args.pca_fit_samples)
+    progress = interactive() and run.info.is_main
+    how = Extraction(args.extract_batch_size, run.device, args.amp, progress, f"epoch {epoch} extract")
+    on_raw_batch = None if votes is None else votes.update
+    return extract_features(net, run.source, how, pca=pca, on_raw_batch=on_raw_batch, project=project), pca
 
 
-def train_one_epoch(run: Run, epoch: int, labels: np.ndarray, num_classes: int, before_training: float) -> dict:
+def clustered_view(run: Run, pca: PCAWhitening) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The view k-means sees, for other images' raw features: (M, D) on the host -> (M, pca_dim) PCA-whitened and
+    L2-normalised (through the neck, on the device, with --neck)."""
+    project, device = run.trunk.project, run.device
+
+    def view(raw: torch.Tensor) -> torch.Tensor:
+        return l2_normalize(pca.apply(raw if project is None else project(raw.to(device))))
+
+    return view
+
+
+def measure(
+    run: Run, net: nn.Module, epoch: int, probe: OnlineProbe | None = None, keep_points: bool = False
+) -> tuple[torch.Tensor, PCAWhitening, dict]:
+    """Steps 1-2 with the monitor listening: the features to cluster, their PCA, and the monitor's record of `net`
+    (its kNN, the held-out k-means in the clustered view, the online probe)."""
+    votes = run.monitor.listen(net)
+    features, pca = extract(run, net, epoch, votes)
+    return features, pca, run.monitor.measure(votes, epoch, clustered_view(run, pca), probe, keep_points)
+
+
+def train_one_epoch(run: Run, epoch: int, labels: np.ndarray, head: nn.Linear, before_training: float) -> dict:
     """Steps 5-7: about --reassign x N images drawn uniformly over the clusters (each rank its shard of one global
-    list), a fresh classifier, one epoch of SGD on the pseudo-labels; returns the averages."""
+    list), the epoch's fresh classifier `head`, one epoch of SGD on the pseudo-labels; returns the averages."""
     args, info = run.args, run.info
     num_samples = max(1, round(args.reassign * len(run.source)))
     sampler = UniformClusterSampler(labels, num_samples, args.seed, epoch, info.rank, info.world_size)
-    head = new_head(run.trunk.out_dim, num_classes, run.device)
     head_optimizer = torch.optim.SGD(head.parameters(), lr=args.head_lr, momentum=0.0, weight_decay=args.wd)
     gen = torch.Generator().manual_seed(derive_seed(args.seed, "pretrain-batches", epoch))
     indices = np.asarray(sampler.indices)
@@ -467,7 +442,7 @@ def train_one_epoch(run: Run, epoch: int, labels: np.ndarray, num_classes: int, 
     model: nn.Module = PseudoLabelNet(run.trunk, head)
     if info.distributed:
         model = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    log = StepLog(args.log_every, epoch, num_steps, run.device, "lower --lr", info.is_main)
+    log = StepLog(args.log_every, epoch, num_steps, run.device, "lower --lr", info.is_main, run.clock)
     targets = torch.from_numpy(labels).to(run.device)  # (N,) pseudo-labels, on the device for the whole epoch
     probing = None
     if run.probe is not None:  # the training split's true labels, for the online probe only
@@ -496,19 +471,11 @@ def cluster(
     result = None
     if info.is_main:
         on_device = args.kmeans_backend == "torch" or args.clustering == "pic"
-        result = run_clustering(
-            features.to(device) if on_device else features,
-            method=args.clustering,
-            k=args.k,
-            seed=seed,
-            backend=args.kmeans_backend,
-            niter=args.kmeans_iters,
-            pic_neighbors=args.pic_neighbors,
-            pic_sigma=args.pic_sigma,
-            pic_alpha=args.pic_alpha,
-            pic_iters=args.pic_iters,
-            use_gpu=device.type == "cuda",
+        pic = PicParams(args.pic_neighbors, args.pic_sigma, args.pic_alpha, args.pic_iters)
+        spec = ClusteringSpec(
+            args.k, args.clustering, args.kmeans_backend, args.kmeans_iters, pic, device.type == "cuda"
         )
+        result = run_clustering(features.to(device) if on_device else features, spec, seed)
     return dist_util.broadcast_object(result)
 
 
@@ -518,6 +485,24 @@ def new_head(feature_dim: int, num_classes: int, device: torch.device) -> nn.Lin
     nn.init.normal_(head.weight, 0.0, 0.01)
     nn.init.zeros_(head.bias)
     return head.to(device)
+
+
+HEAD_TEMPERATURE = 0.1  # --head-init centroids: logits of about cosine / 0.1, DeepCluster-v2's (SwAV appendix)
+
+
+@torch.no_grad()
+def centroid_head(head: nn.Linear, features: torch.Tensor, labels: np.ndarray, pca: PCAWhitening) -> None:
+    """--head-init centroids: the head's weights become the clusters' centroids carried back through the PCA, so it
+    starts as the clustering's own decision rule (the nearest centroid of the whitened features), as
+    DeepCluster-v2's prototypes are its centroids: logits = (C / (T sqrt(d))) P^T (x - mu) for the unit centroids C
+    (K, d) of the (N, d) clustered features, the PCA (mu (D,), P (D, d)) and T = HEAD_TEMPERATURE; whitened
+    features have a norm of about sqrt(d), so the logits are about cosines / T."""
+    num_classes, dim = head.weight.shape[0], features.shape[1]
+    sums = torch.zeros(num_classes, dim).index_add_(0, torch.from_numpy(labels), features)  # (K, d)
+    centroids = l2_normalize(sums)  # (K, d): the directions the k-means clusters sit in
+    weight = centroids.double() @ pca.projection.cpu().T / (HEAD_TEMPERATURE * dim**0.5)  # (K, D)
+    head.weight.copy_(weight.float())
+    head.bias.copy_((-weight @ pca.mean.cpu()).float())
 
 
 class PseudoLabelNet(nn.Module):

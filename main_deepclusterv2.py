@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,44 +28,30 @@ from models.dcv2 import MultiCropNet, ProjectionPrototypes
 from util import dist as dist_util
 from util.args import add_data_args, add_model_args, add_runtime_args, add_wandb_args, positive_int
 from util.augment import AugmentSpec, augment_preset, multicrop_specs
-from util.data import SMALL_IMAGE, DataProfile, build_source, profile_data, resolve_image_defaults
+from util.data import DataProfile, profile_data
 from util.errors import UserError
 from util.faults import kill_point
-from util.logging import JsonLog, interactive
+from util.logging import interactive
 from util.metrics import nmi
 from util.precision import add_amp_arg, add_compile_arg, autocast, check_amp, compile_in_place, to_channels_last
 from util.pretrain.alarms import size_entropy
 from util.pretrain.bank import MemoryBank
-from util.pretrain.clock import RunClock
 from util.pretrain.epoch_log import PhaseTimer, close_record
+from util.pretrain.features import Extraction, extract_features
 from util.pretrain.lars import LARS
-from util.pretrain.maps import maps_on
 from util.pretrain.monitor import (
     add_monitor_args,
-    build_held_out,
     floors_of,
-    measure_floor,
-    monitor_pass,
     resolve_knn_every,
 )
 from util.pretrain.outputs import add_output_args
 from util.pretrain.probe import OnlineProbe, wants_probe
-from util.pretrain.recipe import default_aug
-from util.pretrain.run import (
-    EpochContext,
-    RunOutputs,
-    RunState,
-    already_done,
-    checkpoint_payload,
-    restart_from_checkpoint,
-    start_tracker,
-    train_and_measure,
-    unwrap,
-)
+from util.pretrain.recipe import apply_rule_v2
+from util.pretrain.run import EpochContext, Method, RunState, open_run, resume, unwrap
 from util.pretrain.schedule import warmup_cosine
 from util.pretrain.spherical import IGNORE, SphericalResult, spherical_kmeans
 from util.pretrain.step_log import StepLog
-from util.runtime import script_entry, start_run
+from util.runtime import script_entry
 from util.seeds import derive_seed
 
 logger = logging.getLogger("deepcluster")
@@ -99,7 +84,6 @@ DEPARTURES = """departures from SwAV's main_deepclusterv2.py (Caron et al. 2020)
                 main_deepcluster.py's); never used for training."""
 
 # Arguments that define a run: resuming an output folder with other values would mix two experiments.
-METHOD = "deepcluster-v2"  # the checkpoint's "method"
 RUN_DEFINING_ARGS = (
     "arch",
     "sobel",
@@ -121,7 +105,7 @@ RUN_DEFINING_ARGS = (
     "hidden_mlp",
     "epochs",
 )
-EPOCH_METRICS = ("train/*", "cluster/*", "time/*", "monitor/*")
+METHOD = Method("deepcluster-v2", RUN_DEFINING_ARGS, DEPARTURES, "its schedule ends there: use a new --output-dir")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -277,35 +261,11 @@ def add_optimisation_args(parser: argparse.ArgumentParser) -> None:
 
 
 def finalize_args(args: argparse.Namespace, world_size: int, device_type: str = "cpu") -> argparse.Namespace:
-    """Fill the defaults of the recipe, reject impossible combinations. Images of at most 64 px (cifar10,
-    sklearn-digits, a folder of small images) get the CIFAR-10 recipe, with batch 64 below 10,000 images and at most
-    one prototype per 10 images; digits get no flips and crops of at least 40 %% of the area (docs/recipes.md)."""
+    """Fill the flags not given from the recipe for the data (util/pretrain/recipe.py, apply_rule_v2), then reject
+    impossible combinations."""
     check_amp(args.amp, device_type)
     profile = profile_data(args.data, "train", args.subset, Path(args.data_cache))
-    resolve_image_defaults(args, profile)
-    small = args.image_size <= SMALL_IMAGE
-    keep_mirror = default_aug(args.data, args.image_size) == "noflip"  # digits: a mirror image is another class
-    args.arch = args.arch or ("resnet18_cifar" if small else "resnet50")
-    args.nmb_crops = args.nmb_crops or ([2] if small else [2, 6])
-    low_res = max(1, round(args.image_size * 96 / 224))  # SwAV's 96 px at 224, scaled with --image-size
-    args.size_crops = args.size_crops or ([args.image_size] if small else [args.image_size, low_res])
-    args.min_scale_crops = args.min_scale_crops or ([0.4 if keep_mirror else 0.08] if small else [0.14, 0.05])
-    args.max_scale_crops = args.max_scale_crops or ([1.0] if small else [1.0, 0.14])
-    args.flip = (not keep_mirror) if args.flip is None else args.flip
-    args.blur = (not small) if args.blur is None else args.blur  # SwAV on ImageNet; not in the CIFAR recipe
-    args.epochs = args.epochs or (200 if small else 800)
-    args.batch_size = args.batch_size or (64 if profile.num_images < 10_000 else 256 if small else 64)
-    args.nmb_prototypes = args.nmb_prototypes or [min(3000, max(2, profile.num_images // 10))] * 3
-    args.extract_batch_size = args.extract_batch_size or 2 * args.batch_size
-    effective = args.batch_size * world_size
-    args.base_lr = args.base_lr if args.base_lr is not None else (0.6 if small else 0.3) * effective / 256
-    args.final_lr = args.final_lr if args.final_lr is not None else args.base_lr / 1000
-    args.warmup_epochs = args.warmup_epochs if args.warmup_epochs is not None else min(10.0, args.epochs / 10)
-    # SwAV warms up from 0.3 to 4.8 (1/16 of the peak); solo-learn's CIFAR recipe from 0
-    args.start_warmup = args.start_warmup if args.start_warmup is not None else (0.0 if small else args.base_lr / 16)
-    args.trust = args.trust if args.trust is not None else (0.02 if small else 0.001)
-    args.lars_clip = small if args.lars_clip is None else args.lars_clip
-    args.lars_exclude_1d = small if args.lars_exclude_1d is None else args.lars_exclude_1d
+    apply_rule_v2(args, profile, world_size)
     lengths = {len(args.nmb_crops), len(args.size_crops), len(args.min_scale_crops), len(args.max_scale_crops)}
     if len(lengths) != 1:
         raise UserError(
@@ -353,7 +313,7 @@ def check_bank(args: argparse.Namespace, profile: DataProfile, world_size: int) 
         raise UserError(f"--labels-from dataset needs --nmb-prototypes >= the {profile.num_classes} classes")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run(EpochContext):
     """What every DeepCluster-v2 epoch reads and updates beside the shared context."""
 
@@ -367,73 +327,45 @@ class Run(EpochContext):
 
 
 def main(args: argparse.Namespace) -> None:
-    # ---- set-up: processes, device, seeds, output folder; the flags the data decides
-    info, device, output_dir = start_run(args.device, args.seed, args.deterministic, args.output_dir, args.dist_timeout)
-    args = finalize_args(args, info.world_size, device.type)
-    logger.info("args: %s", " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
-
-    # ---- data: the training images (multi-crop batches, and the deterministic view); the held-out split
+    # ---- set-up: processes, device, seeds, output folder; the flags the data decides; the images and the monitor
+    run = open_run(args, finalize_args, lambda args: augment_preset("paper", args.image_size))  # (training: specs)
+    args, device, info = run.args, run.device, run.info
     specs = multicrop_specs(
         args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops, args.blur, args.flip
     )
-    source = build_source(
-        data=args.data,
-        split="train",
-        crop=args.image_size,
-        augment=augment_preset("paper", args.image_size),  # unused: training reads the multi-crop specs
-        subset=args.subset,
-        in_memory=args.in_memory,
-        workers=args.workers,
-        cache_dir=Path(args.data_cache),
-    )
-    steps_per_epoch = -(-len(source) // info.world_size) // args.batch_size
-    held_out = build_held_out(args, source) if args.knn_every > 0 else None
-    for images in (source, held_out):  # in-memory images on the GPU when they fit
-        if images is not None:
-            images.place(device)
-    if args.labels_from == "dataset":
-        logger.warning("--labels-from dataset: training on the TRUE labels (a sanity check, not DeepCluster-v2)")
+    steps_per_epoch = -(-len(run.source) // info.world_size) // args.batch_size
 
-    # ---- model, optimizer, memory bank, resume
+    # ---- model, optimizer, memory bank (the embeddings of every image's assignment crops)
     model, optimizer = build_model_and_optimizer(args, device, info)
-    bank = MemoryBank(len(args.crops_for_assign), len(source), args.feat_dim, device)
-    probe = OnlineProbe(model.backbone.feature_dim, len(source.images.classes), device) if wants_probe(args) else None
-    saved = {
-        "backbone": model.backbone,
-        "head": model.head,
-        "optimizer": optimizer,
-        "bank": bank,
-        "online_probe": probe,
-    }
-    state = restart_from_checkpoint(args, output_dir, METHOD, RUN_DEFINING_ARGS, RunState(), **saved)
-    log = JsonLog(output_dir / "log.jsonl")
-    if already_done(log, state, args, output_dir, hint="its schedule ends there: use a new --output-dir"):
-        dist_util.cleanup()
+    bank = MemoryBank(len(args.crops_for_assign), len(run.source), args.feat_dim, device)
+    classes = len(run.source.images.classes)
+    probe = OnlineProbe(model.backbone.feature_dim, classes, device) if wants_probe(args) else None
+    saved = {"backbone": model.backbone, "head": model.head, "optimizer": optimizer, "bank": bank}
+    saved["online_probe"] = probe
+
+    # ---- resume from OUTPUT_DIR/checkpoint.pth (or --resume), every object strictly; the W&B run
+    resumed = resume(run, METHOD, saved)
+    if resumed is None:
         return
+    state, outputs = resumed
     schedule = warmup_cosine(
         args.base_lr, args.final_lr, args.epochs, steps_per_epoch, args.warmup_epochs, args.start_warmup
     )
+    effective, crops = args.batch_size * info.world_size, sum(args.nmb_crops)
     logger.info(
         "effective batch %d (%d x %d processes), %d steps an epoch, %d crops, heads %s, device %s",
-        args.batch_size * info.world_size,
-        args.batch_size,
-        info.world_size,
-        steps_per_epoch,
-        sum(args.nmb_crops),
-        args.nmb_prototypes,
-        device,
+        *(effective, args.batch_size, info.world_size, steps_per_epoch, crops, args.nmb_prototypes, device),
     )
-    tracker = start_tracker(args, output_dir, state, DEPARTURES, EPOCH_METRICS)
-    clock = RunClock(args.epochs - state.epoch + 1, info.is_main)
-    run = Run(
-        args, source, held_out, device, info, clock, model, optimizer, bank, specs, schedule, steps_per_epoch, probe
-    )
-    outputs = RunOutputs(args, output_dir, log, tracker, source)
+    parts = {"model": model, "optimizer": optimizer, "bank": bank, "specs": specs, "schedule": schedule}
+    run = Run(**vars(run), **parts, steps_per_epoch=steps_per_epoch, probe=probe)
 
     # ---- epochs: (fill the bank) -> cluster the bank -> train -> log -> checkpoint. The last pass measures the final
     # network (monitor and clustering) without training
-    payload = partial(checkpoint_payload, args, METHOD, DEPARTURES, state, **saved)
-    train_and_measure(run, state, outputs, run_epoch, payload)
+    for epoch in range(state.epoch, args.epochs + 1):
+        trains = epoch < args.epochs
+        record, assignments = run_epoch(run, epoch, state, trains)
+        outputs.close_epoch(record, assignments, state, trains)
+    outputs.finish()  # the run's answer: the final network against its floors, where to look next
     dist_util.cleanup()
 
 
@@ -472,60 +404,52 @@ def run_epoch(run: Run, epoch: int, state: RunState, train: bool = True) -> tupl
     """One DeepCluster-v2 epoch; returns its record for log.jsonl and head 0's assignments. Its kNN is of the
     network after `epoch` epochs; train=False measures the final network and its clustering without training."""
     args, progress, times = run.args, interactive() and run.info.is_main, PhaseTimer()
-    knn = {}
+    knn, model = {}, unwrap(run.model)
     with times("monitor"):
-        if run.held_out is not None and (epoch % args.knn_every == 0 or not train):
-            knn = monitor(run, epoch, progress)
-            state.floors = floors_of(knn) if epoch == 0 else state.floors
-    with times("cluster"):  # per head: spherical k-means of the bank (filled once before the first epoch)
+        if run.monitor is not None and run.monitor.spec.due(epoch, final=not train):
+            model.eval()
+            dist_util.broadcast_buffers(model)  # every rank measures with rank 0's BatchNorm statistics
+            probe, keep_points = run.probe if epoch > 0 else None, run.monitor.spec.keep_points  # probe: untrained
+            knn = measure(run, model.backbone, epoch, progress, probe, keep_points)
+    with times("floor"):  # once per run: the random network (BatchNorm initial and recomputed), the pixels
+        if epoch == 0 and knn:
+            knn.update(run.monitor.floor(model.backbone, knn, lambda net: measure(run, net, epoch, progress)))
+            state.floors = floors_of(knn)
+    model.train()
+    with times("fill"):  # once per run: the bank's first embeddings, before the first clustering
         if epoch == 0 and not run.bank.fresh.any():
             fill_bank(run, progress)
+    with times("cluster"):  # per head: spherical k-means of the bank
         run.bank.rotate()
         results = cluster_bank(run, epoch)
     stats = {"loss": None, "images": 0, "lr": None}
     with times("train"):
         if train:
-            stats = train_one_epoch(run, epoch, [r.assignments for r in results], before_training=times.total)
+            repeated = times.total - times["time_floor"] - times["time_fill"]  # what every epoch spends before training
+            stats = train_one_epoch(run, epoch, [r.assignments for r in results], before_training=repeated)
     record = {"epoch": epoch, "loss": stats["loss"], "lr": stats["lr"]}
     record.update(cluster_metrics(results, state.assignments, run.source.targets), **knn)
     assignments = results[0].assignments.numpy()  # head 0's, for NMI and the saved clusters
     return close_record(record, times, stats, state.floors, run.info.world_size, args.epochs), assignments
 
 
-def monitor(run: Run, epoch: int, progress: bool) -> dict:
-    """The kNN monitor of the backbone's pooled features (training images in the deterministic view vote for the
-    held-out split); its held-out k-means runs on the projection head's L2-normalised embeddings, what the memory
-    bank clusters. At epoch 0 the floors are measured (the random network with BatchNorm's initial and recomputed
-    statistics, the pixels).
-    Every rank streams its share of the training images; BatchNorm statistics are rank 0's."""
-    model = unwrap(run.model)
-    model.eval()
-    dist_util.broadcast_buffers(model)
+def measure(
+    run: Run, net: nn.Module, epoch: int, progress: bool, probe: OnlineProbe | None = None, keep_points: bool = False
+) -> dict:
+    """The kNN monitor's record of `net` (in eval mode): the backbone's pooled features of the training images in the
+    deterministic view vote for the held-out split (this pass is the script's; the monitor listens); its held-out
+    k-means runs on the projection head's L2-normalised embeddings, what the memory bank clusters. Every rank
+    streams its share of the training images."""
+    args, head = run.args, unwrap(run.model).head
 
-    def embed(feats: torch.Tensor) -> torch.Tensor:
+    def embed(feats: torch.Tensor) -> torch.Tensor:  # (M, D) pooled features -> (M, feat_dim) bank embeddings
         with torch.inference_mode():
-            return model.head(feats.to(run.device))[0].cpu()
+            return head(feats.to(run.device))[0].cpu()
 
-    desc = f"epoch {epoch} monitor"
-    knn, _ = monitor_pass(
-        model.backbone,
-        run.source,
-        run.held_out,
-        run.args,
-        run.device,
-        epoch,
-        embed,
-        None,
-        progress,
-        desc,
-        probe=run.probe if epoch > 0 else None,  # untrained before the first epoch
-        keep_held_out=maps_on(run.args),
-    )
-    if epoch == 0:
-        floor = measure_floor(model.backbone, run.source, run.held_out, run.args, run.device, epoch, knn, view=embed)
-        knn.update(floor)
-    model.train()
-    return knn
+    votes = run.monitor.listen(net)
+    how = Extraction(args.extract_batch_size, run.device, args.amp, progress, f"epoch {epoch} monitor")
+    extract_features(net, run.source, how, on_raw_batch=votes.update)
+    return run.monitor.measure(votes, epoch, embed, probe, keep_points)
 
 
 @torch.no_grad()
@@ -596,7 +520,7 @@ def train_one_epoch(run: Run, epoch: int, targets: list[torch.Tensor], before_tr
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
     num_crops = len(run.specs)
-    log = StepLog(args.log_every, epoch, run.steps_per_epoch, device, "lower --base-lr", info.is_main)
+    log = StepLog(args.log_every, epoch, run.steps_per_epoch, device, "lower --base-lr", info.is_main, run.clock)
     targets = [t.to(device) for t in targets]  # per head (N,) assignments, on the device for the whole epoch
     assign = torch.tensor(args.crops_for_assign, device=device)  # the crops the bank keeps, as a device index
     true_labels = torch.from_numpy(run.source.targets).to(device) if run.probe is not None else None

@@ -44,7 +44,7 @@ from util.report.sources import Evaluation, PretrainRun, attach, merge_runs, rea
 from util.report.tables import Table, all_tables, expanded, to_csv, to_markdown
 from util.runtime import script_entry
 from util.seeds import derive_seed
-from util.tracking import init_tracker
+from util.tracking import WandbSpec, init_tracker
 
 logger = logging.getLogger("deepcluster")
 
@@ -312,7 +312,7 @@ def main(args: argparse.Namespace) -> Path:
         if getattr(args, flag) is None and len(values) == 1:
             setattr(args, flag, values.pop())
     config = {"sources": args.sources, **provenance()}
-    tracker = init_tracker(args, output_dir, "report", config, True)
+    tracker = init_tracker(WandbSpec.from_args(args), output_dir, "report", config)
     for table in tables:
         tracker.table(f"report/{table.key}", *expanded(table), images_under=output_dir)
     for title, path in figures.items():

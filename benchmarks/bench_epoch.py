@@ -45,7 +45,6 @@ from util.precision import autocast, compile_in_place, to_channels_last
 from util.pretrain.bank import MemoryBank
 from util.pretrain.clock import RunClock
 from util.pretrain.clustering import pseudo_labels
-from util.pretrain.features import extract_features
 from util.pretrain.run import RunState, checkpoint_payload
 from util.pretrain.schedule import warmup_cosine
 
@@ -55,8 +54,12 @@ def epoch_run(args, source, device) -> tuple[mdc.Run, torch.nn.Module]:
     trunk = to_channels_last(Trunk(build_model(args.arch, args.sobel), None).to(device), args.channels_last)
     compile_in_place(trunk.backbone, args.compile)
     optimizer = torch.optim.SGD(trunk.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+    context = {"args": args, "info": DistInfo(), "device": device, "output_dir": Path("."), "source": source}
     clock = RunClock(epochs_left=1, is_main=False)
-    return mdc.Run(args, source, None, device, DistInfo(), clock, trunk, optimizer, np.random.default_rng(0)), trunk
+    run = mdc.Run(
+        **context, monitor=None, clock=clock, trunk=trunk, optimizer=optimizer, cluster_rng=np.random.default_rng(0)
+    )
+    return run, trunk
 
 
 def deepcluster_epoch(args, source, device, out: Path) -> dict:
@@ -64,22 +67,20 @@ def deepcluster_epoch(args, source, device, out: Path) -> dict:
     times = {}
     start = time.perf_counter()
     trunk.eval()
-    features = extract_features(
-        trunk.backbone, source, args.extract_batch_size, device, args.pca_dim, pca_fit_samples=args.pca_fit_samples
-    )
+    features, _ = mdc.extract(run, trunk.backbone, 0)  # the script's own steps 1-2
     times["extract"] = time.perf_counter() - start
     start = time.perf_counter()
     result = mdc.cluster(args, features, 0, device, DistInfo())
     labels, num = pseudo_labels(result.assignments)
     times["cluster"] = time.perf_counter() - start
     start = time.perf_counter()
-    mdc.train_one_epoch(run, 0, labels, num, before_training=0.0)
+    mdc.train_one_epoch(run, 0, labels, mdc.new_head(trunk.out_dim, num, device), before_training=0.0)
     times["train"] = time.perf_counter() - start
     start = time.perf_counter()
     state = RunState(epoch=1, assignments=result.assignments)
     save_assignments(out, 0, result.assignments)
     saved = {"backbone": trunk.backbone, "neck": None, "optimizer": run.optimizer}
-    save_checkpoint(checkpoint_payload(args, mdc.METHOD, mdc.DEPARTURES, state, **saved), checkpoint_path(out))
+    save_checkpoint(checkpoint_payload(args, mdc.METHOD.name, mdc.DEPARTURES, state, **saved), checkpoint_path(out))
     times["bookkeeping"] = time.perf_counter() - start
     return times
 
@@ -87,7 +88,8 @@ def deepcluster_epoch(args, source, device, out: Path) -> dict:
 def supervised_epoch(args, source, device) -> dict:
     run, _ = epoch_run(args, source, device)
     start = time.perf_counter()
-    mdc.train_one_epoch(run, 0, source.targets.copy(), len(source.images.classes), before_training=0.0)
+    head = mdc.new_head(run.trunk.out_dim, len(source.images.classes), device)
+    mdc.train_one_epoch(run, 0, source.targets.copy(), head, before_training=0.0)
     return {"train": time.perf_counter() - start}
 
 
@@ -110,8 +112,9 @@ def v2_steps(args, specs, source, device) -> dict:
     steps = len(source) // args.batch_size
     bank = MemoryBank(len(args.crops_for_assign), len(source), args.feat_dim, device)
     schedule = warmup_cosine(args.base_lr, args.final_lr, 1, steps, 0, args.start_warmup)
-    clock = RunClock(epochs_left=1, is_main=False)
-    run = mdcv2.Run(args, source, None, device, DistInfo(), clock, model, optimizer, bank, specs, schedule, steps)
+    context = {"args": args, "info": DistInfo(), "device": device, "output_dir": Path("."), "source": source}
+    parts = {"model": model, "optimizer": optimizer, "bank": bank, "specs": specs, "schedule": schedule}
+    run = mdcv2.Run(**context, monitor=None, clock=RunClock(1, False), **parts, steps_per_epoch=steps)
     gen = torch.Generator().manual_seed(0)
     targets = [torch.randint(0, k, (len(source),), generator=gen) for k in args.nmb_prototypes]
     sync(device)

@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from util.metrics import ari, cluster_accuracy, nmi
-from util.pretrain.clustering import run_clustering
-from util.pretrain.features import extract_features
+from util.pretrain.clustering import ClusteringSpec, PCAWhitening, run_clustering
+from util.pretrain.features import Extraction, extract_features
 from util.pretrain.sampler import uniform_cluster_indices
 
 
@@ -113,18 +113,14 @@ def main() -> None:
     )
     rows = []
     start = time.perf_counter()
+    pca = PCAWhitening(args.pca_dim, args.pca_fit_samples)
     features = extract_features(
-        lambda x: x,
-        SyntheticFeatures(args.num, args.dim),
-        args.chunk,
-        torch.device("cpu"),
-        pca_dim=args.pca_dim,
-        pca_fit_samples=args.pca_fit_samples,
+        lambda x: x, SyntheticFeatures(args.num, args.dim), Extraction(args.chunk, torch.device("cpu")), pca=pca
     )
     rows.append(("generate + streaming PCA", time.perf_counter() - start, "extract_features, PCA fit on a sample"))
     rows.append(("  peak memory so far", peak_rss_gb() - base, "GB above start"))
     start = time.perf_counter()
-    result = run_clustering(features, "kmeans", args.k, seed=0, backend=args.backend, niter=args.kmeans_iters)
+    result = run_clustering(features, ClusteringSpec(args.k, backend=args.backend, niter=args.kmeans_iters), seed=0)
     rows.append(
         (
             f"k-means ({args.kmeans_iters} iterations)",

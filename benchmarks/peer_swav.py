@@ -38,8 +38,10 @@ import main_deepclusterv2 as mdcv2
 from models import build_model
 from util.augment import augment_preset
 from util.data import build_source, list_images, load_image, resolve_split, subset_indices
+from util.knn import l2_normalize
 from util.precision import autocast, to_channels_last
-from util.pretrain.monitor import build_held_out, monitor_pass
+from util.pretrain.features import Extraction, extract_features
+from util.pretrain.monitor import KnnMonitor, MonitorSpec, build_held_out
 from util.pretrain.schedule import warmup_cosine
 
 
@@ -79,16 +81,11 @@ class TransformedImages(torch.utils.data.Dataset):
         return self.transform(load_image(self.paths[index]))
 
 
-def lightly_swav(
-    args: argparse.Namespace, device: torch.device, on_row: Callable[[dict], None] | None = None
-) -> list[dict]:
-    """lightly's SwaV with our backbone, crops, batch, epochs, LARS and schedule; kNN by our monitor every epoch
-    (each row also handed to on_row as it is measured)."""
-    from lightly.loss import SwaVLoss
+def swav_loader(args: argparse.Namespace, device: torch.device) -> torch.utils.data.DataLoader:
+    """lightly's SwaVTransform per image in DataLoader workers, with our crop sizes, counts and scales."""
     from lightly.transforms.swav_transform import SwaVTransform
 
-    cache = Path(args.data_cache)
-    images = list_images(resolve_split(args.data, "train", cache))
+    images = list_images(resolve_split(args.data, "train", Path(args.data_cache)))
     paths = [images.paths[i] for i in subset_indices(len(images), args.subset)]
     transform = SwaVTransform(
         crop_sizes=tuple(args.size_crops),
@@ -99,8 +96,7 @@ def lightly_swav(
         cj_strength=1.0,
         gaussian_blur=0.5 if args.blur else 0.0,
     )
-    gen = torch.Generator().manual_seed(args.seed)
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         TransformedImages(paths, transform),
         batch_size=args.batch_size,
         shuffle=True,
@@ -108,15 +104,12 @@ def lightly_swav(
         num_workers=args.workers,
         persistent_workers=args.workers > 0,
         pin_memory=device.type == "cuda",
-        generator=gen,
+        generator=torch.Generator().manual_seed(args.seed),
     )
-    torch.manual_seed(args.seed)
-    net = to_channels_last(SwaVNet(args).to(device), args.channels_last)
-    optimizer = mdcv2.lars_from_args(net, args)  # the same optimiser as ours
-    schedule = warmup_cosine(
-        args.base_lr, args.final_lr, args.epochs, len(loader), args.warmup_epochs, args.start_warmup
-    )
-    criterion = SwaVLoss(temperature=args.temperature, sinkhorn_epsilon=0.05)
+
+
+def knn_measurement(args: argparse.Namespace, device: torch.device) -> Callable[[nn.Module, int], dict]:
+    """measure(backbone, epoch) -> the record of main_deepclusterv2.py's kNN monitor (its held-out split, k, T)."""
     source = build_source(
         args.data,
         "train",
@@ -125,37 +118,70 @@ def lightly_swav(
         args.subset,
         args.in_memory,
         args.workers,
-        cache,
+        Path(args.data_cache),
     )
     held_out = build_held_out(args, source)
     for part in (source, held_out):
         part.place(device)
+    monitor = KnnMonitor(MonitorSpec.from_args(args, device), source, held_out)
+    how = Extraction(args.extract_batch_size, device, args.amp)
+
+    def measure(backbone: nn.Module, epoch: int) -> dict:
+        votes = monitor.listen(backbone)
+        extract_features(backbone, source, how, on_raw_batch=votes.update)
+        return monitor.measure(votes, epoch, l2_normalize)
+
+    return measure
+
+
+def swav_epoch(net: SwaVNet, loader, optimizer, schedule, criterion, step: int, amp: bool, device) -> int:
+    """One epoch of lightly's SwaV steps with our schedule; returns the step count after it."""
+    net.train()
+    for crops in loader:
+        for group in optimizer.param_groups:
+            group["lr"] = float(schedule[step])
+        net.prototypes.normalize()
+        crops = [c.to(device, non_blocking=True) for c in crops]
+        with autocast(device, amp):
+            scores = net(crops)
+        high, low = scores[:2], scores[2:]
+        loss = criterion([s.float() for s in high], [s.float() for s in low])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return step
+
+
+def lightly_swav(
+    args: argparse.Namespace, device: torch.device, on_row: Callable[[dict], None] | None = None
+) -> list[dict]:
+    """lightly's SwaV with our backbone, crops, batch, epochs, LARS and schedule; kNN by our monitor every epoch
+    (each row also handed to on_row as it is measured)."""
+    from lightly.loss import SwaVLoss
+
+    loader = swav_loader(args, device)
+    torch.manual_seed(args.seed)
+    net = to_channels_last(SwaVNet(args).to(device), args.channels_last)
+    optimizer = mdcv2.lars_from_args(net, args)  # the same optimiser as ours
+    schedule = warmup_cosine(
+        args.base_lr, args.final_lr, args.epochs, len(loader), args.warmup_epochs, args.start_warmup
+    )
+    criterion = SwaVLoss(temperature=args.temperature, sinkhorn_epsilon=0.05)
+    measure = knn_measurement(args, device)
     rows, elapsed, step = [], 0.0, 0
     for epoch in range(args.epochs + 1):
-        knn, _ = monitor_pass(net.backbone, source, held_out, args, device, epoch)
+        knn = measure(net.backbone, epoch)
         rows.append({"epoch": epoch, "knn_top1": knn["knn_top1"], "seconds": elapsed})
         if on_row is not None:
             on_row(rows[-1])
         print(f"lightly SwaV: epoch {epoch} knn {knn['knn_top1']:.2f}  {elapsed:.0f} s", flush=True)
         if epoch == args.epochs:
             break
-        net.train()
         start = time.perf_counter()
-        for crops in loader:
-            for group in optimizer.param_groups:
-                group["lr"] = float(schedule[step])
-            net.prototypes.normalize()
-            crops = [c.to(device, non_blocking=True) for c in crops]
-            with autocast(device, args.amp):
-                scores = net(crops)
-            high, low = scores[:2], scores[2:]
-            loss = criterion([s.float() for s in high], [s.float() for s in low])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        step = swav_epoch(net, loader, optimizer, schedule, criterion, step, args.amp, device)
         elapsed += time.perf_counter() - start
     return rows
 

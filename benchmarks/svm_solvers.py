@@ -29,7 +29,15 @@ from util.dist import sharded_map
 from util.eval.pretrained import load_backbone
 from util.eval.probe_features import probe_inputs
 from util.eval.probes import TAP_NAMES, build_tap_pooling
-from util.eval.svm import DEFAULT_COSTS, LOWSHOT_KS, full_protocol, get_solver, l2_normalize_features, lowshot_protocol
+from util.eval.svm import (
+    DEFAULT_COSTS,
+    LOWSHOT_KS,
+    LowShot,
+    full_protocol,
+    get_solver,
+    l2_normalize_features,
+    lowshot_protocol,
+)
 from util.eval.voc import folder_split
 
 
@@ -57,7 +65,7 @@ def run_protocol(protocol: str, data: tuple, solver, ks: list[int]) -> tuple[flo
     if protocol == "full":
         score = full_protocol(*data, DEFAULT_COSTS, solver)["map"]
     else:
-        result = lowshot_protocol(*data, DEFAULT_COSTS, solver, ks, 5, 0)
+        result = lowshot_protocol(*data, DEFAULT_COSTS, solver, LowShot(ks, 5, 0))
         score = float(np.mean([v["map"] for v in result.values()]))
     return score, time.perf_counter() - start
 

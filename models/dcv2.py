@@ -24,12 +24,14 @@ class ProjectionPrototypes(nn.Module):
         self.prototypes.requires_grad_(False)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        hidden = self.projection[:-1](features)
+        """features (B, in_dim) pooled backbone features -> the (B, out_dim) unit embedding and, per head h, its
+        (B, k_h) cosines to the head's prototypes (unit centroids)."""
+        hidden = self.projection[:-1](features)  # (B, hidden) after Linear - BN - ReLU
         # float32 from the last projection layer on, under autocast too: the scores are divided by a temperature of
         # 0.1, which would turn bf16's 3-digit rounding into logit noise, and the bank keeps these embeddings.
         with torch.autocast(hidden.device.type, enabled=False):
-            embedding = F.normalize(self.projection[-1](hidden.float()), dim=1)
-            return embedding, [head(embedding) for head in self.prototypes]
+            embedding = F.normalize(self.projection[-1](hidden.float()), dim=1)  # (B, out_dim), unit rows
+            return embedding, [head(embedding) for head in self.prototypes]  # per head (B, k_h)
 
 
 class MultiCropNet(nn.Module):
@@ -42,12 +44,13 @@ class MultiCropNet(nn.Module):
         self.backbone, self.head = backbone, head
 
     def forward(self, crops: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """crops: C tensors (B, 3, s_c, s_c) -> embeddings (C x B, out_dim) and per head (C x B, k_h) scores."""
         features, start = [], 0
-        while start < len(crops):
+        while start < len(crops):  # the crops of one resolution run through the backbone as one batch
             stop = start + 1
             while stop < len(crops) and crops[stop].shape[-1] == crops[start].shape[-1]:
                 stop += 1
-            features.append(self.backbone(torch.cat(crops[start:stop])))
+            features.append(self.backbone(torch.cat(crops[start:stop])))  # ((stop - start) x B, D)
             start = stop
         self.features = features[0].detach()  # the first resolution's pooled features, for the online probe
-        return self.head(torch.cat(features))
+        return self.head(torch.cat(features))  # (C x B, D) in, crop-major

@@ -6,10 +6,10 @@ from util.errors import UserError
 from util.knn import l2_normalize
 from util.metrics import nmi
 from util.pretrain.clustering import (
+    ClusteringSpec,
     PCAWhitening,
     faiss_kmeans,
     power_iteration_clustering,
-    preprocess_features,
     pseudo_labels,
     run_clustering,
     torch_kmeans,
@@ -34,14 +34,11 @@ def test_pca_whitening_gives_identity_covariance():
     assert y.mean(0).abs().max() < 1e-4
 
 
-def test_preprocess_is_l2_normalised_and_rejects_too_few_images():
-    x = torch.randn(300, 40)
-    y = preprocess_features(x, 8)
-    assert torch.allclose(y.norm(dim=1), torch.ones(300), atol=1e-5)
+def test_pca_rejects_too_few_images_and_non_finite_features():
     with pytest.raises(UserError, match="too few"):
-        preprocess_features(torch.randn(10, 40), 16)
+        PCAWhitening(16).fit(torch.randn(10, 40))
     with pytest.raises(UserError, match="NaN"):
-        preprocess_features(torch.full((50, 4), float("nan")), 2)
+        PCAWhitening(2).fit(torch.full((50, 4), float("nan")))
 
 
 @pytest.mark.parametrize("backend", ["faiss", "torch"])
@@ -49,7 +46,7 @@ def test_kmeans_recovers_planted_clusters(backend):
     # Over-clustering (k = 2x the planted clusters), as DeepCluster does: no cluster may straddle two planted
     # ones, and every planted cluster is found (a random init can split one in two, never merge two).
     x, labels = planted()
-    result = run_clustering(x, "kmeans", 16, seed=3, backend=backend)
+    result = run_clustering(x, ClusteringSpec(16, backend=backend), seed=3)
     table = np.zeros((16, 8), dtype=int)
     np.add.at(table, (result.assignments, labels), 1)
     assert ((table > 0).sum(1) <= 1).all()
@@ -69,9 +66,9 @@ def test_backends_agree_on_easy_data():
 @pytest.mark.parametrize("backend", ["faiss", "torch"])
 def test_same_seed_same_assignments(backend):
     x, _ = planted(num_clusters=20, spread=0.5, seed=7)  # overlapping clusters: the seed matters
-    first = run_clustering(x, "kmeans", 20, seed=11, backend=backend).assignments
-    again = run_clustering(x, "kmeans", 20, seed=11, backend=backend).assignments
-    other = run_clustering(x, "kmeans", 20, seed=12, backend=backend).assignments
+    first = run_clustering(x, ClusteringSpec(20, backend=backend), seed=11).assignments
+    again = run_clustering(x, ClusteringSpec(20, backend=backend), seed=11).assignments
+    other = run_clustering(x, ClusteringSpec(20, backend=backend), seed=12).assignments
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
 
@@ -95,7 +92,7 @@ def test_faiss_counts_empty_clusters():
 
 def test_k_larger_than_images_is_a_user_error():
     with pytest.raises(UserError, match="larger than the 10 images"):
-        run_clustering(torch.randn(10, 4), "kmeans", 11, seed=0, backend="torch")
+        run_clustering(torch.randn(10, 4), ClusteringSpec(11, backend="torch"), seed=0)
 
 
 def test_pic_finds_planted_clusters():

@@ -77,7 +77,7 @@ def test_all_protocols_cached_with_random_baseline(tmp_path, tiny_split_folder, 
     *networks, gains, pixel_gains = table["data"]
     assert [row[0] for row in networks[1:]] == ["random init", "random init, BatchNorm recomputed", "pixels"]
     for row, (network, prefix) in zip(networks, NETWORK_PREFIXES.items(), strict=True):
-        weights = "no network" if network == "pixels" else f"sha256:{results['weights'][network]['sha256'][:12]}"
+        weights = "no network" if network == "pixels" else f"sha256:{results['identities'][network]['sha256'][:12]}"
         assert row[1] == weights
         assert row[3:] == [results.get(prefix + key) for key in keys]
     assert gains[0].startswith("gain over random init") and gains[3:] == [results[f"{key}_gain"] for key in keys]
@@ -301,20 +301,20 @@ def test_one_folder_never_reports_another_networks_numbers(tmp_path, tiny_split_
     first = run_eval_linear(tmp_path, "--pretrained", str(checkpoint), "--baseline", "none", *common)
     assert first.returncode == 0, first.stderr
     a_results = json.loads((out / "results.json").read_text())
-    a_hash = a_results["weights"]["pretrained"]["sha256"]
+    a_hash = a_results["identities"]["pretrained"]["sha256"]
     assert f"sha256:{a_hash[:12]}" in first.stderr
 
     rand = run_eval_linear(tmp_path, "--pretrained", "random", "--arch", "resnet18", "--baseline", "none", *common)
     assert rand.returncode == 0, rand.stderr
     r_results = json.loads((out / "results.json").read_text())
-    assert "knn_top1" not in r_results and set(r_results["weights"]) == {"random_init"}
+    assert "knn_top1" not in r_results and set(r_results["identities"]) == {"random_init"}
     assert "reusing" not in rand.stderr and "pretrained (" not in rand.stderr
-    assert r_results["weights"]["random_init"]["sha256"] != a_hash
+    assert r_results["identities"]["random_init"]["sha256"] != a_hash
     # The baseline row beside A is this same random network (same seed): the same weights and the same number.
     beside = tmp_path / "beside"
     assert run_eval_linear(tmp_path, "--pretrained", str(checkpoint), *common[:-1], str(beside)).returncode == 0
     with_baseline = json.loads((beside / "results.json").read_text())
-    assert with_baseline["weights"]["random_init"] == r_results["weights"]["random_init"]
+    assert with_baseline["identities"]["random_init"] == r_results["identities"]["random_init"]
     assert with_baseline["random_init_knn_top1"] == r_results["random_init_knn_top1"]
 
     other = tmp_path / "b.pth"  # B: other weights of the same arch (a torchvision-format state dict)
@@ -323,7 +323,7 @@ def test_one_folder_never_reports_another_networks_numbers(tmp_path, tiny_split_
     b = run_eval_linear(tmp_path, "--pretrained", str(other), "--arch", "resnet18", "--baseline", "none", *common)
     assert b.returncode == 0, b.stderr
     b_results = json.loads((out / "results.json").read_text())
-    assert "reusing" not in b.stderr and b_results["weights"]["pretrained"]["sha256"] != a_hash
+    assert "reusing" not in b.stderr and b_results["identities"]["pretrained"]["sha256"] != a_hash
 
     again = run_eval_linear(tmp_path, "--pretrained", str(checkpoint), "--baseline", "none", *common)
     assert again.returncode == 0 and "reusing results of the same weights" in again.stderr

@@ -18,7 +18,7 @@ from tests.helpers import run_in_one_process, run_script, wandb_records, wandb_r
 from util.eval.pretrained import NETWORK_PREFIXES
 from util.pretrain.cluster_images import choose_clusters
 from util.report.sources import PretrainRun, history_records, merge_runs
-from util.report.tables import GAIN_LABEL, MISSING, PIXEL_GAIN_LABEL
+from util.report.tables import GAIN_LABEL, PIXEL_GAIN_LABEL
 
 pytestmark = pytest.mark.slow
 
@@ -79,14 +79,14 @@ def check_table(run: Path, kind: str, csv_name: str, keys: dict, markdown: str, 
     the weights that produced it."""
     results = results_of(run, kind)
     rows = read_csv(run / "report" / csv_name)
-    assert set(results["weights"]) == set(NETWORK_PREFIXES)  # --baseline all: every baseline
+    assert set(results["identities"]) == set(NETWORK_PREFIXES)  # --baseline all: every baseline
     networks = list(NETWORK_PREFIXES.items())
     for model, prefix in [*networks, ("gain", ""), ("gain_pixels", "")]:
         if model.startswith("gain"):
             weights = "-"
             (row,) = [r for r in rows if r["Model"] == (GAIN_LABEL if model == "gain" else PIXEL_GAIN_LABEL)]
         else:
-            weights = "no network" if model == "pixels" else short(results["weights"][model]["sha256"])
+            weights = "no network" if model == "pixels" else short(results["identities"][model]["sha256"])
             row = next(r for r in rows if r["Weights"] == weights)
         md = markdown_row(markdown, section, [row["Model"], weights])
         for column, key in keys.items():
@@ -118,7 +118,7 @@ def test_tables_match_results_json(reported):
     results = results_of(run, "linear")
     (row,) = [r for r in knn if r["Measured by"] == "eval_linear.py" and r["Model"] == "run"]
     assert float(row["Top-1"]) == results["knn_top1"] and row["Weights"] == short(
-        results["weights"]["pretrained"]["sha256"]
+        results["identities"]["pretrained"]["sha256"]
     )
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     (final,) = [r for r in knn if r["Measured by"].startswith("monitor, final")]
@@ -130,14 +130,10 @@ def test_tables_match_results_json(reported):
     }
     # the checkpoint the evaluations read is the run's: its rows are labelled with the run's name
     assert final["Weights"] == row["Weights"]
-    # no semi-supervised evaluation: the run's row is missing; published rows (ImageNet, VOC2007) only beside runs
+    # no semi-supervised evaluation: no table of `missing` rows; published rows (ImageNet, VOC2007) only beside runs
     # on the same dataset, so none here
-    semisup = read_csv(run / "report" / "semisup.csv")
-    (mine,) = [r for r in semisup if r["Model"] == "run"]
-    assert mine["Top-1 (%)"] == MISSING and mine["Top-5 (%)"] == MISSING
-    assert not [
-        r for name in ("semisup.csv", "svm.csv") for r in read_csv(run / "report" / name) if "published" in r["Model"]
-    ]
+    assert not (run / "report" / "semisup.csv").exists() and "Semi-supervised" not in markdown
+    assert not [r for r in read_csv(run / "report" / "svm.csv") if "published" in r["Model"]]
     for name in ("curves.png", "cluster_sizes.png", "per_layer.png", "lowshot.png"):
         with Image.open(run / "report" / name) as image:
             assert image.size[0] > 100
@@ -150,7 +146,7 @@ def test_tsne_maps_of_any_measured_epoch(reported):
 
     tmp, run = reported
     assert saved_map_epochs(run) == [0, 1, 2] and not (run / "maps" / "tsne_epoch_0001.png").exists()
-    points, labels = load_points(run, 1)
+    points, labels, names = load_points(run, 1)
     assert points.dtype == np.float16 and len(points) == len(labels) == min(MAP_POINTS, 4 * 15)
     assert np.bincount(labels).tolist() == [15] * 4  # every held-out image (4 classes x 15) once, with its label
     flags = ["--wandb-mode", "disabled", "--output-dir", str(tmp / "maps-report"), "--tsne"]
@@ -222,7 +218,7 @@ def test_evaluations_join_the_pretraining_group_and_use_its_checkpoint_artifact(
         results = results_of(run, kind)
         key = "knn_top1" if kind == "linear" else "best_map"
         assert summary["summary"][key] == results[key]
-        assert summary["summary"]["weights/pretrained"] == f"sha256:{results['weights']['pretrained']['sha256']}"
+        assert summary["summary"]["identity/pretrained"] == f"sha256:{results['identities']['pretrained']['sha256']}"
         assert summary["config"]["pretrain_artifact"] == f"{epoch2['name']}:epoch-2"
 
 

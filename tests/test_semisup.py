@@ -82,7 +82,7 @@ def test_semisup_end_to_end_with_baseline_reuse_and_keys(tiny_split_folder, tmp_
     proc = run_script("eval_semisup.py", [*base, "--output-dir", str(out), "--baseline", "none"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text())
-    assert set(results["weights"]) == {"random_init"}
+    assert set(results["identities"]) == {"random_init"}
     assert results["labelled_images"] == 80 and len((out / "subset.txt").read_text().split()) == 80
     assert results["hyperparameters"]["wd"] == 1e-4 and results["preset"] == "mmselfsup"  # 50 %: the 10 % regime
     assert any("mmselfsup" in note for note in results["protocol_notes"])
@@ -135,7 +135,7 @@ def test_pretrained_beside_random_init_and_bad_inputs(tiny_split_folder, tmp_pat
         low, high = results[f"{key}_gain_ci95"]
         assert -100 <= low <= high <= 100
     assert "gain over random init" in proc.stderr and results["bootstrap"]["unit"] == "test image"
-    assert results["weights"]["pretrained"]["sha256"] != results["weights"]["random_init"]["sha256"]
+    assert results["identities"]["pretrained"]["sha256"] != results["identities"]["random_init"]["sha256"]
     for extra, words in (
         (["--percent", "1", "--batch-size", "64"], "fewer than --batch-size"),
         (["--subset-file", str(tmp_path / "none.txt")], "does not exist"),

@@ -37,8 +37,8 @@ def _run(rank: int, world: int, port: int, out: str) -> None:
     import os
 
     from util.pretrain.bank import MemoryBank
-    from util.pretrain.clustering import torch_kmeans
-    from util.pretrain.features import extract_features
+    from util.pretrain.clustering import PCAWhitening, torch_kmeans
+    from util.pretrain.features import Extraction, extract_features
     from util.pretrain.spherical import spherical_kmeans
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -47,9 +47,9 @@ def _run(rank: int, world: int, port: int, out: str) -> None:
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     source, cpu = tiny_source(), torch.device("cpu")
     result = {
-        "raw": extract_features(per_image, source, 8, cpu),
-        "pca_streamed": extract_features(per_image, source, 8, cpu, pca_dim=6, pca_fit_samples=40),
-        "pca_all": extract_features(per_image, source, 5, cpu, pca_dim=6),
+        "raw": extract_features(per_image, source, Extraction(8, cpu)),
+        "pca_streamed": extract_features(per_image, source, Extraction(8, cpu), pca=PCAWhitening(6, fit_samples=40)),
+        "pca_all": extract_features(per_image, source, Extraction(5, cpu), pca=PCAWhitening(6)),
     }
     (mapped,) = dist_util.sharded_map(
         np.arange(NUM), lambda shard: source.eval_batches(shard, 7, cpu), lambda x: [per_image(x)], NUM
@@ -105,17 +105,19 @@ def test_three_uneven_processes_equal_one(tmp_path):
 
 def test_streaming_pca_is_fit_on_the_first_images_of_the_extraction_order():
     """--pca-fit-samples M: the PCA is fit on exactly the first M images of the fixed order (whatever the batch
-    size), then applied to every image."""
+    size), then applied to every image, whose rows are L2-normalised."""
+    from util.data import extraction_order
     from util.knn import l2_normalize
     from util.pretrain.clustering import PCAWhitening
-    from util.pretrain.features import extract_features, extraction_order
+    from util.pretrain.features import Extraction, extract_features
 
     source, cpu = tiny_source(), torch.device("cpu")
-    raw = extract_features(per_image, source, 8, cpu)
+    raw = extract_features(per_image, source, Extraction(8, cpu))
     expected = l2_normalize(PCAWhitening(6).fit(raw[extraction_order(NUM)[:40]]).apply(raw))
     for batch_size in (8, 13):
-        streamed = extract_features(per_image, source, batch_size, cpu, pca_dim=6, pca_fit_samples=40)
+        streamed = extract_features(per_image, source, Extraction(batch_size, cpu), pca=PCAWhitening(6, 40))
         torch.testing.assert_close(streamed, expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(streamed.norm(dim=1), torch.ones(NUM), rtol=0, atol=1e-5)
 
 
 def test_shard_positions_cover_every_position_once_plus_wrapped_duplicates():

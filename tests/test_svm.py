@@ -16,6 +16,7 @@ from util.errors import UserError
 from util.eval import newton_svm
 from util.eval.svm import (
     DEFAULT_COSTS,
+    LowShot,
     full_protocol,
     get_solver,
     l2_normalize_features,
@@ -192,10 +193,10 @@ def test_float64_finish_certifies_from_any_float32_start(monkeypatch, caplog):
     mask = np.ones_like(y, dtype=bool)
     solve, dtypes = newton_svm._solve, []
 
-    def float32_gone_wrong(X, Y, mask, costs, device, dtype, *args):
-        dtypes.append(dtype)
-        W, b = solve(X, Y, mask, costs, device, dtype, *args)
-        if dtype == torch.float32:
+    def float32_gone_wrong(X, problems, device, newton, *args):
+        dtypes.append(newton.dtype)
+        W, b = solve(X, problems, device, newton, *args)
+        if newton.dtype == torch.float32:
             return W + np.random.default_rng(0).normal(size=W.shape), b + 1.0
         return W, b
 
@@ -315,7 +316,8 @@ def test_lowshot_protocol_samples_picks_the_cost_and_reports_mean_and_std():
     cost of the best mean mAP over the samples, and the mean and standard deviation at that cost."""
     x, labels = blobs(num=300, spread=1.5)
     costs = (0.1, 1.0, 3.0)
-    result = lowshot_protocol(x[:200], labels[:200], x[200:], labels[200:], costs, mean_difference_solver, (1, 4), 3)
+    draws = LowShot(ks=(1, 4), samples=3)
+    result = lowshot_protocol(x[:200], labels[:200], x[200:], labels[200:], costs, mean_difference_solver, draws)
     assert set(result) == {1, 4}
     y = np.where(labels[:200] == 1, 1.0, -1.0)
     for k in (1, 4):
@@ -440,7 +442,7 @@ def test_svm_feature_cache_is_keyed_by_the_weights_content(tmp_path, tiny_split_
     first = run_script("eval_svm.py", args, tmp_path)
     assert first.returncode == 0, first.stderr
     cached = np.load(out / "features" / "pretrained-train-feature5.npy")
-    first_hash = json.loads((out / "results.json").read_text())["weights"]["pretrained"]["sha256"]
+    first_hash = json.loads((out / "results.json").read_text())["identities"]["pretrained"]["sha256"]
     torch.manual_seed(2)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     os.utime(weights, ns=(stamp, stamp))
@@ -448,7 +450,7 @@ def test_svm_feature_cache_is_keyed_by_the_weights_content(tmp_path, tiny_split_
     assert second.returncode == 0, second.stderr
     assert "using cached" not in second.stderr
     results = json.loads((out / "results.json").read_text())
-    assert results["weights"]["pretrained"]["sha256"] != first_hash
+    assert results["identities"]["pretrained"]["sha256"] != first_hash
     assert not np.array_equal(cached, np.load(out / "features" / "pretrained-train-feature5.npy"))
     third = run_script("eval_svm.py", args, tmp_path)
     assert third.returncode == 0 and "using cached pretrained features" in third.stderr

@@ -349,16 +349,15 @@ def build_source(
     in_memory: bool,
     workers: int,
     cache_dir: Path,
-    square: bool = False,
 ) -> ImageSource:
-    """The images of a run: `--data` resolved, subset taken, optionally decoded once into memory."""
+    """The images of a run: `--data` resolved, subset taken, optionally decoded once into memory (a named dataset's
+    decoded copy is kept in the cache folder: its files never change)."""
     images = list_images(resolve_split(data, split, cache_dir))
     images = images.subset(subset_indices(len(images), subset))
     cache_file = None
-    if is_named(data):  # their files never change: the decoded copy is kept
-        tag = f"{'sq' if square else ''}{resize_size(crop) if not square else crop}px"
-        cache_file = cache_dir / f"{data}-{split}-{tag}-{len(images)}-{_digest(images.paths)}.npy"
-    return make_source(images, crop, augment, in_memory, workers, cache_file, square)
+    if is_named(data):
+        cache_file = cache_dir / f"{data}-{split}-{resize_size(crop)}px-{len(images)}-{_digest(images.paths)}.npy"
+    return make_source(images, crop, augment, in_memory, workers, cache_file)
 
 
 def make_source(

@@ -131,12 +131,17 @@ class Tracker:
         artifact = wandb.Artifact(lineage.artifact, type="model", metadata={"epoch": lineage.epoch})
         artifact.add_reference(Path(lineage.checkpoint).resolve().as_uri(), name=CHECKPOINT_FILE)
         aliases = [f"epoch-{lineage.epoch}"]
-        if self.offline:
-            # wandb's use_artifact() refuses offline runs; for a draft artifact it does exactly this call (log it
-            # with use_after_commit), which the offline run records and `wandb sync` replays.
-            self.run._log_artifact(artifact, aliases=aliases, is_user_created=True, use_after_commit=True)
-        else:
+        if not self.offline:
             self.run.use_artifact(artifact, aliases=aliases)
+            return
+        # wandb's use_artifact() refuses offline runs; for a draft artifact it does exactly this call (log it with
+        # use_after_commit), which the offline run records and `wandb sync` replays. It is wandb's private method:
+        # where a wandb release lacks it, the lineage stays in the config (pretrain_run_id) and a line says so.
+        log_draft = getattr(self.run, "_log_artifact", None)
+        if log_draft is None:
+            logger.warning("this wandb cannot record the checkpoint artifact in an offline run: only its name is kept")
+            return
+        log_draft(artifact, aliases=aliases, is_user_created=True, use_after_commit=True)
 
     def finish(self) -> None:
         if self.run is not None:
@@ -194,59 +199,88 @@ def lineage_of(ckpt: dict | None, path: str) -> Lineage | None:
     return Lineage(run_id, group, project, entity, epoch, str(path), logged)
 
 
+@dataclass(frozen=True)
+class WandbSpec:
+    """The --wandb-* flags of a script (util/args.py), read once."""
+
+    mode: str | None = None
+    project: str | None = None
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+    tags: tuple[str, ...] = ()
+
+    @classmethod
+    def from_args(cls, args: Any) -> WandbSpec:
+        return cls(
+            mode=args.wandb_mode,
+            project=args.wandb_project,
+            entity=args.wandb_entity,
+            group=args.wandb_group,
+            name=args.wandb_name,
+            tags=tuple(args.wandb_tags or ()),
+        )
+
+
+def _start_wandb(mode: str, kwargs: dict):
+    """wandb.init in `mode`; an online start that fails (no network, bad credentials) falls back to offline, said in
+    a warning: the run is never lost and can be `wandb sync`ed later."""
+    import wandb
+
+    try:
+        return wandb.init(mode=mode, settings=wandb.Settings(init_timeout=60, silent=True), **kwargs)
+    except Exception as err:
+        if mode != "online":
+            raise
+        logger.warning("W&B online init failed (%s); logging offline instead: `wandb sync` it later", err)
+        return wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
+
+
 def init_tracker(
-    args: Any,
+    spec: WandbSpec,
     output_dir: Path,
     job_type: str,
     config: dict,
-    is_main: bool,
     run_id: str | None = None,
+    group: str | None = None,
     epoch_metrics: tuple[str, ...] = (),
     lineage: Lineage | None = None,
-    group: str | None = None,
 ) -> Tracker:
-    """Start (or resume, with run_id) the W&B run of this output folder; files go under output_dir/wandb.
+    """Start (or resume, with run_id) the W&B run of this output folder on rank 0 (other ranks: a no-op tracker);
+    files go under output_dir/wandb.
 
     Groups: a pretraining run (job_type `pretrain`) is in --wandb-group, else in `group` (the one its checkpoint
     recorded, on resume), else in its own default_group(); an evaluation of one of its checkpoints (lineage given)
     joins that group, project and entity unless --wandb-group / --wandb-project / --wandb-entity say otherwise, and
     a new evaluation run records the checkpoint (Tracker.use_checkpoint)."""
-    mode = resolve_mode(getattr(args, "wandb_mode", None))
-    if not is_main or mode == "disabled":
+    from util.dist import current
+
+    mode = resolve_mode(spec.mode)
+    if not current().is_main or mode == "disabled":
         return Tracker(None)
-    import wandb
 
     resume = "allow" if run_id else None
     run_id = run_id or new_run_id()
-    group = getattr(args, "wandb_group", None) or group
+    group = spec.group or group
     if group is None and job_type == "pretrain":
         group = default_group(output_dir, run_id)
     elif group is None and lineage is not None:
         group = lineage.group
-    project = args.wandb_project or (lineage.project if lineage else None) or DEFAULT_PROJECT
-    entity = getattr(args, "wandb_entity", None) or (lineage.entity if lineage else None)
+    project = spec.project or (lineage.project if lineage else None) or DEFAULT_PROJECT
+    entity = spec.entity or (lineage.entity if lineage else None)
     kwargs = dict(
         project=project,
         entity=entity,
         group=group,
-        tags=getattr(args, "wandb_tags", None) or None,
-        name=getattr(args, "wandb_name", None),
+        tags=list(spec.tags) or None,
+        name=spec.name,
         job_type=job_type,
         config=config,
         dir=str(output_dir),
         id=run_id,
         resume=resume,
     )
-    try:
-        run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=60, silent=True), **kwargs)
-    except Exception as err:
-        if mode != "online":
-            raise
-        logger.warning(
-            "W&B online init failed (%s); logging offline instead: `wandb sync` it later",
-            err,
-        )
-        run = wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
+    run = _start_wandb(mode, kwargs)
     for metric in epoch_metrics:
         run.define_metric(metric, step_metric="epoch")
     logger.info("W&B run %s (%s, group %s, job %s) in %s", run.id, mode, group, job_type, run.dir)

@@ -33,7 +33,6 @@ logger = logging.getLogger("deepcluster")
 RESAMPLES = 1000
 LEVEL = 95.0  # percent: the interval runs from the 2.5th to the 97.5th percentile of the resampled numbers
 CHUNK = 50  # resamples drawn at once: (CHUNK, N) indices in memory
-RANDOM_PREFIX = NETWORK_PREFIXES["random_init"]
 METHOD = {
     "unit": "test image",
     "resamples": RESAMPLES,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,6 +43,27 @@ SMALL_GROUP_ROWS = 512  # row sets up to this size (and half the dimension) get 
 GROUP_ELEMENTS = 2**27  # groups are solved in chunks of at most this many feature values (1 GB in float64 for
 # the principal coordinates, a few times that at peak)
 DIST_TOL = 1e-3  # certified relative distance of every returned solution to its optimum
+
+
+@dataclass(frozen=True)
+class Problems:
+    """P SVM problems on the same rows X (N, D): labels Y (N, P) +-1, mask (N, P) the rows of each, costs (P,)."""
+
+    Y: np.ndarray
+    mask: np.ndarray
+    costs: np.ndarray
+
+    def columns(self, which: np.ndarray) -> Problems:
+        return Problems(self.Y[:, which], self.mask[:, which], self.costs[which])
+
+
+@dataclass(frozen=True)
+class Newton:
+    """How a run of Newton's method goes: its precision, its certified tolerance, its iterations at most."""
+
+    dtype: torch.dtype
+    tol: float
+    max_newton: int
 
 
 def batched_solver(
@@ -61,15 +83,15 @@ def batched_solver(
     (to tol / 4, which Newton's quadratic convergence makes cheap: a margin for the certificate, recomputed in the
     original coordinates), in the coordinates of the first run where those were shared."""
     device = device or torch.device("cpu")
-    W, b = _solve(X, Y, mask, costs, device, dtype, tol, max_newton)
+    problems = Problems(Y, mask, costs)
+    W, b = _solve(X, problems, device, Newton(dtype, tol, max_newton))
     bound = relative_distance_bound(X, Y, mask, costs, W, b)
     redo = np.flatnonzero(bound > tol)
     if redo.size and dtype != torch.float64:
         start = np.vstack([W[:, redo], b[None, redo]])
         shared = None if plan_groups(mask, X.shape[1] + 1)[1] else mask.any(1)
-        W[:, redo], b[redo] = _solve(
-            X, Y[:, redo], mask[:, redo], costs[redo], device, torch.float64, tol / 4, max_newton, start, shared
-        )
+        finish = Newton(torch.float64, tol / 4, max_newton)
+        W[:, redo], b[redo] = _solve(X, problems.columns(redo), device, finish, start, shared)
         bound[redo] = relative_distance_bound(X, Y[:, redo], mask[:, redo], costs[redo], W[:, redo], b[redo])
     if (bound > tol).any():
         logger.warning(
@@ -106,29 +128,20 @@ def relative_distance_bound(
 
 
 def _solve(
-    X,
-    Y,
-    mask,
-    costs,
-    device: torch.device,
-    dtype: torch.dtype,
-    tol: float,
-    max_newton: int,
-    start=None,
-    shared_rows=None,
+    X, problems: Problems, device: torch.device, newton: Newton, start=None, shared_rows=None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The Newton solve of every problem in the given precision, from `start` ((D + 1, P), bias last) or zero:
+    """The Newton solve of every problem in newton's precision, from `start` ((D + 1, P), bias last) or zero:
     W (D, P), b (P,) in float64. `shared_rows` (N,) bool: the problems use the principal coordinates of these rows
     (a superset of theirs), so that the float64 finish of a few problems reuses those of the run that solved them
     all; None: as plan_groups decides."""
     x = torch.as_tensor(X, dtype=torch.float64, device=device)  # principal coordinates come from float64 data
     x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=device)], 1)  # the bias as a regularised feature
-    out = np.zeros((x.shape[1], Y.shape[1])) if start is None else np.array(start, dtype=np.float64)
-    groups, own = plan_groups(mask, x.shape[1], shared_rows)
+    out = np.zeros((x.shape[1], problems.Y.shape[1])) if start is None else np.array(start, dtype=np.float64)
+    groups, own = plan_groups(problems.mask, x.shape[1], shared_rows)
     if not own:  # one group, in the (cached) coordinates of its rows
         ((rows, columns),) = groups
         z, basis = cached_principal_coordinates(x[torch.as_tensor(rows, device=device)][None])
-        out[:, columns] = _solve_groups(z, basis, Y, mask, costs, groups, rows[None], out, dtype, tol, max_newton)[0]
+        out[:, columns] = _solve_groups(z, basis, problems, groups, rows[None], out, newton)[0]
         return out[:-1], out[-1]
     per_chunk = max(1, GROUP_ELEMENTS // (max(len(r) for r, _ in groups) * x.shape[1]))
     for first in range(0, len(groups), per_chunk):
@@ -136,18 +149,19 @@ def _solve(
         rows = _padded([r for r, _ in chunk])  # (G, n); -1 pads
         valid = torch.as_tensor(rows >= 0, device=device)[:, :, None]
         z, basis = principal_coordinates(x[torch.as_tensor(np.maximum(rows, 0), device=device)] * valid)
-        w = _solve_groups(z, basis, Y, mask, costs, chunk, rows, out, dtype, tol, max_newton)
+        w = _solve_groups(z, basis, problems, chunk, rows, out, newton)
         for g, (_, columns) in enumerate(chunk):
             out[:, columns] = w[g, :, : len(columns)]
     return out[:-1], out[-1]
 
 
 def _solve_groups(
-    z: torch.Tensor, basis: torch.Tensor, Y, mask, costs, groups, rows, start, dtype: torch.dtype, tol, max_newton
+    z: torch.Tensor, basis: torch.Tensor, problems: Problems, groups, rows, start, newton: Newton
 ) -> np.ndarray:
     """The problems of the given groups, padded into (G, rows, problems) tensors and started from their columns of
     `start` (D + 1, P); z (G, n, r) their rows' coordinates, x = z @ basis^T with basis (G or 1, D + 1, r)
-    orthonormal; solved in `dtype`; w (G, D + 1, p) in float64."""
+    orthonormal; solved in newton.dtype; w (G, D + 1, p) in float64."""
+    Y, mask, costs, dtype = problems.Y, problems.mask, problems.costs, newton.dtype
     cols = _padded([c for _, c in groups])  # (G, p); -1 pads
     at = np.maximum(rows, 0)[:, :, None], np.maximum(cols, 0)[:, None, :]
     in_problem = mask[at] & (rows >= 0)[:, :, None] & (cols >= 0)[:, None, :]
@@ -156,7 +170,7 @@ def _solve_groups(
     w0 = start[:, at[1][:, 0]].transpose(1, 0, 2) * (cols >= 0)[:, None, :]  # (G, D + 1, p)
     y, s, c = (torch.as_tensor(a, dtype=dtype, device=z.device) for a in (Y[at], weights, costs))
     w0 = (basis.transpose(1, 2) @ torch.as_tensor(w0, device=z.device)).to(dtype)  # onto the span: exact
-    w = newton_cg(z.to(dtype), y, s, c, tol, max_newton, w0)
+    w = newton_cg(z.to(dtype), y, s, c, newton.tol, newton.max_newton, w0)
     return (basis @ w.double()).cpu().numpy()
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,10 +13,11 @@ from torch import nn
 
 from models import ARCHS, Backbone, build_model
 from util.batchnorm import recompute_batchnorm
-from util.checkpoint import load_checkpoint, load_state_strict
+from util.checkpoint import load_state_strict
 from util.data import ImageSource
 from util.errors import UserError
 from util.eval.layouts import add_missing_bn_counters, convert_checkpoint, detect_layout
+from util.pixels import pixel_skip_reason
 from util.precision import to_channels_last
 from util.tracking import Lineage, lineage_of
 
@@ -48,71 +51,119 @@ def network_of(key: str) -> tuple[str, str]:
     raise AssertionError("the pretrained prefix is empty")
 
 
-def resolve_arch(pretrained: str, arch: str | None, sobel: bool | None) -> tuple[str, bool, dict | None]:
-    """The arch and Sobel flag to build: from the checkpoint when it records them, which must agree with the flags."""
-    if pretrained == RANDOM:
+@dataclass(frozen=True)
+class Checkpoint:
+    """A weights file read once: its path, the sha256 of its bytes (what keys every result and every piece of
+    evaluation state), and its content (a main_deepcluster.py checkpoint or a state dict of a known layout)."""
+
+    path: str
+    sha256: str
+    content: dict
+
+    @property
+    def identity(self) -> dict:
+        """The {path, sha256} record results.json and every table row cite."""
+        return {"path": str(Path(self.path).resolve()), "sha256": self.sha256}
+
+
+def read_checkpoint(weights: str) -> Checkpoint:
+    """Read a weights file once: hashed and loaded from the same bytes."""
+    path = Path(weights)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: check the path given to --pretrained")
+    data = path.read_bytes()
+    try:
+        content = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise UserError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}): it is damaged or not a checkpoint"
+        ) from err
+    if not isinstance(content, dict):
+        raise UserError(f"{path} holds a {type(content).__name__}, not a checkpoint or state dict")
+    return Checkpoint(weights, hashlib.sha256(data).hexdigest(), content)
+
+
+def resolve_arch(checkpoint: Checkpoint | None, arch: str | None, sobel: bool | None) -> tuple[str, bool]:
+    """The arch and Sobel flag to build: from the checkpoint when it records them, which must agree with the flags;
+    for the random network (no checkpoint), the flags."""
+    if checkpoint is None:
         if arch is None:
             raise UserError("--pretrained random needs --arch (the architecture of the random network)")
-        return arch, bool(sobel), None
-    ckpt = load_checkpoint(pretrained)
-    if not isinstance(ckpt, dict):
-        raise UserError(f"{pretrained} holds a {type(ckpt).__name__}, not a checkpoint or state dict")
+        return arch, bool(sobel)
+    ckpt, path = checkpoint.content, checkpoint.path
     layout = detect_layout(ckpt)
     if layout == "deepcluster":
         if arch is not None and arch != ckpt["arch"]:
-            raise UserError(
-                f"checkpoint {pretrained} is a {ckpt['arch']} network, not --arch {arch}: drop --arch or fix it"
-            )
+            raise UserError(f"checkpoint {path} is a {ckpt['arch']} network, not --arch {arch}: drop --arch or fix it")
         if sobel is not None and sobel != ckpt["sobel"]:
-            raise UserError(f"checkpoint {pretrained} was trained with sobel={ckpt['sobel']}: drop --sobel/--no-sobel")
-        return ckpt["arch"], ckpt["sobel"], ckpt
+            raise UserError(f"checkpoint {path} was trained with sobel={ckpt['sobel']}: drop --sobel/--no-sobel")
+        return ckpt["arch"], ckpt["sobel"]
     if arch is None:
-        raise UserError(f"{pretrained} is a {layout} checkpoint: pass its --arch ({', '.join(sorted(ARCHS))})")
+        raise UserError(f"{path} is a {layout} checkpoint: pass its --arch ({', '.join(sorted(ARCHS))})")
     has_sobel = convert_checkpoint(ckpt, arch).sobel
     if has_sobel is not None and sobel is not None and sobel != has_sobel:
         raise UserError(
-            f"{pretrained} ({layout}) {'has' if has_sobel else 'has no'} Sobel front end: drop --sobel/--no-sobel"
+            f"{path} ({layout}) {'has' if has_sobel else 'has no'} Sobel front end: drop --sobel/--no-sobel"
         )
-    return arch, bool(has_sobel if has_sobel is not None else sobel), ckpt
+    return arch, bool(has_sobel if has_sobel is not None else sobel)
 
 
 def load_backbone(
-    pretrained: str, arch: str | None, sobel: bool | None, device: torch.device, channels_last: bool = False
+    weights: str | Checkpoint, arch: str | None, sobel: bool | None, device: torch.device, channels_last: bool = False
 ) -> Backbone:
-    """Build the backbone and load its weights strictly (any layout of util/eval/published.py, with a printed report of
-    the kept, renamed and dropped keys); frozen (no grad) and in eval mode; in channels_last when asked."""
-    arch, sobel, ckpt = resolve_arch(pretrained, arch, sobel)
+    """Build the backbone and load its weights strictly (any layout of util/eval/layouts.py, with a printed report of
+    the kept, renamed and dropped keys); `random`: as initialised (seeded by the caller). Frozen (no grad) and in eval
+    mode; in channels_last when asked."""
+    checkpoint = read_checkpoint(weights) if isinstance(weights, str) and weights != RANDOM else weights
+    checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else None
+    arch, sobel = resolve_arch(checkpoint, arch, sobel)
     model = build_model(arch, sobel)
-    if ckpt is not None:
-        converted = convert_checkpoint(ckpt, arch)
+    if checkpoint is not None:
+        converted = convert_checkpoint(checkpoint.content, arch)
         added = add_missing_bn_counters(converted.state, model.state_dict())
         if converted.layout != "deepcluster" or added:
             note = f"; {len(added)} BatchNorm counters added (saved before PyTorch 0.4.1)" if added else ""
-            logger.info("%s%s", converted.summary(Path(pretrained).name), note)
-        load_state_strict(model, converted.state, f"weights {pretrained}")
+            logger.info("%s%s", converted.summary(Path(checkpoint.path).name), note)
+        load_state_strict(model, converted.state, f"weights {checkpoint.path}")
     for param in model.parameters():
         param.requires_grad_(False)
     return to_channels_last(model.to(device), channels_last).eval()
 
 
-def resolve_pretrained(args) -> Lineage | None:
-    """--arch and --sobel from what --pretrained records (when not given), and the W&B lineage of the checkpoint (its
-    pretraining run, group and project), for every evaluation script."""
-    args.arch, args.sobel, ckpt = resolve_arch(args.pretrained, args.arch, args.sobel)
-    return lineage_of(ckpt, args.pretrained)
+def resolve_pretrained(args) -> tuple[Checkpoint | None, Lineage | None]:
+    """--pretrained read once (None for `random`), --arch and --sobel from what it records (when not given), and the
+    W&B lineage of the checkpoint (its pretraining run, group and project), for every evaluation script."""
+    checkpoint = None if args.pretrained == RANDOM else read_checkpoint(args.pretrained)
+    args.arch, args.sobel = resolve_arch(checkpoint, args.arch, args.sobel)
+    return checkpoint, lineage_of(None if checkpoint is None else checkpoint.content, args.pretrained)
 
 
-def networks_to_evaluate(pretrained: str, baseline: str) -> list[tuple[str, str]]:
-    """(name, weights) pairs: the pretrained network, then the baselines --baseline asks for: the random-init network
-    of the same arch both ways (`random`, `all`) and the pixels (`all`)."""
-    if pretrained == RANDOM:
+def networks_to_evaluate(checkpoint: Checkpoint | None, baseline: str) -> list[tuple[str, Checkpoint | str]]:
+    """(name, weights) pairs: the pretrained network (its checkpoint, read once), then the baselines --baseline asks
+    for: the random-init network of the same arch both ways (`random`, `all`) and the pixels (`all`). No checkpoint
+    (--pretrained random): the random network alone."""
+    if checkpoint is None:
         return [("random_init", RANDOM)]
-    networks = [("pretrained", pretrained)]
+    networks: list[tuple[str, Checkpoint | str]] = [("pretrained", checkpoint)]
     if baseline in ("random", "all"):
         networks += [(network, RANDOM) for network in RANDOM_NETWORKS]
     if baseline == "all":
         networks.append(("pixels", PIXELS))
     return networks
+
+
+def measurable_networks(
+    networks: list[tuple[str, Checkpoint | str]], num_train: int, num_test: int, image_size: int
+) -> tuple[list[tuple[str, Checkpoint | str]], str | None]:
+    """The networks without the pixels where they are too large to be a baseline (util/pixels.py), and why (None:
+    kept, or never asked for); said in a log line."""
+    if ("pixels", PIXELS) not in networks:
+        return networks, None
+    skipped = pixel_skip_reason(num_train, num_test, image_size)
+    if skipped is None:
+        return networks, None
+    logger.info("pixel baseline not measured: %s", skipped)
+    return [network for network in networks if network[0] != "pixels"], skipped
 
 
 class PixelNet(nn.Module):
@@ -131,7 +182,7 @@ class PixelNet(nn.Module):
 
 def evaluated_network(
     network: str,
-    weights: str,
+    weights: Checkpoint | str,
     arch: str,
     sobel: bool,
     device: torch.device,
@@ -148,33 +199,32 @@ def evaluated_network(
     return backbone
 
 
-def weights_identities(networks: list[tuple[str, str]], arch: str, sobel: bool, seed: int) -> dict[str, dict]:
-    """{name: {path, sha256}} of the networks an evaluation runs: what results.json and every table row cite. The
-    random network with recomputed BatchNorm statistics is named by the random weights' hash and the recomputation
-    (its statistics depend on the evaluation's training images, part of every task's key); the pixels by a constant."""
-    identities, hashes = {}, {}
-    for name, path in networks:
+def network_identities(
+    networks: list[tuple[str, Checkpoint | str]], arch: str, sobel: bool, seed: int
+) -> dict[str, dict]:
+    """{name: identity} of the networks an evaluation runs, each identity the {path, sha256} record results.json and
+    every table row cite: the checkpoint's (hashed when it was read), the random weights' (hashed once for both
+    BatchNorm variants; the recomputed one is named by that hash and the recomputation, whose statistics depend on
+    the evaluation's training images, part of every task's key), the pixels' (a constant)."""
+    identities, random_sha = {}, None
+    for name, weights in networks:
         if name == "pixels":
             identities[name] = {"path": PIXELS, "sha256": hashlib.sha256(b"pixels").hexdigest()}
-            continue
-        sha = hashes[path] = hashes.get(path) or weights_sha256(path, arch, sobel, seed)  # the random weights once
-        if name == "random_init_recomputed_bn":
-            sha = hashlib.sha256(f"{sha}:batchnorm-recomputed".encode()).hexdigest()
-        identities[name] = {"path": path if path == RANDOM else str(Path(path).resolve()), "sha256": sha}
+        elif isinstance(weights, Checkpoint):
+            identities[name] = weights.identity
+        else:
+            random_sha = random_sha or random_sha256(arch, sobel, seed)
+            sha = random_sha
+            if name == "random_init_recomputed_bn":
+                sha = hashlib.sha256(f"{sha}:batchnorm-recomputed".encode()).hexdigest()
+            identities[name] = {"path": RANDOM, "sha256": sha}
     return identities
 
 
-def weights_sha256(weights: str, arch: str, sobel: bool, seed: int) -> str:
-    """The content hash that keys every piece of evaluation state and every reported number.
-
-    A file: sha256 of its bytes (a checkpoint overwritten by further training gets a new hash, whatever its mtime).
-    `random`: sha256 of the random-init network's tensors, as the evaluations build it (seeded with `seed`)."""
+def random_sha256(arch: str, sobel: bool, seed: int) -> str:
+    """sha256 of the random-init network's tensors, as the evaluations build it (seeded with `seed`): the content
+    hash that keys the random network's evaluation state and numbers, as a file's bytes key a checkpoint's."""
     digest = hashlib.sha256()
-    if weights != RANDOM:
-        with open(weights, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        return digest.hexdigest()
     torch.manual_seed(seed)
     for name, tensor in build_model(arch, sobel).state_dict().items():
         digest.update(name.encode())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from util.checkpoint import atomic_write
@@ -57,34 +58,38 @@ def gain_row(results: dict, keys: list[str], lead: list[str]) -> list[list]:
     return rows
 
 
+@dataclass(frozen=True)
+class ResultsTable:
+    """An evaluation's table: its W&B key, title, columns and rows, and the results keys whose bootstrap intervals
+    are printed under it."""
+
+    key: str
+    title: str
+    columns: list[str]
+    rows: list[list]
+    interval_keys: tuple[str, ...] = ()
+
+
 def publish(
-    args: argparse.Namespace,
-    output_dir: Path,
-    results: dict,
-    meta: dict,
-    tracker: Tracker,
-    table: str,
-    columns: list[str],
-    rows: list[list],
-    title: str,
-    interval_keys: list[str] = (),
+    args: argparse.Namespace, output_dir: Path, results: dict, meta: dict, tracker: Tracker, table: ResultsTable
 ) -> None:
     """Write OUTPUT_DIR/results.json (results + meta) and config.yaml (the resolved arguments), log the table and
-    the bootstrap intervals of `interval_keys`, mirror both to W&B."""
-    lines = interval_lines(results, list(interval_keys))
+    the bootstrap intervals of its interval keys, mirror both to W&B."""
+    lines = interval_lines(results, list(table.interval_keys))
     if lines:
         meta = {**meta, "bootstrap": METHOD}
     text = json.dumps({**results, **meta}, indent=2, sort_keys=True) + "\n"
     atomic_write(output_dir / "results.json", lambda handle: handle.write(text.encode()))
     write_config(args, output_dir)
-    logger.info("%s:\n%s", title, format_table(columns, rows))
+    logger.info("%s:\n%s", table.title, format_table(table.columns, table.rows))
     if lines:
         logger.info("bootstrap over the test images (%d resamples):\n%s", METHOD["resamples"], "\n".join(lines))
-    tracker.table(table, columns, rows)
+    tracker.table(table.key, table.columns, table.rows)
     summary = {k: v for k, v in results.items() if isinstance(v, (int, float, str))}
     for key, (low, high) in ((k, v) for k, v in results.items() if k.endswith("_ci95")):
         summary.update({f"{key}_low": low, f"{key}_high": high})
-    summary.update({f"weights/{network}": f"sha256:{w['sha256']}" for network, w in meta.get("weights", {}).items()})
+    identities = meta.get("identities", {}).items()
+    summary.update({f"identity/{network}": f"sha256:{identity['sha256']}" for network, identity in identities})
     summary.update({k: v for k, v in meta.items() if isinstance(v, (bool, int, float, str)) or k == "hyperparameters"})
     summary.update({"bootstrap": meta["bootstrap"]} if "bootstrap" in meta else {})
     tracker.summary(summary)

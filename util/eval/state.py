@@ -56,8 +56,9 @@ class EvalState:
         self.current = {"key": key, **saved}
         self.save()
 
-    def finish(self, key: str, name: str, weights: dict, results: dict) -> None:
-        self.tasks[key] = {"name": name, "weights": weights, "results": results}
+    def finish(self, key: str, name: str, identity: dict, results: dict) -> None:
+        """A finished task: its name, the identity ({path, sha256}) of the network it scored, its results."""
+        self.tasks[key] = {"name": name, "identity": identity, "results": results}
         self.current = None
         self.save()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -186,6 +187,15 @@ def lowshot_sample(labels: np.ndarray, cls: int, k: int, rng: np.random.Generato
     return np.concatenate([chosen_pos, chosen_neg])
 
 
+@dataclass(frozen=True)
+class LowShot:
+    """The low-shot protocol's draws: k positives per class for each k, `samples` independent draws, from `seed`."""
+
+    ks: Sequence[int] = LOWSHOT_KS
+    samples: int = 5
+    seed: int = 0
+
+
 def lowshot_protocol(
     train_x: np.ndarray,
     train_labels: np.ndarray,
@@ -193,12 +203,11 @@ def lowshot_protocol(
     test_labels: np.ndarray,
     costs: Sequence[float],
     solver: Solver,
-    ks: Sequence[int] = LOWSHOT_KS,
-    num_samples: int = 5,
-    seed: int = 0,
+    draws: LowShot = LowShot(),
 ) -> dict:
-    """For every k: `num_samples` independent samples per class, no cross-validation, test on the full test set;
+    """For every k: `draws.samples` independent samples per class, no cross-validation, test on the full test set;
     the cost is the one of best mean test mAP over the samples (as the published numbers), reported mean and std."""
+    ks, num_samples, seed = draws.ks, draws.samples, draws.seed
     num_classes, costs = train_labels.shape[1], np.asarray(costs, dtype=np.float64)
     y_train = np.where(train_labels == 1, 1.0, -1.0)
     out = {}

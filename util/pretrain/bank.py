@@ -16,9 +16,9 @@ class MemoryBank:
     Kept in dataset order rather than per process, so a checkpoint resumes on any number of processes."""
 
     def __init__(self, num_views: int, num_images: int, dim: int, device: torch.device) -> None:
-        self.embeddings = torch.zeros(num_views, num_images, dim, device=device)
-        self.fresh = torch.zeros(num_images, dtype=torch.bool, device=device)
-        self.usable = torch.zeros(num_images, dtype=torch.bool, device=device)
+        self.embeddings = torch.zeros(num_views, num_images, dim, device=device)  # (views, N, dim) unit rows
+        self.fresh = torch.zeros(num_images, dtype=torch.bool, device=device)  # (N,) written since the last rotate
+        self.usable = torch.zeros(num_images, dtype=torch.bool, device=device)  # (N,) written in the epoch before
 
     def write(self, idx: torch.Tensor, views: torch.Tensor) -> None:
         """Store this process's batch: idx (B,) dataset indices, views (views, B, dim), without a host-device
@@ -29,9 +29,9 @@ class MemoryBank:
             idx = dist_util.all_gather_equal_rows(idx.to(dist_util.collective_device()))  # (B x world,)
             views = views.to(dist_util.collective_device()).transpose(0, 1)
             views = dist_util.all_gather_equal_rows(views).transpose(0, 1)  # (views, B x world, dim)
-        idx = idx.to(self.embeddings.device)
+        idx = idx.to(self.embeddings.device)  # (B x world,) dataset indices
         last = last_occurrences(idx, self.fresh.numel())  # (B x world,) the position of each image's last copy
-        self.embeddings[:, idx] = views[:, last.to(views.device)].to(self.embeddings)
+        self.embeddings[:, idx] = views[:, last.to(views.device)].to(self.embeddings)  # (views, B x world, dim) rows
         self.fresh[idx] = True
 
     def rotate(self) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from util.checkpoint import atomic_write
 from util.data import ImageList, list_images, load_image, resolve_split, subset_indices
 from util.errors import UserError
 from util.seeds import derive_seed
@@ -96,11 +97,8 @@ def draw_cluster_grid(
         ax.set_ylabel(_row_label(row, images, assignments), rotation=0, ha="right", va="center", fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp.png")
-    fig.savefig(tmp, dpi=80)
+    atomic_write(output, lambda handle: fig.savefig(handle, format="png", dpi=80))
     plt.close(fig)
-    tmp.replace(output)
     return rows
 
 

@@ -16,19 +16,20 @@ import torch.distributed as dist
 
 from util.blas import import_faiss
 from util.errors import UserError
-from util.knn import l2_normalize
 
 logger = logging.getLogger("deepcluster")
 
 
 # ----------------------------------------------------------------------------------------------- PCA
 class PCAWhitening:
-    """PCA to `dim` dimensions with whitening (eigenvalue power -0.5), as faiss.PCAMatrix(d, dim, -0.5)."""
+    """PCA to `dim` dimensions with whitening (eigenvalue power -0.5), as faiss.PCAMatrix(d, dim, -0.5). In an
+    extraction pass (util/pretrain/features.py) it is fit on the first `fit_samples` images of the pass's fixed order
+    (0: all of them, the paper) and applied to every batch as it comes."""
 
     CHUNK_ELEMENTS = 2**24  # rows of x are converted to float64 this many values at a time (128 MB)
 
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
+    def __init__(self, dim: int, fit_samples: int = 0) -> None:
+        self.dim, self.fit_samples = dim, fit_samples
         self.mean: torch.Tensor | None = None  # (D,)
         self.projection: torch.Tensor | None = None  # (D, dim)
 
@@ -99,11 +100,6 @@ def _row_chunks(parts: list[torch.Tensor], rows: int):
                 pieces, held = [], 0
     if pieces:
         yield pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-
-
-def preprocess_features(x: torch.Tensor, pca_dim: int) -> torch.Tensor:
-    """x: (N, D) raw features -> (N, pca_dim) PCA-whitened and L2-normalised (paper, section 4)."""
-    return l2_normalize(PCAWhitening(pca_dim).fit(x).apply(x))
 
 
 # ------------------------------------------------------------------------------------------- results
@@ -416,23 +412,35 @@ def _join_singletons(assignments: torch.Tensor, neighbours: torch.Tensor) -> tor
 
 
 # ------------------------------------------------------------------------------------------- dispatch
-def run_clustering(
-    features: torch.Tensor,
-    method: str,
-    k: int,
-    seed: int,
-    backend: str = "faiss",
-    niter: int = 20,
-    pic_neighbors: int = 5,
-    pic_sigma: float = 0.2,
-    pic_alpha: float = 0.001,
-    pic_iters: int = 200,
-    use_gpu: bool = False,
-) -> ClusteringResult:
-    """Cluster (N, d) preprocessed features with k-means (faiss or torch backend, each on the features' device;
-    faiss on the GPU when use_gpu) or PIC."""
-    if method == "pic":
-        return power_iteration_clustering(features, pic_neighbors, pic_sigma, pic_alpha, pic_iters)
-    if backend == "faiss":
-        return faiss_kmeans(features, k, niter, seed, use_gpu=use_gpu)
-    return torch_kmeans(features, k, niter, seed)
+@dataclass(frozen=True)
+class PicParams:
+    """Power Iteration Clustering's graph and iterations (the paper's section 4.3 study)."""
+
+    neighbors: int = 5
+    sigma: float = 0.2
+    alpha: float = 0.001
+    iters: int = 200
+
+
+@dataclass(frozen=True)
+class ClusteringSpec:
+    """How an epoch clusters its features: k-means with k clusters (faiss or torch, niter Lloyd iterations; faiss on
+    the GPU with use_gpu) or PIC, which finds its own number of clusters."""
+
+    k: int
+    method: str = "kmeans"
+    backend: str = "faiss"
+    niter: int = 20
+    pic: PicParams = PicParams()
+    use_gpu: bool = False
+
+
+def run_clustering(features: torch.Tensor, spec: ClusteringSpec, seed: int) -> ClusteringResult:
+    """Cluster (N, d) preprocessed features with k-means (faiss or torch backend, each on the features' device) or
+    PIC, as `spec` says; `seed` draws the initial centroids."""
+    if spec.method == "pic":
+        pic = spec.pic
+        return power_iteration_clustering(features, pic.neighbors, pic.sigma, pic.alpha, pic.iters)
+    if spec.backend == "faiss":
+        return faiss_kmeans(features, spec.k, spec.niter, seed, use_gpu=spec.use_gpu)
+    return torch_kmeans(features, spec.k, spec.niter, seed)

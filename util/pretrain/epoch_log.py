@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
@@ -45,24 +46,66 @@ def close_record(
     return record
 
 
+def network_words(record: dict) -> str:
+    """Which network a record measured: the random one (epoch 0), the network after e epochs, or the final one."""
+    epoch = record["epoch"]
+    epochs = f"{epoch} epoch{'s' if epoch != 1 else ''}"
+    if record.get("final"):
+        return f"final network (after {epochs})"
+    return "random network (before training)" if epoch == 0 else f"network after {epochs}"
+
+
 def log_epoch_line(record: dict, epochs: int, phases: tuple[str, ...]) -> None:
-    """The console line of an epoch: loss, NMI, clusters, the kNN monitor beside its floor, the phases' times
-    (record["time_<phase>"]) and the training throughput."""
-    title = f"epoch {record['epoch']}/{epochs}" + (" (final network, no training)" if record.get("final") else "")
-    parts = [
-        title,
-        f"loss {_fmt(record['loss'])}",
-        f"nmi_labels {_fmt(record['nmi_labels'])}",
-        f"nmi_prev {_fmt(record['nmi_prev'])}",
-        f"clusters {record['num_clusters']} (empty {record['empty_clusters']})",
-    ]
+    """The console line of an epoch, in its order of events: the network it measured (its kNN beside the floor and the
+    gain, the online probe), that network's clusters, then what the epoch trained, then the phases' times."""
+    measured = [network_words(record)]
     if record.get("knn_top1") is not None:
-        parts.append(f"knn {record['knn_top1']:.2f} ({floor_words(record)})")
+        measured.append(f"kNN {record['knn_top1']:.2f} % ({floor_words(record)})")
     if record.get("probe_top1") is not None:
-        parts.append(f"online probe {record['probe_top1']:.2f}")
-    times = "  ".join(f"{phase} {record[f'time_{phase}']:.1f}s" for phase in phases)
-    parts.append(f"{times}  {record['images_per_s']:.0f} img/s")
-    logger.info("  ".join(parts))
+        measured.append(f"online probe {record['probe_top1']:.2f} %")
+    clusters = f"{record['num_clusters']} clusters ({record['empty_clusters']} empty)"
+    if record.get("nmi_labels") is not None:
+        clusters += f", NMI {record['nmi_labels']:.3f} with the labels"
+    if record.get("nmi_prev") is not None:
+        clusters += f", {record['nmi_prev']:.3f} with epoch {record['epoch'] - 1}'s"
+    parts = [f"epoch {record['epoch']}/{epochs}", ", ".join(measured), clusters]
+    if not record.get("final"):
+        parts.append(f"trained: loss {record['loss']:.4f} at {record['images_per_s']:.0f} images/s")
+    parts.append(", ".join(f"{phase} {record[f'time_{phase}']:.1f} s" for phase in phases))
+    logger.info(" | ".join(parts))
+
+
+def closing_lines(records: list[dict], output_dir: Path, data: str, offline_run: str | None) -> list[str]:
+    """The run's answer after its final measurement: the final kNN beside each floor and the gain over the higher,
+    the online probe, held-out k-means against the random network's, where the outputs are, the next commands."""
+    final, first = records[-1], records[0]
+    lines = [f"done: {network_words(final)} measured"]
+    if final.get("knn_top1") is not None:
+        lines.append(f"  kNN top-1 {final['knn_top1']:.2f} % on the held-out split; {floor_words(final)}")
+        gain = final.get("knn_gain")
+        if gain is not None:
+            verdict = "above every trivial baseline" if gain > 0 else "NOT above every trivial baseline"
+            lines.append(f"  {verdict}: gain {gain:+.2f} points over the higher of the random network and the pixels")
+    extras = []
+    if final.get("probe_top1") is not None:
+        extras.append(f"online probe {final['probe_top1']:.2f} %")
+    if final.get("test_kmeans_acc") is not None and first.get("test_kmeans_acc") is not None:
+        extras.append(
+            f"held-out k-means {final['test_kmeans_acc']:.1f} % (random network {first['test_kmeans_acc']:.1f} %)"
+        )
+    if extras:
+        lines.append("  " + "; ".join(extras))
+    found = [
+        name
+        for name in ("checkpoint.pth", "log.jsonl", "config.yaml", "maps", "clusters", "wandb")
+        if (output_dir / name).exists()
+    ]
+    lines.append(f"  outputs in {output_dir}: {', '.join(found)}")
+    lines.append(f"  next: python report.py {output_dir}   (tables, curves, maps, cluster evolution)")
+    lines.append(f"        python eval_linear.py --pretrained {output_dir / 'checkpoint.pth'} --data {data}   (probes)")
+    if offline_run:
+        lines.append(f"        wandb sync {offline_run}   (the offline W&B run, to your W&B project)")
+    return lines
 
 
 def floor_words(record: dict) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,48 +17,55 @@ from util.precision import autocast
 from util.pretrain.clustering import PCAWhitening
 
 
+@dataclass(frozen=True)
+class Extraction:
+    """How a pass over the images runs: images per forward, on which device, under bf16 autocast or not, and the
+    progress bar it shows (interactive terminals only)."""
+
+    batch_size: int
+    device: torch.device
+    amp: bool = False
+    progress: bool = False
+    desc: str = "extract"
+
+
 @torch.inference_mode()
 def extract_features(
     forward: Callable[[torch.Tensor], torch.Tensor],
     source: ImageSource,
-    batch_size: int,
-    device: torch.device,
-    pca_dim: int | None = None,
+    how: Extraction,
     pca: PCAWhitening | None = None,
-    pca_fit_samples: int = 0,
-    progress: bool = False,
-    desc: str = "extract",
     on_raw_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     project: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    amp: bool = False,
 ) -> torch.Tensor:
     """Features of every image, rows in dataset order, float32 on the host (computed under bf16 autocast with amp).
 
-    Without pca_dim or pca: (N, D) raw features. With pca_dim, or an unfitted `pca` the caller keeps (fitted here):
-    (N, pca_dim) PCA-whitened and L2-normalised; PCA is fit on the first `pca_fit_samples` features of a fixed random
-    order (0: all) and every later batch is reduced as it arrives, so the host never holds N x D. Distributed: each
-    rank extracts its shard of that order (util.dist.shard_positions); rows are gathered.
+    Without pca: (N, D) raw features. With an unfitted `pca` the caller keeps (fitted here): (N, pca.dim)
+    PCA-whitened and L2-normalised; the PCA is fit on the first pca.fit_samples features of a fixed random order (0:
+    all) and every later batch is reduced as it arrives, so the host never holds N x D. Distributed: each rank
+    extracts its shard of that order (util.dist.shard_positions); rows are gathered.
     on_raw_batch(raw (B, D) on device, dataset indices (B,)) sees every image's raw features exactly once across
-    ranks, before PCA (the kNN monitor streams them); `project` (a neck) then maps them to the features that are
-    kept (and PCA-reduced).
+    ranks, before PCA (the kNN monitor's votes); `project` (a neck) then maps them to the features that are kept
+    (and PCA-reduced).
     """
+    device = how.device
     num = len(source)
     positions = shard_positions(num)  # equal shards (wrapped around): every rank runs the same collectives
     order = extraction_order(num)[positions % num]
     is_padding = positions >= num  # the wrapped-around duplicates of this shard
-    pca = pca if pca is not None else (PCAWhitening(pca_dim) if pca_dim else None)
-    sink = _Sink(num, len(order), pca, num if pca_fit_samples <= 0 else min(pca_fit_samples, num), device)
-    bar = tqdm(total=len(order), desc=desc, disable=not progress, leave=False, unit="img")
+    fit_target = 0 if pca is None else (num if pca.fit_samples <= 0 else min(pca.fit_samples, num))
+    sink = _Sink(num, len(order), pca, fit_target, device)
+    bar = tqdm(total=len(order), desc=how.desc, disable=not how.progress, leave=False, unit="img")
     seen = 0
-    for images, idx in source.eval_batches(order, batch_size, device):
-        with autocast(device, amp):
+    for images, idx in source.eval_batches(order, how.batch_size, device):
+        with autocast(device, how.amp):
             feats = forward(images).float()  # (B, D) pooled backbone features
         bar.update(len(idx))
         if on_raw_batch is not None:
             real = torch.from_numpy(~is_padding[seen : seen + len(idx)])
             on_raw_batch(feats[real.to(feats.device)], idx[real])
         if project is not None:
-            with autocast(device, amp):
+            with autocast(device, how.amp):
                 feats = project(feats).float()  # (B, D') the neck's features
         sink.add(idx, feats, seen, positions[seen : seen + len(idx)])
         seen += len(idx)

@@ -37,14 +37,14 @@ def add_map_arg(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def map_due(args: argparse.Namespace, epoch: int, final: bool) -> bool:
-    every = getattr(args, "tsne_every", 0)
-    return every > 0 and (final or epoch % every == 0)
+def map_due(tsne_every: int, epoch: int, final: bool) -> bool:
+    """Whether the map of this epoch is drawn: every --tsne-every epochs, and for the final network."""
+    return tsne_every > 0 and (final or epoch % tsne_every == 0)
 
 
-def maps_on(args: argparse.Namespace) -> bool:
+def maps_on(tsne_every: int) -> bool:
     """Whether the map points of every measured epoch are kept (--tsne-every > 0)."""
-    return getattr(args, "tsne_every", 0) > 0
+    return tsne_every > 0
 
 
 def tsne_path(output_dir: Path, epoch: int) -> Path:
@@ -69,16 +69,19 @@ def map_points(features: torch.Tensor, labels: np.ndarray, seed: int) -> tuple[n
     return (centred @ components[:MAP_DIMS].T).astype(np.float16), np.asarray(labels)[rows].astype(np.int64)
 
 
-def save_points(output_dir: Path, epoch: int, points: np.ndarray, labels: np.ndarray) -> Path:
+def save_points(output_dir: Path, epoch: int, points: np.ndarray, labels: np.ndarray, names: list[str]) -> Path:
+    """The map's points, their labels and the class names in maps/points_epoch_XXXX.npz."""
     path = points_path(output_dir, epoch)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda handle: np.savez(handle, points=points, labels=labels))
+    atomic_write(path, lambda handle: np.savez(handle, points=points, labels=labels, names=np.array(names)))
     return path
 
 
-def load_points(output_dir: Path, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+def load_points(output_dir: Path, epoch: int) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """points, labels and class names (None in files saved without them)."""
     with np.load(points_path(output_dir, epoch)) as saved:
-        return saved["points"], saved["labels"]
+        names = [str(n) for n in saved["names"]] if "names" in saved.files else None
+        return saved["points"], saved["labels"], names
 
 
 def tsne_layout(points: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,40 +96,57 @@ def tsne_layout(points: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.n
     return xy, np.asarray(clusters)
 
 
-def draw_tsne(points: np.ndarray, labels: np.ndarray, path: Path, title: str, seed: int = 0) -> Path:
-    """Two panels of one t-SNE of the saved points: coloured by label, and by k-means(number of classes)."""
+def draw_tsne(
+    points: np.ndarray, labels: np.ndarray, path: Path, title: str, seed: int = 0, names: list[str] | None = None
+) -> Path:
+    """Two panels of one t-SNE of the saved points: coloured by label (a legend names them: `names`, else the label
+    numbers), and by k-means(number of classes)."""
     from util.report.plots import _pyplot, _save
 
     xy, clusters = tsne_layout(points, labels, seed)
     classes = int(labels.max()) + 1
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    cmap = plt.get_cmap("tab10" if classes <= 10 else "tab20")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for axis, colour, name in ((axes[0], labels, "label"), (axes[1], clusters, f"k-means ({classes} clusters)")):
-        axis.scatter(xy[:, 0], xy[:, 1], c=colour, cmap="tab10" if classes <= 10 else "tab20", s=4)
+        axis.scatter(xy[:, 0], xy[:, 1], c=colour, cmap=cmap, vmin=0, vmax=max(classes - 1, 1), s=4)
         axis.set(title=f"coloured by {name}", xticks=[], yticks=[])
+    handles = [
+        plt.Line2D([], [], marker="o", linestyle="", color=cmap(c / max(classes - 1, 1)), label=_name(c, names))
+        for c in range(classes)
+    ]
+    axes[0].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title="label")
     fig.suptitle(title)
     return _save(fig, path)
 
 
+def _name(label: int, names: list[str] | None) -> str:
+    return names[label] if names is not None and label < len(names) else str(label)
+
+
 def map_title(output_dir: Path, epoch: int, final: bool) -> str:
-    network = "final network" if final else f"network after {epoch} epochs"
+    network = "random network (before training)" if epoch == 0 else f"network after {epoch} epochs"
+    network = f"final network (after {epoch} epochs)" if final else network
     return f"{Path(output_dir).name}: t-SNE of the held-out features, {network}"
 
 
 def draw_saved_map(output_dir: Path, epoch: int, seed: int, final: bool = False) -> Path:
     """The map of a saved epoch (maps/points_epoch_XXXX.npz) as maps/tsne_epoch_XXXX.png."""
-    points, labels = load_points(output_dir, epoch)
-    return draw_tsne(points, labels, tsne_path(output_dir, epoch), map_title(output_dir, epoch, final), seed=seed)
+    points, labels, names = load_points(output_dir, epoch)
+    path, title = tsne_path(output_dir, epoch), map_title(output_dir, epoch, final)
+    return draw_tsne(points, labels, path, title, seed=seed, names=names)
 
 
 def epoch_map(
-    args: argparse.Namespace, tracker: Tracker, output_dir: Path, record: dict, features: torch.Tensor, labels
+    tsne_every: int, seed: int, tracker: Tracker, output_dir: Path, record: dict, held_out: tuple
 ) -> Path | None:
-    """Save the epoch's map points; draw its map when --tsne-every asks for it (or for the final network)."""
+    """Save the epoch's map points (held_out: the held-out features (M, D), labels (M,) and class names); draw its
+    map when --tsne-every asks for it (or for the final network)."""
     epoch, final = record["epoch"], bool(record.get("final"))
-    save_points(output_dir, epoch, *map_points(features, labels, args.seed))
-    if not map_due(args, epoch, final):
+    features, labels, names = held_out
+    save_points(output_dir, epoch, *map_points(features, labels, seed), names)
+    if not map_due(tsne_every, epoch, final):
         return None
-    path = draw_saved_map(output_dir, epoch, args.seed, final)
+    path = draw_saved_map(output_dir, epoch, seed, final)
     tracker.image("monitor/tsne", path, map_title(output_dir, epoch, final), extra={"epoch": epoch})
     return path

@@ -1,10 +1,12 @@
-"""The kNN monitor shared by the pretraining scripts: a labelled held-out split, and its metrics for one network."""
+"""The kNN monitor shared by the pretraining scripts: a labelled held-out split, and what it measures of a network
+(weighted kNN, held-out k-means, the online probe, the floors). The script extracts; the monitor listens."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +19,13 @@ from util.batchnorm import recompute_batchnorm
 from util.data import ImageSource, build_source, resolve_split
 from util.datasets import is_named
 from util.errors import UserError
-from util.knn import KNN_K, KNN_TEMPERATURE, StreamingKnn, l2_normalize
+from util.knn import KNN_K, KNN_TEMPERATURE, StreamingKnn
 from util.metrics import cluster_accuracy, nmi, topk_accuracy
 from util.pixels import PIXEL_VIEWS, pixel_knn_scores, pixel_skip_reason
 from util.pretrain.alarms import add_alarm_args
-from util.pretrain.clustering import PCAWhitening, torch_kmeans
-from util.pretrain.features import extract_features
-from util.pretrain.maps import FEATURES_KEY, add_map_arg
+from util.pretrain.clustering import torch_kmeans
+from util.pretrain.features import Extraction, extract_features
+from util.pretrain.maps import FEATURES_KEY, add_map_arg, maps_on
 from util.pretrain.probe import OnlineProbe, add_probe_arg
 from util.seeds import derive_seed
 
@@ -95,63 +97,122 @@ def build_held_out(args: argparse.Namespace, source: ImageSource) -> ImageSource
     return held_out
 
 
-def monitor_pass(
-    net: nn.Module,
-    source: ImageSource,
-    held_out: ImageSource,
-    args: argparse.Namespace,
-    device: torch.device,
-    epoch: int,
-    view: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    pca_dim: int | None = None,
-    progress: bool = False,
-    desc: str = "monitor",
-    project: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    probe: OnlineProbe | None = None,
-    keep_held_out: bool = False,
-) -> tuple[dict, torch.Tensor | None]:
-    """Measure one network (in eval mode): the held-out features, then one pass over the training images that casts
-    their kNN votes and, with pca_dim, also returns them PCA-whitened and L2-normalised for the epoch's clustering
-    (N, pca_dim), so DeepCluster's own extraction doubles as the monitor's pass.
+@dataclass(frozen=True)
+class MonitorSpec:
+    """The kNN monitor's settings, read once from a pretraining script's flags (its Namespace stays in the script)."""
 
-    view(held-out features (M, D)) -> what the method clusters, for held_out_clustering; with pca_dim the default is
-    the epoch's PCA-whitening (fit on the training images) and L2 normalisation, the view k-means sees in training.
-    project: a neck between the backbone's features (kNN) and the clustered ones."""
-    net.eval()
-    amp = getattr(args, "amp", False)  # the pretraining run's precision, for the floor and every later epoch alike
-    held_out_feats = extract_features(net, held_out, args.extract_batch_size, device, amp=amp)  # (M, D)
-    knn = StreamingKnn(held_out_feats.to(device), len(held_out.images.classes), args.knn_k, args.knn_temperature)
-    targets = torch.from_numpy(source.targets)
-    pca = PCAWhitening(pca_dim) if pca_dim else None
-    features = extract_features(
-        net,
-        source,
-        args.extract_batch_size,
-        device,
-        pca=pca,
-        pca_fit_samples=getattr(args, "pca_fit_samples", 0),
-        progress=progress,
-        desc=desc,
-        on_raw_batch=lambda raw, idx: knn.update(raw, targets[idx]),
-        project=project,
-        amp=amp,
-    )
-    if view is None:  # the held-out features come back on the host; a neck runs where its weights are
+    every: int  # --knn-every: measure every N epochs and the final network; 0: off
+    k: int  # --knn-k neighbours
+    temperature: float  # --knn-temperature
+    seed: int  # the held-out k-means runs' seeds derive from it
+    image_size: int  # px: the pixel floor is measured up to util/pixels.MAX_PIXEL_SIZE
+    keep_points: bool  # --tsne-every > 0: the held-out features go to the epoch's embedding map
+    extraction: Extraction  # the held-out pass: batch, device, precision of the run's own extraction
 
-        def projected(x: torch.Tensor) -> torch.Tensor:
-            return x if project is None else project(x.to(device))
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, device: torch.device) -> MonitorSpec:
+        return cls(
+            every=args.knn_every,
+            k=args.knn_k,
+            temperature=args.knn_temperature,
+            seed=args.seed,
+            image_size=args.image_size,
+            keep_points=maps_on(args.tsne_every),
+            extraction=Extraction(args.extract_batch_size, device, args.amp),
+        )
 
-        view = (lambda x: l2_normalize(pca.apply(projected(x)))) if pca is not None else l2_normalize
-    scores = knn.all_reduce().scores().cpu()
-    top1, top5 = topk_accuracy(scores, torch.from_numpy(held_out.targets), (1, 5))
-    seeds = [derive_seed(args.seed, "monitor-kmeans", epoch * KMEANS_RUNS + run) for run in range(KMEANS_RUNS)]
-    with torch.inference_mode():
-        held_out_view = view(held_out_feats)
-    clustering = held_out_clustering(held_out_view, held_out.targets, seeds)
-    probed = {"probe_top1": probe.top1(held_out_feats, held_out.targets)} if probe is not None else {}
-    if keep_held_out:  # for the epoch's embedding map, drawn (and removed from the record) at the epoch's end
-        probed[FEATURES_KEY] = (held_out_feats, held_out.targets)
-    return {"knn_top1": top1, "knn_top5": top5, **probed, **clustering}, features if pca is not None else None
+    def due(self, epoch: int, final: bool) -> bool:
+        """Whether the network after `epoch` epochs is measured: every `every` epochs (0 included, the random
+        network), and the final network."""
+        return self.every > 0 and (final or epoch % self.every == 0)
+
+
+@dataclass
+class Votes:
+    """One network's kNN measurement in progress: its held-out features, extracted first, and the running votes of
+    the training images, cast by the script's own extraction pass (on_raw_batch=votes.update)."""
+
+    held_out: torch.Tensor  # (M, D) the held-out split's raw features, on the host, dataset order
+    knn: StreamingKnn  # the running k nearest training images of every held-out image
+    labels: torch.Tensor  # (N,) the training images' labels
+
+    def update(self, raw: torch.Tensor, idx: torch.Tensor) -> None:
+        """raw: (B, D) features of the training images idx (B,), before any PCA or neck."""
+        self.knn.update(raw, self.labels[idx])
+
+
+class KnnMonitor:
+    """The labelled held-out split and what the monitor measures of a network on it. It never passes over the
+    training images itself: the pretraining script's extraction streams them into the Votes that listen() returns,
+    so the monitor costs one pass over the held-out split."""
+
+    def __init__(self, spec: MonitorSpec, source: ImageSource, held_out: ImageSource) -> None:
+        self.spec, self.source, self.held_out = spec, source, held_out
+
+    def listen(self, net: nn.Module) -> Votes:
+        """Extract the held-out features of `net` (in eval mode) and open its votes."""
+        net.eval()
+        held_out = extract_features(net, self.held_out, self.spec.extraction)  # (M, D)
+        num_classes = len(self.held_out.images.classes)
+        knn = StreamingKnn(held_out.to(self.spec.extraction.device), num_classes, self.spec.k, self.spec.temperature)
+        return Votes(held_out, knn, torch.from_numpy(self.source.targets))
+
+    def measure(
+        self,
+        votes: Votes,
+        epoch: int,
+        view: Callable[[torch.Tensor], torch.Tensor],
+        probe: OnlineProbe | None = None,
+        keep_points: bool = False,
+    ) -> dict:
+        """The record of a network whose votes are all cast: kNN top-1 / top-5, the held-out k-means in `view` (what
+        the method clusters: view(held-out features (M, D)) -> (M, d)), the online probe, and the held-out features
+        for the epoch's map (keep_points; under FEATURES_KEY, taken out of the record at the epoch's end)."""
+        scores = votes.knn.all_reduce().scores().cpu()  # (M, C) weighted votes of the held-out images
+        top1, top5 = topk_accuracy(scores, torch.from_numpy(self.held_out.targets), (1, 5))
+        seeds = [derive_seed(self.spec.seed, "monitor-kmeans", epoch * KMEANS_RUNS + run) for run in range(KMEANS_RUNS)]
+        with torch.inference_mode():
+            held_out_view = view(votes.held_out)  # (M, d)
+        record = {"knn_top1": top1, "knn_top5": top5}
+        if probe is not None:
+            record["probe_top1"] = probe.top1(votes.held_out, self.held_out.targets)
+        if keep_points:
+            record[FEATURES_KEY] = (votes.held_out, self.held_out.targets, self.held_out.images.classes)
+        return {**record, **held_out_clustering(held_out_view, self.held_out.targets, seeds)}
+
+    def floor(self, net: nn.Module, init_bn: dict, measure_network: Callable[[nn.Module], dict]) -> dict:
+        """The trivial baselines, measured once per run: the random network both ways, `init_bn` (BatchNorm's
+        initial statistics, the epoch's own record) and with statistics recomputed on the training images, measured
+        by measure_network (as the script measures its network), and the pixels in both views (util/pixels.py).
+        knn_floor_random and knn_floor_pixels are the higher of each pair; knn_floor, the floor, the higher of the
+        two: what a trained network must beat."""
+        recomputed = measure_network(recompute_batchnorm(net, self.source, self.spec.extraction.device))
+        floors = {
+            "knn_floor_random": max(init_bn["knn_top1"], recomputed["knn_top1"]),
+            "knn_floor_init_bn": init_bn["knn_top1"],
+            "knn_floor_recomputed_bn": recomputed["knn_top1"],
+            **{f"{key}_recomputed_bn": value for key, value in recomputed.items() if key != "knn_top1"},
+            **self.pixel_floor(),
+        }
+        measured = [floors[key] for key in ("knn_floor_random", "knn_floor_pixels") if floors[key] is not None]
+        return {"knn_floor": max(measured), **floors}
+
+    def pixel_floor(self) -> dict:
+        """The kNN on the pixels of the training and held-out images in both views (util/pixels.py), and the higher
+        of the two as knn_floor_pixels; None (and a log line) where the pixels are too large to be a baseline."""
+        spec = self.spec
+        reason = pixel_skip_reason(len(self.source), len(self.held_out), spec.image_size)
+        if reason is not None:
+            logger.info("pixel floor not measured: %s", reason)
+            return {"knn_floor_pixels": None}
+        num_classes = len(self.held_out.images.classes)
+        how = spec.extraction
+        scores = pixel_knn_scores(
+            self.source, self.held_out, num_classes, spec.k, spec.temperature, how.batch_size, how.device
+        )
+        targets = torch.from_numpy(self.held_out.targets)
+        floors = {f"knn_floor_pixels_{view}": topk_accuracy(scores[view], targets, (1,))[0] for view in PIXEL_VIEWS}
+        return {"knn_floor_pixels": max(floors.values()), **floors}
 
 
 def held_out_clustering(view: torch.Tensor, targets: np.ndarray, seeds: list[int]) -> dict:
@@ -170,62 +231,6 @@ def held_out_clustering(view: torch.Tensor, targets: np.ndarray, seeds: list[int
         "test_kmeans_nmi": float(np.mean(nmis)),
         "test_kmeans_nmi_std": float(np.std(nmis)),
     }
-
-
-def measure_floor(
-    net: nn.Module,
-    source: ImageSource,
-    held_out: ImageSource,
-    args: argparse.Namespace,
-    device: torch.device,
-    epoch: int,
-    init_bn: dict,
-    *,
-    pca_dim: int | None = None,
-    project: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    view: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> dict:
-    """The trivial baselines of the monitor, measured once per run: the random network both ways, `init_bn`
-    (BatchNorm's initial statistics, measured by the epoch's pass) and with statistics recomputed on the training
-    images, and the pixels in both views (util/pixels.py). knn_floor_random and knn_floor_pixels are the higher of
-    each pair; knn_floor, the floor, the higher of the two: what a trained network must beat."""
-    recomputed, _ = monitor_pass(
-        recompute_batchnorm(net, source, device),
-        source,
-        held_out,
-        args,
-        device,
-        epoch,
-        view=view,
-        pca_dim=pca_dim,
-        desc="floor (BatchNorm statistics recomputed)",
-        project=project,
-    )
-    floors = {
-        "knn_floor_random": max(init_bn["knn_top1"], recomputed["knn_top1"]),
-        "knn_floor_init_bn": init_bn["knn_top1"],
-        "knn_floor_recomputed_bn": recomputed["knn_top1"],
-        **{f"{key}_recomputed_bn": value for key, value in recomputed.items() if key != "knn_top1"},
-        **pixel_floor(source, held_out, args, device),
-    }
-    measured = [floors[key] for key in ("knn_floor_random", "knn_floor_pixels") if floors[key] is not None]
-    return {"knn_floor": max(measured), **floors}
-
-
-def pixel_floor(source: ImageSource, held_out: ImageSource, args: argparse.Namespace, device: torch.device) -> dict:
-    """The monitor's kNN on the pixels of the training and held-out images in both views (util/pixels.py), and the
-    higher of the two as knn_floor_pixels; None (and a log line) where the pixels are too large to be a baseline."""
-    reason = pixel_skip_reason(len(source), len(held_out), args.image_size)
-    if reason is not None:
-        logger.info("pixel floor not measured: %s", reason)
-        return {"knn_floor_pixels": None}
-    num_classes = len(held_out.images.classes)
-    scores = pixel_knn_scores(
-        source, held_out, num_classes, args.knn_k, args.knn_temperature, args.extract_batch_size, device
-    )
-    targets = torch.from_numpy(held_out.targets)
-    floors = {f"knn_floor_pixels_{view}": topk_accuracy(scores[view], targets, (1,))[0] for view in PIXEL_VIEWS}
-    return {"knn_floor_pixels": max(floors.values()), **floors}
 
 
 def floors_of(record: dict) -> dict:

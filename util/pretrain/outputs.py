@@ -36,8 +36,9 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
         type=non_negative_int,
         default=10,
         metavar="N",
-        help="every N epochs, a grid of sample images of the largest, median, smallest and 3 random clusters of the "
-        "network after that many epochs: OUTPUT_DIR/clusters/epoch_XXXX.png and W&B `cluster/images` "
+        help="every N epochs and for the final network, a grid of sample images of the largest, median, smallest and "
+        "3 random clusters of the network after that many epochs: OUTPUT_DIR/clusters/epoch_XXXX.png and W&B "
+        "`cluster/images` "
         "(default: 10; 0: never; `report.py RUN --cluster-images E` draws any saved epoch of a finished run)",
     )
 
@@ -45,9 +46,10 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
 def cluster_images(
     args: argparse.Namespace, tracker: Tracker, output_dir: Path, epoch: int, images: ImageList, assignments: np.ndarray
 ) -> None:
-    """The grid of the clusters of the network after `epoch` epochs (the assignments saved for that epoch)."""
+    """The grid of the clusters of the network after `epoch` epochs (the assignments saved for that epoch): every
+    --cluster-images-every epochs, and the final network's."""
     every = args.cluster_images_every
-    if not every or epoch == 0 or epoch % every:
+    if not every or epoch == 0 or (epoch % every and epoch != args.epochs):
         return
     path = draw_epoch_grid(output_dir, epoch, images, assignments, args.seed)
     logger.info("cluster images: %s", path)

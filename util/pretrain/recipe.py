@@ -1,4 +1,5 @@
-"""DeepCluster's defaults chosen from the training set's size and image size (docs/recipes.md, "The rule").
+"""The defaults both pretraining scripts choose from the training set's size and image size: DeepCluster's rule
+(apply_rule, docs/recipes.md "The rule") and DeepCluster-v2's recipe (apply_rule_v2, docs/deepcluster-v2.md).
 
 The paper's recipe (k=10,000, PCA to 256, batch 256, one pass over the data per clustering) was made for ImageNet's
 1.28M images. On a few thousand images it re-clusters after ~20 SGD steps (the fresh classifier has not learnt
@@ -14,7 +15,7 @@ import argparse
 import logging
 import math
 
-from util.data import DataProfile, resolve_image_defaults
+from util.data import SMALL_IMAGE, DataProfile, resolve_image_defaults
 
 logger = logging.getLogger("deepcluster")
 
@@ -80,3 +81,35 @@ def apply_rule(args: argparse.Namespace, profile: DataProfile, world_size: int) 
             "--aug cifar flips images: if a mirror image changes what yours show (digits, text), pass --aug noflip"
         )
     return departures
+
+
+def apply_rule_v2(args: argparse.Namespace, profile: DataProfile, world_size: int) -> None:
+    """DeepCluster-v2's flags not given, from the data (docs/deepcluster-v2.md). Images of at most 64 px (cifar10,
+    sklearn-digits, a folder of small images) get solo-learn's CIFAR-10 recipe (two crops at the images' size, no
+    blur, 3 x 3000 prototypes, LARS 0.6 x batch / 256 with clipping), with batch 64 below 10,000 images and at most one
+    prototype per 10 images; digits get no flips and crops of at least 40 %% of the area. Larger images get SwAV's
+    ImageNet recipe (ResNet-50, 2 x 224 + 6 x 96 crops, LARS 0.3 x batch / 256, warmup from 1/16 of it)."""
+    resolve_image_defaults(args, profile)
+    small = args.image_size <= SMALL_IMAGE
+    keep_mirror = default_aug(args.data, args.image_size) == "noflip"  # digits: a mirror image is another class
+    args.arch = args.arch or ("resnet18_cifar" if small else "resnet50")
+    args.nmb_crops = args.nmb_crops or ([2] if small else [2, 6])
+    low_res = max(1, round(args.image_size * 96 / 224))  # SwAV's 96 px at 224, scaled with --image-size
+    args.size_crops = args.size_crops or ([args.image_size] if small else [args.image_size, low_res])
+    args.min_scale_crops = args.min_scale_crops or ([0.4 if keep_mirror else 0.08] if small else [0.14, 0.05])
+    args.max_scale_crops = args.max_scale_crops or ([1.0] if small else [1.0, 0.14])
+    args.flip = (not keep_mirror) if args.flip is None else args.flip
+    args.blur = (not small) if args.blur is None else args.blur  # SwAV on ImageNet; not in the CIFAR recipe
+    args.epochs = args.epochs or (200 if small else 800)
+    args.batch_size = args.batch_size or (64 if profile.num_images < 10_000 else 256 if small else 64)
+    args.nmb_prototypes = args.nmb_prototypes or [min(3000, max(2, profile.num_images // 10))] * 3
+    args.extract_batch_size = args.extract_batch_size or 2 * args.batch_size
+    effective = args.batch_size * world_size
+    args.base_lr = args.base_lr if args.base_lr is not None else (0.6 if small else 0.3) * effective / 256
+    args.final_lr = args.final_lr if args.final_lr is not None else args.base_lr / 1000
+    args.warmup_epochs = args.warmup_epochs if args.warmup_epochs is not None else min(10.0, args.epochs / 10)
+    # SwAV warms up from 0.3 to 4.8 (1/16 of the peak); solo-learn's CIFAR recipe from 0
+    args.start_warmup = args.start_warmup if args.start_warmup is not None else (0.0 if small else args.base_lr / 16)
+    args.trust = args.trust if args.trust is not None else (0.02 if small else 0.001)
+    args.lars_clip = small if args.lars_clip is None else args.lars_clip
+    args.lars_exclude_1d = small if args.lars_exclude_1d is None else args.lars_exclude_1d

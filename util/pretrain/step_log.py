@@ -16,6 +16,7 @@ import time
 import torch
 
 from util.errors import UserError
+from util.pretrain.clock import RunClock
 
 logger = logging.getLogger("deepcluster")
 
@@ -33,8 +34,10 @@ class StepLog:
         device: torch.device,
         advice: str,
         is_main: bool = True,
+        clock: RunClock | None = None,
     ) -> None:
         self.every, self.epoch, self.num_steps, self.advice, self.is_main = every, epoch, num_steps, advice, is_main
+        self.clock = clock  # the run's clock: every interval's line says the time left
         self.interval = torch.zeros((), dtype=torch.float64, device=device)  # sum of loss x images since the last read
         self.total, self.images, self.interval_images, self.first_step, self.last_step = 0.0, 0, 0, 0, -1
         self.started = time.perf_counter()
@@ -63,13 +66,15 @@ class StepLog:
         self.total += value
         if self.is_main:
             elapsed = time.perf_counter() - self.started
+            left = self.clock.words() if self.clock is not None else ""
             logger.info(
-                "epoch %d step %d/%d  loss %.4f  %.0f images/s",
+                "epoch %d step %d/%d  loss %.4f  %.0f images/s%s",
                 self.epoch,
                 step + 1,
                 self.num_steps,
                 value / self.interval_images,
                 self.images / max(elapsed, 1e-9),
+                f"  ({left})" if left else "",
             )
         self.interval.zero_()
         self.interval_images, self.first_step = 0, step + 1

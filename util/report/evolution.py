@@ -128,7 +128,7 @@ def draw(
     """Three panels: best-match Jaccard per epoch (median and quartiles); size and purity of the last epoch's largest
     clusters followed back through their best matches; the alluvial figure of those clusters across epochs.
     `overlaps` and `rows`: consecutive_overlaps and evolution_rows of these epochs, where the caller has them."""
-    from util.report.plots import _pyplot, _save
+    from util.report.plots import EPOCHS, _pyplot, _save, integer_epochs
 
     plt = _pyplot()
     overlaps = overlaps if overlaps is not None else consecutive_overlaps(assignments)
@@ -137,11 +137,22 @@ def draw(
     measured = [r for r in rows if "jaccard_median" in r]
     if measured:
         x = [r["epoch"] for r in measured]
-        axes[0].plot(x, [r["jaccard_median"] for r in measured], marker="o", label="median")
-        axes[0].fill_between(x, [r["jaccard_q1"] for r in measured], [r["jaccard_q3"] for r in measured], alpha=0.3)
-        axes[0].plot(x, [r["surviving"] for r in measured], marker="s", label="share with Jaccard >= 0.5")
+        low, high = [r["jaccard_q1"] for r in measured], [r["jaccard_q3"] for r in measured]
+        median = [r["jaccard_median"] for r in measured]
+        # quartiles as error bars: one pair of epochs (a 2-epoch run) still reads as a median and its spread
+        axes[0].errorbar(
+            x,
+            median,
+            yerr=[np.subtract(median, low), np.subtract(high, median)],
+            marker="o",
+            capsize=4,
+            label="median (bars: quartiles)",
+        )
+        axes[0].plot(
+            x, [r["surviving"] for r in measured], marker="s", linestyle="--", label="share with Jaccard >= 0.5"
+        )
         axes[0].legend()
-    axes[0].set(title="best-match Jaccard with the epoch before", xlabel="epoch", ylim=(0, 1))
+    axes[0].set(title="best-match Jaccard with the epoch before", xlabel=EPOCHS, ylim=(0, 1))
 
     lineages = follow_back(assignments, overlaps)  # per followed cluster, its cluster id at every epoch
     colours = plt.get_cmap("tab10")
@@ -154,11 +165,12 @@ def draw(
         if purity_axis is not None:
             purities = [p[c] if c >= 0 else 0 for p, c in zip(purity_by_epoch, lineage, strict=True)]
             purity_axis.plot(epochs, purities, color=colours(row), linestyle="--")
-    axes[1].set(title="largest clusters: size (solid), purity (dashed)", xlabel="epoch", ylabel="images")
+    axes[1].set(title="largest clusters: size (solid), purity (dashed)", xlabel=EPOCHS, ylabel="images")
     if purity_axis is not None:
         purity_axis.set(ylabel="purity", ylim=(0, 1))
     axes[1].legend(fontsize=7)
     alluvial(axes[2], epochs, sizes_by_epoch, overlaps, lineages, colours)
+    integer_epochs(*axes)
     fig.suptitle(title)
     return _save(fig, path)
 
@@ -201,4 +213,6 @@ def alluvial(
                     color=colours(row),
                     alpha=0.35,
                 )
-    axis.set(title="largest clusters across epochs (share of images)", xlabel="epoch", ylabel="share of images")
+    axis.set(
+        title="largest clusters across epochs (share of images)", xlabel="epochs trained", ylabel="share of images"
+    )

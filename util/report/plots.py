@@ -7,11 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
+from util.checkpoint import atomic_write
+from util.eval.pretrained import NETWORK_LABELS, NETWORK_PREFIXES
 from util.report.published import LOWSHOT_KS, published_rows
 from util.report.sources import Evaluation, PretrainRun
 from util.report.tables import TAP_COLUMNS
 
 MAX_SIZE_CURVES = 12  # epochs drawn in the cluster-size figure of one run
+# every network an evaluation scores: its results prefix, line style and label suffix
+NETWORK_STYLES = tuple(
+    (prefix, style, "" if network == "pretrained" else f" {NETWORK_LABELS[network]}")
+    for (network, prefix), style in zip(NETWORK_PREFIXES.items(), ("-", "--", "-.", ":"), strict=True)
+)
 
 
 def _pyplot():
@@ -23,10 +30,21 @@ def _pyplot():
     return plt
 
 
+EPOCHS = "epochs trained"  # the x-axis of every per-epoch figure: the record of epoch e measures the network after e
+
+
+def integer_epochs(*axes) -> None:
+    """Whole epochs on the x-axis, never 0.25 or 0.96-1.04."""
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in axes:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _save(fig, path: Path) -> Path:
+    """The figure as a PNG, written atomically (util/checkpoint.atomic_write): a reader never sees half of it."""
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=90))
     _pyplot().close(fig)
     return path
 
@@ -86,13 +104,14 @@ def cluster_sizes(runs: list[PretrainRun], path: Path) -> Path | None:
                 sizes = np.sort(np.bincount(assignments[assignments >= 0]))[::-1]
                 ax.plot(np.arange(1, len(sizes) + 1), sizes, color=cmap(epoch / last), linewidth=1, label=f"{epoch}")
             ax.set(xlabel="cluster rank (largest first)", ylabel="images", yscale="log")
-            ax.legend(title="epoch", fontsize=6, ncol=2)
+            ax.legend(title=EPOCHS, fontsize=6, ncol=2)
         else:
             for key, style in (("cluster_size_max", "^-"), ("cluster_size_median", "o-"), ("cluster_size_min", "v-")):
                 points = [(r["epoch"], r[key]) for r in run.records if r.get(key) is not None]
                 if points:
                     ax.plot(*zip(*points, strict=True), style, label=key.removeprefix("cluster_size_"))
-            ax.set(xlabel="epoch", ylabel="images per cluster", yscale="log")
+            ax.set(xlabel=EPOCHS, ylabel="images per cluster", yscale="log")
+            integer_epochs(ax)
             ax.legend(fontsize=7)
         ax.set_title(f"{run.name}: cluster sizes", fontsize=9)
         ax.grid(alpha=0.3)
@@ -100,8 +119,9 @@ def cluster_sizes(runs: list[PretrainRun], path: Path) -> Path | None:
 
 
 def per_layer(evaluations: list[tuple[str, Evaluation]], path: Path) -> Path | None:
-    """Top-1 of the multi-head probes Feature1..5 (and AvgPool) per evaluated network: pretrained (solid),
-    random init (dashed), the published rows (dotted, their dataset named)."""
+    """Top-1 of the multi-head probes Feature1..5 (and AvgPool) per evaluated network: pretrained (solid), random
+    init (dashed; BatchNorm recomputed dash-dotted), the pixels (dotted, AvgPool only), the published rows (gray,
+    their dataset named)."""
     measured = [(name, e) for name, e in evaluations if e.results.get("feature1_top1") is not None]
     if not measured:
         return None
@@ -112,7 +132,7 @@ def per_layer(evaluations: list[tuple[str, Evaluation]], path: Path) -> Path | N
     keys = [f"feature{i}_top1" for i in range(1, 6)] + ["avgpool_top1"]
     for index, (name, evaluation) in enumerate(measured):
         color = f"C{index % 10}"
-        for prefix, style, suffix in (("", "-", ""), ("random_init_", "--", " random init")):
+        for prefix, style, suffix in NETWORK_STYLES:
             values = [evaluation.results.get(prefix + key) for key in keys]
             points = [(p, v) for p, v in zip(positions, values, strict=True) if v is not None]
             if points:
@@ -136,7 +156,7 @@ def lowshot(evaluations: list[tuple[str, Evaluation]], path: Path) -> Path | Non
     drawn = False
     for index, (name, evaluation) in enumerate(evaluations):
         color = f"C{index % 10}"
-        for prefix, style, suffix in (("", "-", ""), ("random_init_", "--", " random init")):
+        for prefix, style, suffix in NETWORK_STYLES:
             points = sorted(
                 (int(key.removeprefix(prefix + "lowshot_k").removesuffix("_map")), value)
                 for key, value in evaluation.results.items()

@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from util.errors import UserError
+from util.report.wandb_offline import read_run
 from util.tracking import lineage_of
 
 EVAL_KINDS = ("linear", "svm", "semisup")
 _HISTORY_GROUPS = ("train/", "cluster/", "monitor/", "time/")
 _CONFIG_META = ("pretrained", "arch", "sobel", "data", "subset", "cached_features", "preset", "solver")
+
+
+def identities_of(results: dict) -> dict[str, dict]:
+    """{network: {path, sha256}} of an evaluation's results (`identities`; `weights` in files written before)."""
+    return results.get("identities") or results.get("weights") or {}
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Evaluation:
             and k != "epoch"
             and not k.endswith(("_ci95_low", "_ci95_high"))
         )
-        weights = {network: w.get("sha256") for network, w in (self.results.get("weights") or {}).items()}
+        weights = {network: w.get("sha256") for network, w in identities_of(self.results).items()}
         return json.dumps([self.kind, weights, str(self.results.get("data")), numbers])
 
 
@@ -132,7 +135,7 @@ def _evaluations_under(folder: Path) -> list[Evaluation]:
 def _evaluates(evaluation: Evaluation, checkpoint: Path, sha: str | None) -> bool:
     """Whether an evaluation read this run's checkpoint: the same file (maybe an earlier version of it), or the
     same weights."""
-    identity = evaluation.results.get("weights", {}).get("pretrained", {})
+    identity = identities_of(evaluation.results).get("pretrained", {})
     if sha and identity.get("sha256") == sha:
         return True
     path = identity.get("path") or evaluation.results.get("pretrained")
@@ -183,23 +186,6 @@ def read_folder(folder: Path) -> tuple[list[PretrainRun], list[Evaluation]]:
 
 
 # ------------------------------------------------------------------------------------------------ W&B
-def _wandb_cli() -> str:
-    beside = Path(sys.executable).parent / "wandb"
-    found = str(beside) if beside.is_file() else shutil.which("wandb")
-    if found is None:
-        raise UserError("the `wandb` command is not installed: pip install -r requirements.txt")
-    return found
-
-
-def _inspect(run_dir: Path, *flags: str) -> str:
-    out = subprocess.run(
-        [_wandb_cli(), "leet", "inspect", *flags, "--json", str(run_dir)], capture_output=True, text=True, timeout=300
-    )
-    if out.returncode != 0:
-        raise UserError(f"cannot read the offline W&B run {run_dir} (needs wandb>=0.31): {out.stderr.strip()[-200:]}")
-    return out.stdout
-
-
 def history_records(history: list[dict], final_epoch: int | None) -> list[dict]:
     """A pretraining run's W&B history as log.jsonl records: `train/loss` -> `loss`, ...; rows that hold no
     record metric (an image logged at an epoch) are skipped; an epoch logged twice (a run extended with a larger
@@ -246,9 +232,9 @@ def _from_wandb(
     identities = {
         k.split("/", 1)[1]: {"sha256": v.removeprefix("sha256:")}
         for k, v in summary.items()
-        if k.startswith("weights/")
+        if k.startswith(("identity/", "weights/"))  # weights/: runs written before identity/
     }
-    results["weights"] = identities or config.get("weights") or {}  # runs written before weights/* were summarised
+    results["identities"] = identities or identities_of(config)  # runs written before the identities were summarised
     for key in _CONFIG_META:
         if key in config and key not in results:
             results[key] = config[key]
@@ -261,19 +247,10 @@ def _from_wandb(
 
 
 def read_wandb_offline(run_dir: Path) -> tuple[list[PretrainRun], list[Evaluation]]:
-    """An offline W&B run folder (offline-run-*), decoded by wandb's own reader (`wandb leet inspect`)."""
-    merged = json.loads(_inspect(run_dir, "--summary"))
-    run: dict = {"id": merged.get("run_id") or run_dir.name, "name": merged.get("name")}
-    history = []
-    for line in _inspect(run_dir).splitlines():
-        if not line.startswith("{"):
-            continue
-        record = json.loads(line)
-        if record.get("type") == "run":
-            run.update(job_type=record["run"].get("job_type"), group=record["run"].get("run_group"))
-        elif record.get("type") == "history":
-            history.append(record["history"]["item"])
-    return _from_wandb(str(run_dir), run, merged["config"], merged["summary"], history)
+    """An offline W&B run folder (offline-run-*), read from its own run file (util/report/wandb_offline.py)."""
+    found = read_run(run_dir)
+    run = {**found["run"], "id": found["run"]["id"] or run_dir.name}
+    return _from_wandb(str(run_dir), run, found["config"], found["summary"], found["history"])
 
 
 def read_wandb_online(path: str) -> tuple[list[PretrainRun], list[Evaluation]]:
@@ -333,7 +310,7 @@ def attach(runs: list[PretrainRun], evaluations: list[Evaluation]) -> list[Evalu
         if evaluation.identity() in seen:
             continue
         seen.add(evaluation.identity())
-        sha = evaluation.results.get("weights", {}).get("pretrained", {}).get("sha256")
+        sha = identities_of(evaluation.results).get("pretrained", {}).get("sha256")
         owner = next((r for r in runs if sha and sha == r.checkpoint_sha256), None)
         if owner is None and evaluation.pretrain_run_id:
             owner = next((r for r in runs if r.run_id == evaluation.pretrain_run_id), None)

@@ -20,7 +20,7 @@ import numpy as np
 
 from util.eval.pretrained import NETWORK_LABELS, NETWORK_PREFIXES, network_of
 from util.report.published import CONFIG, LOWSHOT_KS, published_rows
-from util.report.sources import Evaluation, PretrainRun
+from util.report.sources import Evaluation, PretrainRun, identities_of
 
 MISSING = "missing"
 NOT_EVALUATED = "-"  # the Weights cell of a network an evaluation did not run
@@ -95,7 +95,7 @@ def _config(results: dict) -> str:
 
 
 def _sha(results: dict, network: str) -> str | None:
-    return results.get("weights", {}).get(network, {}).get("sha256")
+    return identities_of(results).get(network, {}).get("sha256")
 
 
 def _model_label(run: PretrainRun | None, evaluation: Evaluation) -> str:
@@ -242,7 +242,7 @@ def knn_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
     )
     for run, evaluation in _by_kind(runs, alone, "linear"):
         r = evaluation.results
-        if "knn_top1" not in r and "random_init_knn_top1" not in r:
+        if not any(prefix + "knn_top1" in r for prefix in NETWORK_PREFIXES.values()):
             continue
         for label, identity, prefix in _pairs(run, evaluation):
             row = [label, identity, _eval_data(r), "eval_linear.py"]
@@ -399,10 +399,21 @@ def seed_table(runs: list[PretrainRun]) -> Table | None:
     return table if table.rows else None
 
 
+def holds_numbers(table: Table) -> bool:
+    """Whether a table has a measured number (not only `missing` rows of runs never evaluated that way)."""
+    return any(
+        isinstance(value, float)
+        for row, where in zip(table.rows, table.where, strict=True)
+        for value in row
+        if where not in table.sources
+    )
+
+
 def all_tables(runs: list[PretrainRun], alone: list[Evaluation]) -> list[Table]:
+    """The reference page's tables that hold a measured number (the kNN table, the evaluations run, the seeds)."""
     tables = [svm_table(runs, alone), *linear_tables(runs, alone), knn_table(runs, alone), semisup_table(runs, alone)]
     seeds = seed_table(runs)
-    return tables + ([seeds] if seeds is not None else [])
+    return [table for table in [*tables, *([seeds] if seeds is not None else [])] if holds_numbers(table)]
 
 
 # ----------------------------------------------------------------------------------------------- writers
