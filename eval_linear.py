@@ -140,7 +140,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="extract frozen features once, no augmentation (fast; departs from the protocol)",
     )
     add_baseline_arg(group)
-    add_runtime_args(parser)
+    add_runtime_args(parser, kind="evaluation")
     add_wandb_args(parser)
     return parser
 
@@ -468,8 +468,8 @@ def pixel_knn_eval(
 def write_results(
     args: argparse.Namespace, results: dict, identities: dict, output_dir: Path, tracker: Tracker
 ) -> None:
-    """results.json, a console table and a W&B table shaped like the reference page's; every row names the weights
-    (path and content hash) that produced its numbers."""
+    """results.json, a console table and a W&B table shaped like those of mmselfsup's DeepCluster model-zoo page;
+    every row names the weights (path and content hash) that produced its numbers."""
     columns = ["Model", "Weights", "Config", *[name.capitalize() for name in TAP_NAMES], "AvgPool", "kNN"]
     config = f"{args.arch}{'+sobel' if args.sobel else ''}{' (cached)' if args.cached_features else ''}"
     keys = [f"{t}_top1" for t in TAP_NAMES] + ["avgpool_top1", "knn_top1"]

@@ -97,7 +97,7 @@ where this script departs from them:
              statistics (random_init_*) and from statistics recomputed on the labelled images (one no-grad pass,
              random_init_recomputed_bn_*): fine-tuning trains BatchNorm in batch mode, so the two runs take the same
              steps and differ only in the running statistics, by the initial ones' share 0.9^steps (large after a
-             few steps on a 1 %% subset); the gain is over the higher. The pixels (pixels_*): the weighted kNN
+             few steps on a 1 % subset); the gain is over the higher. The pixels (pixels_*): the weighted kNN
              (k=20, T=0.07) of the evaluation images against the labelled images on their flattened pixels, two
              views (the network's input, each image centred on its own mean), the higher reported.
   subsets    --percent draws its own per-class subset (not the published ImageNet lists, which --subset-file reads).
@@ -127,7 +127,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--batch-size", type=positive_int, default=256, help="global batch (protocol: 256)")
     group.add_argument("--momentum", type=float, default=0.9)
     add_baseline_arg(group)
-    add_runtime_args(parser)
+    add_runtime_args(parser, kind="evaluation")
     add_wandb_args(parser)
     return parser
 
@@ -444,8 +444,8 @@ def write_results(
     output_dir: Path,
     tracker: Tracker,
 ) -> None:
-    """results.json, a console table and a W&B table shaped like the reference page's semi-supervised table; every
-    row names the weights (path and content hash) that produced its numbers."""
+    """results.json, a console table and a W&B table shaped like the semi-supervised table of mmselfsup's DeepCluster
+    model-zoo page; every row names the weights (path and content hash) that produced its numbers."""
     fine_tuned = (
         f"{args.preset} {percent:g}% lr {hp.lr:g} head x{hp.head_lr_mult:g} wd {hp.wd:g} {hp.epochs}e ({hp.pick} epoch)"
     )

@@ -106,7 +106,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--batch-size", type=int, default=128, help="images per forward at extraction")
     add_baseline_arg(group)
-    add_runtime_args(parser)
+    add_runtime_args(parser, kind="evaluation")
     add_wandb_args(parser)
     return parser
 
@@ -336,8 +336,8 @@ def _xy(normalised, train: LabelledSplit, test: LabelledSplit):
 
 
 def write_results(args, results: dict, identities: dict, output_dir: Path, tracker: Tracker, ks) -> None:
-    """results.json, a console table and a W&B table shaped like the reference page's; every row names the weights
-    (path and content hash) that produced its numbers."""
+    """results.json, a console table and a W&B table shaped like those of mmselfsup's DeepCluster model-zoo page;
+    every row names the weights (path and content hash) that produced its numbers."""
     columns = ["Model", "Weights", "Config", "Best Layer", "SVM", *[f"k={k}" for k in ks]]
     config = f"{args.arch}{'+sobel' if args.sobel else ''}"
     rows = network_rows(

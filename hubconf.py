@@ -56,7 +56,7 @@ def deepcluster_resnet18(pretrained: str | None = None, sobel: bool | None = Non
 
 
 def deepcluster_resnet50(pretrained: str | None = None, sobel: bool | None = None, progress: bool = True):
-    """ResNet-50 (ImageNet stem), the seed page's network."""
+    """ResNet-50 (ImageNet stem), the network of mmselfsup's DeepCluster ResNet-50 + Sobel config."""
     return _build("resnet50", pretrained, sobel, progress)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -74,15 +75,15 @@ DEPARTURES = """departures from the paper (Caron et al. 2018), each named so res
   the small-data rule  --k, --pca-dim, --batch-size, --reassign, --image-size, --in-memory and --aug default to values
                      chosen from the number and size of the training images (docs/recipes.md): the paper's on
                      ImageNet; on smaller sets fewer clusters (at most N/10), PCA to at most N/40 dims, batch 64 below
-                     10,000 images, 2-8 dataset passes per clustering (the original code's --reassign; the paper
-                     re-clusters every pass) so that each clustering gets at least 300 SGD steps, and class-keeping
-                     crops. The values that differ from the paper's are printed at start-up and saved in the
-                     checkpoint (args.rule_departures).
+                     10,000 images, 1-8 dataset passes per clustering (the original code's --reassign; the paper
+                     re-clusters every pass): the fewest that give each clustering 300 SGD steps, at most 8; and
+                     class-keeping crops. The values that differ from the paper's are printed at start-up and saved in
+                     the checkpoint (args.rule_departures).
   k-means            empty clusters are re-seeded by splitting a large cluster (faiss and torch backends), as the
                      original; clusters still empty at the end are dropped from the pseudo-labels and counted.
   PIC                the number of clusters is found by PIC, not set by --k.
-  --head-init centroids  not in the paper (its head starts at N(0, 0.01) every epoch): the head starts at the
-                     clusters' centroids carried back through the PCA, DeepCluster-v2's prototypes.
+  --lr-schedule cosine  not in the paper (a constant rate): the backbone's rate follows a cosine from --lr to 0 over
+                     --epochs.
   --neck mlp         not in the paper for ResNets: two Linear-BN-ReLU layers between the pooled features and the
                      classifier, clustered there (the paper's AlexNet clusters fc7).
   --knn-every        not in the paper: a weighted kNN monitor (k=20, T=0.07) on a labelled held-out split beside
@@ -102,7 +103,7 @@ RUN_DEFINING_ARGS = (
     "image_size",
     "labels_from",
     "neck",
-    "head_init",
+    "lr_schedule",
 )
 METHOD = Method("deepcluster", RUN_DEFINING_ARGS, DEPARTURES, done_hint="raise --epochs to train further")
 
@@ -160,7 +161,12 @@ def add_clustering_args(parser: argparse.ArgumentParser) -> None:
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("optimisation")
-    group.add_argument("--epochs", type=positive_int, default=500, help="total epochs (paper: 500; seed page: 200)")
+    group.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=500,
+        help="total epochs (paper: 500; mmselfsup's ResNet-50 + Sobel config: 200)",
+    )
     group.add_argument(
         "--batch-size",
         type=positive_int,
@@ -174,7 +180,14 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="images per forward at extraction (2x --batch-size)",
     )
-    group.add_argument("--lr", type=float, default=0.05, help="backbone learning rate, constant (paper: 0.05)")
+    group.add_argument("--lr", type=float, default=0.05, help="backbone learning rate (paper: 0.05)")
+    group.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="the backbone's learning rate: constant (the paper) or a cosine from --lr down to 0 at the last step of "
+        "--epochs (which then defines the run: a resume must keep it)",
+    )
     group.add_argument("--head-lr", type=float, default=None, help="classifier head learning rate (default: --lr)")
     group.add_argument("--momentum", type=float, default=0.9, help="backbone SGD momentum; the head has none (paper)")
     group.add_argument("--wd", type=float, default=1e-5, help="weight decay (paper: 1e-5)")
@@ -187,21 +200,13 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         "the monitor and evaluations read the pooled features below it",
     )
     group.add_argument(
-        "--head-init",
-        choices=("normal", "centroids"),
-        default="normal",
-        help="the classifier head of every epoch starts at N(0, 0.01) (normal: the paper) or at the clusters' "
-        "centroids carried back through the PCA (centroids: DeepCluster-v2's prototypes), so it predicts the "
-        "clusters from the first step and every step trains the backbone",
-    )
-    group.add_argument(
         "--reassign",
         type=float,
         default=None,
         help="dataset passes of training between two clusterings (the original code's --reassign). Each epoch samples "
         "about reassign x N images uniformly over the clusters. Default: the small-data rule, the fewest of 1 (the "
-        "paper), 2, 4 or 8 that give at least 300 SGD steps per clustering (2 on cifar10, 8 on sklearn-digits): fewer "
-        "steps keep kNN below the random network's",
+        "paper), 2, 4 or 8 that give at least 300 SGD steps per clustering, at most 8 (2 on cifar10; 8 on "
+        "sklearn-digits, 175 steps): fewer steps keep kNN below the random network's",
     )
     group.add_argument(
         "--labels-from",
@@ -221,9 +226,10 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
         "--aug",
         choices=AUGMENT_PRESETS,
         default=None,
-        help="augmentation preset: paper (crop + flip), mmselfsup (the seed page), cifar (32 px crops, flip, jitter, "
-        "grayscale), noflip (cifar without flips, crops of at least 40%% of the area, rotation up to 10 degrees: for "
-        "digits, text, symbols). Default: noflip for sklearn-digits, cifar for images of at most 64 px, else paper",
+        help="augmentation preset: paper (crop + flip), mmselfsup (mmselfsup's DeepCluster ResNet-50 + Sobel config), "
+        "cifar (32 px crops, flip, jitter, grayscale), noflip (cifar without flips, crops of at least 40%% of the "
+        "area, rotation up to 10 degrees: for digits, text, symbols). Default: noflip for sklearn-digits, cifar for "
+        "images of at most 64 px, else paper",
     )
     group.add_argument(
         "--crop-scale",
@@ -312,7 +318,8 @@ def main(args: argparse.Namespace) -> None:
     saved["cluster_rng"] = SavedGenerator(cluster_rng)
 
     # ---- resume from OUTPUT_DIR/checkpoint.pth (or --resume), every object strictly; the W&B run
-    resumed = resume(run, METHOD, saved)
+    cosine = args.lr_schedule == "cosine"  # its horizon is --epochs: then a run of its own
+    resumed = resume(run, replace(METHOD, run_defining=METHOD.run_defining + ("epochs",) * cosine), saved)
     if resumed is None:
         return
     state, outputs = resumed
@@ -364,12 +371,12 @@ def run_epoch(run: Run, epoch: int, state: RunState, train: bool = True) -> tupl
     with times("extract"):
         if monitored:  # the probe is untrained before the first epoch
             probe, keep_points = run.probe if epoch > 0 else None, run.monitor.spec.keep_points
-            features, pca, knn = measure(run, backbone, epoch, probe, keep_points)
+            features, knn = measure(run, backbone, epoch, probe, keep_points)
         else:
-            (features, pca), knn = extract(run, backbone, epoch), {}
+            features, knn = extract(run, backbone, epoch)[0], {}
     with times("floor"):  # once per run: the random network (BatchNorm initial and recomputed), the pixels
         if epoch == 0 and knn:
-            knn.update(run.monitor.floor(backbone, knn, lambda net: measure(run, net, epoch)[2]))
+            knn.update(run.monitor.floor(backbone, knn, lambda net: measure(run, net, epoch)[1]))
             state.floors = floors_of(knn)
     # 3-4. cluster the (N, pca_dim) features; pseudo-labels 0..K'-1 over the non-empty clusters
     with times("cluster"):
@@ -382,8 +389,6 @@ def run_epoch(run: Run, epoch: int, state: RunState, train: bool = True) -> tupl
             labels, num_pseudo = source.targets.copy(), len(source.images.classes)
         if train:
             head = new_head(run.trunk.out_dim, num_pseudo, run.device)
-            if args.head_init == "centroids":  # the classifier starts as the clustering's own decision rule
-                centroid_head(head, features, labels, pca)
             repeated = times.total - times["time_floor"]  # what every epoch spends before training
             stats = train_one_epoch(run, epoch, labels, head, before_training=repeated)
     # 8. metrics of this epoch's clustering and of the monitor
@@ -418,12 +423,12 @@ def clustered_view(run: Run, pca: PCAWhitening) -> Callable[[torch.Tensor], torc
 
 def measure(
     run: Run, net: nn.Module, epoch: int, probe: OnlineProbe | None = None, keep_points: bool = False
-) -> tuple[torch.Tensor, PCAWhitening, dict]:
-    """Steps 1-2 with the monitor listening: the features to cluster, their PCA, and the monitor's record of `net`
-    (its kNN, the held-out k-means in the clustered view, the online probe)."""
+) -> tuple[torch.Tensor, dict]:
+    """Steps 1-2 with the monitor listening: the features to cluster and the monitor's record of `net` (its kNN, the
+    held-out k-means in the clustered view, the online probe)."""
     votes = run.monitor.listen(net)
     features, pca = extract(run, net, epoch, votes)
-    return features, pca, run.monitor.measure(votes, epoch, clustered_view(run, pca), probe, keep_points)
+    return features, run.monitor.measure(votes, epoch, clustered_view(run, pca), probe, keep_points)
 
 
 def train_one_epoch(run: Run, epoch: int, labels: np.ndarray, head: nn.Linear, before_training: float) -> dict:
@@ -447,7 +452,16 @@ def train_one_epoch(run: Run, epoch: int, labels: np.ndarray, head: nn.Linear, b
     probing = None
     if run.probe is not None:  # the training split's true labels, for the online probe only
         probing = (run.probe, torch.from_numpy(run.source.targets).to(run.device))
-    stats = train_steps(model, (run.optimizer, head_optimizer), batches, targets, args.amp, log, probing)
+    schedule = None
+    if args.lr_schedule == "cosine":  # the backbone's rate, step by step over the whole run; the head's is constant
+        total = args.epochs * num_steps
+
+        def schedule(step: int) -> None:
+            at = epoch * num_steps + step
+            for group in run.optimizer.param_groups:
+                group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * at / total))
+
+    stats = train_steps(model, (run.optimizer, head_optimizer), batches, targets, args.amp, log, probing, schedule)
     if stats["images"] == 0:
         raise UserError(f"no training step ran: --batch-size {args.batch_size} is larger than the dataset")
     return stats
@@ -487,24 +501,6 @@ def new_head(feature_dim: int, num_classes: int, device: torch.device) -> nn.Lin
     return head.to(device)
 
 
-HEAD_TEMPERATURE = 0.1  # --head-init centroids: logits of about cosine / 0.1, DeepCluster-v2's (SwAV appendix)
-
-
-@torch.no_grad()
-def centroid_head(head: nn.Linear, features: torch.Tensor, labels: np.ndarray, pca: PCAWhitening) -> None:
-    """--head-init centroids: the head's weights become the clusters' centroids carried back through the PCA, so it
-    starts as the clustering's own decision rule (the nearest centroid of the whitened features), as
-    DeepCluster-v2's prototypes are its centroids: logits = (C / (T sqrt(d))) P^T (x - mu) for the unit centroids C
-    (K, d) of the (N, d) clustered features, the PCA (mu (D,), P (D, d)) and T = HEAD_TEMPERATURE; whitened
-    features have a norm of about sqrt(d), so the logits are about cosines / T."""
-    num_classes, dim = head.weight.shape[0], features.shape[1]
-    sums = torch.zeros(num_classes, dim).index_add_(0, torch.from_numpy(labels), features)  # (K, d)
-    centroids = l2_normalize(sums)  # (K, d): the directions the k-means clusters sit in
-    weight = centroids.double() @ pca.projection.cpu().T / (HEAD_TEMPERATURE * dim**0.5)  # (K, D)
-    head.weight.copy_(weight.float())
-    head.bias.copy_((-weight @ pca.mean.cpu()).float())
-
-
 class PseudoLabelNet(nn.Module):
     """backbone -> its head activation (ReLU after fc7 for AlexNet/VGG) or the neck -> classifier over the clusters."""
 
@@ -526,12 +522,15 @@ def train_steps(
     amp: bool,
     log: StepLog,
     probing: tuple[OnlineProbe, torch.Tensor] | None = None,
+    schedule: Callable[[int], None] | None = None,
 ) -> dict:
     """Cross-entropy on the pseudo-labels, one SGD step per batch of (images on the device, dataset indices) for
     every optimizer; no host-device synchronisation in a step (the loss is read once per --log-every steps)."""
     model.train()
     device = next(model.parameters()).device
     for step, (images, idx) in enumerate(batches):
+        if schedule is not None:
+            schedule(step)  # the step's learning rates
         on_device = idx.to(device, non_blocking=True)  # a no-op for in-memory data: its indices are there already
         target = labels[on_device]  # (B,) pseudo-labels of the batch
         with autocast(device, amp):

@@ -1,4 +1,7 @@
-"""The reference page's tables and plots from pretraining runs and their evaluations.
+"""Tables shaped like those of mmselfsup's DeepCluster model-zoo page (the ResNet-50 + Sobel model; its benchmarks:
+VOC07 SVM and low-shot SVM, linear Feature1..5 + AvgPool on ImageNet / iNat18 / Places205, semi-supervised 1 % / 10 %,
+detection and segmentation; https://github.com/open-mmlab/mmselfsup/tree/main/configs/selfsup/deepcluster), and
+figures, from pretraining runs and their evaluations.
 
     .venv/bin/python report.py runs/cifar10-cpu
     .venv/bin/python report.py runs/cifar10-cpu runs/dcv2-cifar10 --output-dir runs/report
@@ -8,8 +11,8 @@
 Sources: a pretraining run folder (main_deepcluster.py / main_deepclusterv2.py: log.jsonl, checkpoint.pth and the
 evaluations written under it, any depth), an evaluation folder (results.json), a folder of such folders, an offline
 W&B run folder (offline-run-*), or an online W&B run as `wandb:ENTITY/PROJECT/RUN_ID` (W&B's public API).
-Evaluations given apart join the pretraining run whose checkpoint they evaluated (same sha256) or whose W&B group
-they are in.
+Evaluations given apart join the pretraining run whose checkpoint they evaluated (same sha256), else the pretraining
+run their W&B run recorded, else the only run of their W&B group.
 
 Writes to OUTPUT_DIR: report.md (every table, the figures, the cluster images), one CSV per table (numbers at full
 precision, and where each row was read), curves.png (loss / NMI / kNN per epoch, all runs), cluster_sizes.png,

@@ -1,9 +1,10 @@
-"""Memory format and precision of the convnet on this machine, side by side in one run: a training step (forward,
-cross-entropy, backward, SGD) and an inference pass of torchvision's ResNet-18, contiguous (NCHW) against
-channels_last (NHWC), float32 against bf16 autocast, on the same random batch, the configurations alternating
-round by round (best of --rounds), as images/s and as ratios to contiguous float32.
+"""Memory format, precision and architecture on this machine, side by side in one run: a training step (forward,
+cross-entropy, backward, SGD) and an inference pass of each --arch, contiguous (NCHW) against channels_last (NHWC),
+float32 against bf16 autocast, on the same random batch, every configuration alternating round by round (best of
+--rounds), as images/s and as ratios to the first architecture's contiguous float32.
 
-    .venv/bin/python benchmarks/cpu_formats.py                          # 32 px, batch 256: the CIFAR-10 CPU recipe
+    .venv/bin/python benchmarks/cpu_formats.py                          # ResNet-18, 32 px, batch 256
+    .venv/bin/python benchmarks/cpu_formats.py --arch resnet18 resnet9_w32 resnet18_cifar_w16 resnet18_cifar_w32
     .venv/bin/python benchmarks/cpu_formats.py --image-size 224 --batch-size 32
 
 bf16 rows are measured only where the device has native bf16 (CUDA, or a CPU with avx512_bf16 / amx_bf16), the
@@ -58,7 +59,7 @@ def timed_steps(model, images, labels, optimizer, steps: int, train: bool, amp: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--arch", nargs="+", default=["resnet18"], help="architectures, side by side")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration and round")
@@ -69,33 +70,37 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=gen).to(device)
     labels = torch.randint(0, 100, (args.batch_size,), generator=gen).to(device)
-    configs = configurations(device)
-    best: dict[tuple[str, bool], float] = {}
+    configs = [(arch, *config) for arch in args.arch for config in configurations(device)]
+    best: dict[tuple, float] = {}
     for _ in range(args.rounds):
-        for name, channels_last, amp in configs:
+        for arch, name, channels_last, amp in configs:
             for train in (True, False):
-                torch.manual_seed(0)
-                backbone = build_model(args.arch, sobel=False)
-                model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.feature_dim, 100)).to(device)
-                batch = images
-                if channels_last:
-                    model = model.to(memory_format=torch.channels_last)
-                    batch = images.contiguous(memory_format=torch.channels_last)
-                model.train(train)
-                optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-                seconds = timed_steps(model, batch, labels, optimizer, args.steps, train, amp)
-                rate = args.steps * args.batch_size / seconds
-                best[(name, train)] = max(best.get((name, train), 0.0), rate)
-    print(f"{args.arch} at {args.image_size} px, batch {args.batch_size}, {device} ({torch.get_num_threads()} threads)")
-    print("| configuration | training images/s | ratio | inference images/s | ratio |")
-    print("|---|---|---|---|---|")
-    base_train, base_infer = best[(configs[0][0], True)], best[(configs[0][0], False)]
-    for name, _, _ in configs:
-        train_rate, infer_rate = best[(name, True)], best[(name, False)]
+                rate = images_per_s(arch, channels_last, amp, train, images, labels, args.steps)
+                best[(arch, name, train)] = max(best.get((arch, name, train), 0.0), rate)
+    print(f"{args.image_size} px, batch {args.batch_size}, {device} ({torch.get_num_threads()} threads)")
+    print("| architecture | configuration | training images/s | ratio | inference images/s | ratio |")
+    print("|---|---|---|---|---|---|")
+    base_train, base_infer = (best[(*configs[0][:2], train)] for train in (True, False))
+    for arch, name, _, _ in configs:
+        train_rate, infer_rate = best[(arch, name, True)], best[(arch, name, False)]
         print(
-            f"| {name} | {train_rate:.0f} | {train_rate / base_train:.2f}x | {infer_rate:.0f} | "
+            f"| {arch} | {name} | {train_rate:.0f} | {train_rate / base_train:.2f}x | {infer_rate:.0f} | "
             f"{infer_rate / base_infer:.2f}x |"
         )
+
+
+def images_per_s(arch: str, channels_last: bool, amp: bool, train: bool, images, labels, steps: int) -> float:
+    """Training steps (or inference passes) per second of `arch` with a 100-way linear head, times the batch."""
+    torch.manual_seed(0)
+    backbone = build_model(arch, sobel=False)
+    model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.feature_dim, 100)).to(images.device)
+    batch = images
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        batch = images.contiguous(memory_format=torch.channels_last)
+    model.train(train)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    return steps * len(images) / timed_steps(model, batch, labels, optimizer, steps, train, amp)
 
 
 if __name__ == "__main__":

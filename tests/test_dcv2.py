@@ -64,7 +64,7 @@ def test_tiny_multicrop_run_logs_its_floor_and_the_evaluations_read_its_checkpoi
     np.testing.assert_array_equal(saved, ckpt["assignments"])
     summary = wandb_summary(wandb_run_dir(out))["summary"]
     assert summary["final_knn_top1"] == records[-1]["knn_top1"] and summary["knn_floor"] == floors["knn_floor"]
-    assert sorted(p.name for p in (out / "clusters").iterdir()) == ["epoch_0001.png"]  # head 0's clusters
+    assert sorted(p.name for p in (out / "clusters").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]  # head 0
 
     evaluated = tmp_path / "eval"
     eval_args = ["--pretrained", str(out / "checkpoint.pth"), "--data", str(tiny_split_folder), "--protocol", "knn"]

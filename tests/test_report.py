@@ -109,8 +109,8 @@ def test_tables_match_results_json(reported):
     check_table(run, "linear", "linear_tiny_split0.csv", LINEAR_KEYS, markdown, "Linear evaluation on tiny_split0")
     check_table(run, "svm", "svm.csv", SVM_KEYS, markdown, "VOC SVM / Low-shot SVM")
     assert read_csv(run / "report" / "svm.csv")[0]["Best Layer"] == results_of(run, "svm")["best_layer"]
-    evolution = read_csv(run / "report" / "cluster_evolution.csv")  # from assignments/epoch_0000.npy and 0001
-    assert [row["Epoch"] for row in evolution] == ["0", "1"] and 0 <= float(evolution[1]["Jaccard median"]) <= 1
+    evolution = read_csv(run / "report" / "cluster_evolution.csv")  # assignments/epoch_0000.npy .. the final 0002
+    assert [row["Epoch"] for row in evolution] == ["0", "1", "2"] and 0 <= float(evolution[1]["Jaccard median"]) <= 1
     assert f"evolution_{run.name}.png" in markdown and (run / "report" / f"evolution_{run.name}.png").is_file()
     assert "### Embedding map" in markdown and "maps/tsne_epoch_0002.png" in markdown  # the final network's map
     # kNN: eval_linear's, and the run's monitor (final network and its floor) from log.jsonl
@@ -147,6 +147,7 @@ def test_tsne_maps_of_any_measured_epoch(reported):
     tmp, run = reported
     assert saved_map_epochs(run) == [0, 1, 2] and not (run / "maps" / "tsne_epoch_0001.png").exists()
     points, labels, names = load_points(run, 1)
+    assert names == [f"class_{c:02d}" for c in range(4)]  # the class folders, for the map's legend
     assert points.dtype == np.float16 and len(points) == len(labels) == min(MAP_POINTS, 4 * 15)
     assert np.bincount(labels).tolist() == [15] * 4  # every held-out image (4 classes x 15) once, with its label
     flags = ["--wandb-mode", "disabled", "--output-dir", str(tmp / "maps-report"), "--tsne"]
@@ -162,13 +163,14 @@ def test_tsne_maps_of_any_measured_epoch(reported):
 
 
 def test_least_stable_clusters_with_thumbnails(reported):
-    """The report's least stable clusters are those of the saved assignments (epoch 1 against epoch 0), each with a
-    strip of its own images; the W&B table holds them as images."""
+    """The report's least stable clusters are those of the saved assignments of the last measured network (the final
+    one, after 2 epochs) against the epoch before, each with a strip of its own images; the W&B table holds them as
+    images."""
     from util.report.evolution import Overlaps, least_stable
 
     _, run = reported
     rows = read_csv(run / "report" / "unstable_clusters.csv")
-    before, after = (np.load(run / "assignments" / f"epoch_{e:04d}.npy") for e in (0, 1))
+    before, after = (np.load(run / "assignments" / f"epoch_{e:04d}.npy") for e in (1, 2))
     expected = least_stable(Overlaps.of(before, after), 8)
     assert [(int(r["Cluster"]), int(r["Images"]), int(r["Best match"])) for r in rows] == [
         (u.cluster, u.size, u.match) for u in expected
@@ -276,9 +278,11 @@ def test_an_evaluation_read_from_its_folder_and_its_wandb_run_counts_once(report
 
 def test_cluster_images_during_training_and_on_a_finished_run(reported):
     tmp, run = reported
-    assert (run / "clusters" / "epoch_0001.png").is_file() and not (run / "clusters" / "epoch_0000.png").exists()
+    """Every --cluster-images-every epochs (here 1) and the final network's: epochs 1 and 2, not the random one."""
+    assert (run / "clusters" / "epoch_0001.png").is_file() and (run / "clusters" / "epoch_0002.png").is_file()
+    assert not (run / "clusters" / "epoch_0000.png").exists()
     history = [r["history"]["item"] for r in wandb_records(wandb_run_dir(run)) if r.get("type") == "history"]
-    assert [item["epoch"] for item in history if "cluster/images._type" in item] == [1]
+    assert [item["epoch"] for item in history if "cluster/images._type" in item] == [1, 2]
     flags = ["--wandb-mode", "disabled", "--output-dir", str(tmp / "grids"), "--cluster-images"]
     good, bad = run_in_one_process(
         [("report.py", [str(run), *flags, "0"]), ("report.py", [str(run), *flags, "7"])], tmp

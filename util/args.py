@@ -80,13 +80,18 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+OUTPUT_HELP = {
+    "pretraining": "run folder: checkpoint.pth, log.jsonl, config.yaml, assignments/, maps/, clusters/, wandb/ "
+    "(resumed if it has a checkpoint)",
+    "evaluation": "evaluation folder: results.json, config.yaml, the resumable state, wandb/ (a rerun resumes or "
+    "reuses the tasks of the same weights and flags)",
+}
+
+
+def add_runtime_args(parser: argparse.ArgumentParser, kind: str = "pretraining") -> None:
+    """--output-dir, seed, device and precision flags; `kind` (pretraining or evaluation) says what the folder holds."""
     group = parser.add_argument_group("runtime")
-    group.add_argument(
-        "--output-dir",
-        required=True,
-        help="run folder: checkpoint.pth, log.jsonl, wandb/ (resumed if it has a checkpoint)",
-    )
+    group.add_argument("--output-dir", required=True, help=OUTPUT_HELP[kind])
     group.add_argument(
         "--seed",
         type=int,
@@ -149,14 +154,14 @@ def add_wandb_args(parser: argparse.ArgumentParser, pretraining: bool = False) -
         group.add_argument(
             "--wandb-project",
             default=None,
-            help=f"default: the project of the pretraining run of --pretrained, else {DEFAULT_PROJECT}",
+            help=f"default: the project of the pretraining run(s) read or evaluated, else {DEFAULT_PROJECT}",
         )
         group.add_argument("--wandb-entity", default=None, help="default: the pretraining run's")
         group.add_argument(
             "--wandb-group",
             default=None,
-            help="default: the pretraining run's group (its checkpoint records it), so the dashboard shows the "
-            "evaluations beside it; the checkpoint is recorded as the run's input artifact",
+            help="default: the group of the pretraining run(s) read or evaluated (a checkpoint records it), so the "
+            "dashboard shows them side by side; an evaluation records the checkpoint as its input artifact",
         )
     group.add_argument("--wandb-name", default=None, help="run name (default: W&B picks one)")
     group.add_argument("--wandb-tags", nargs="*", default=[], help="tags of the run")
@@ -176,7 +181,10 @@ def add_baseline_arg(group: argparse._ArgumentGroup) -> None:
 def add_evaluated_model_args(parser: argparse.ArgumentParser) -> None:
     """--pretrained plus --arch/--sobel, which default to what the checkpoint records (None until resolved)."""
     parser.add_argument(
-        "--pretrained", required=True, help="main_deepcluster.py checkpoint, torchvision-format state dict, or `random`"
+        "--pretrained",
+        required=True,
+        help="a main_deepcluster(v2).py checkpoint, a state dict of a layout docs/protocols.md lists (torchvision, "
+        "mmselfsup, the original DeepCluster, SwAV; pass --arch), or `random`",
     )
     add_model_args(parser, default_arch=None)
     parser.set_defaults(sobel=None)

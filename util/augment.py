@@ -47,8 +47,8 @@ class AugmentSpec:
 
 
 def augment_preset(name: str, size: int) -> AugmentSpec:
-    """The presets of docs/recipes.md: `paper` (crop + flip), `mmselfsup` (seed page), `cifar` (32 px), `noflip`
-    (digits); `linear`: the training view of mmselfsup's multi-head linear evaluation (crop + flip +
+    """The presets of docs/recipes.md: `paper` (crop + flip), `mmselfsup` (mmselfsup's DeepCluster config), `cifar`
+    (32 px), `noflip` (digits); `linear`: the training view of mmselfsup's multi-head linear evaluation (crop + flip +
     ColorJitter(0.4, 0.4, 0.4) + Lighting)."""
     if name == "paper":
         return AugmentSpec(size)

@@ -67,7 +67,7 @@ def add_compile_arg(group: argparse._ArgumentGroup) -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="torch.compile the backbone (training and extraction; its weights keep their names). The first steps "
-        "of each mode and crop size wait for the compiler (about a minute on a 2-core CPU): docs/benchmarks.md",
+        "of each mode and crop size wait for the compiler (its time: docs/benchmarks.md)",
     )
 
 

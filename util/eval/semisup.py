@@ -10,8 +10,8 @@ import numpy as np
 from util.data import ImageList
 from util.errors import UserError
 
-# mmselfsup's configs/benchmarks/classification/imagenet/imagenet_{1,10}percent (the seed page's protocol): SGD
-# momentum 0.9, batch 256, 20 epochs, lr x0.2 at 12 and 16, base lr 0.1 and head lr multiplier 1 in the base config
+# mmselfsup's configs/benchmarks/classification/imagenet/imagenet_{1,10}percent (its semi-supervised benchmark):
+# SGD momentum 0.9, batch 256, 20 epochs, lr x0.2 at 12 and 16, base lr 0.1 and head lr multiplier 1 in the base config
 # (the grid lr {0.001, 0.01, 0.1} x head {1, 10, 100} is swept and the best kept), weight decay 5e-4 (1 %) or
 # 1e-4 (10 %), the LAST epoch reported. SwAV's eval_semisup.py: weight decay 0, trunk / head lr 0.02 / 5 (1 %) and
 # 0.01 / 0.2 (10 %), the same steps, the BEST epoch reported.

@@ -32,8 +32,8 @@ def add_map_arg(group: argparse._ArgumentGroup) -> None:
         type=int,
         default=10,
         help="draw a t-SNE map of the held-out features every N epochs and for the final network, and keep the "
-        "map's points of every measured epoch (maps/points_epoch_XXXX.npz, about 200 kB) so that report.py --tsne "
-        "draws any of them later (0: neither; default: 10; about 10 s on a 2-core CPU for 2,000 images)",
+        "map's points of every measured epoch (maps/points_epoch_XXXX.npz) so that report.py --tsne draws any of them "
+        "later (0: neither; default: 10)",
     )
 
 

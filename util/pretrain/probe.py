@@ -2,7 +2,12 @@
 every training step, trained on the training split's labels with its own SGD (lr 0.1, momentum 0.9, no weight
 decay), measured on the kNN monitor's held-out features every --knn-every epochs. It never touches the backbone: its
 input is detached, its weights start at zero and it draws nothing from any RNG, so the backbone trains bit for bit
-as without it."""
+as without it.
+
+Departure from solo-learn: each feature vector is L2-normalised and scaled by sqrt(D) (its entries then have a mean
+square of 1) before the linear layer, so that one learning rate suits every architecture's feature scale (a
+ResNet-9's pooled features are an order of magnitude larger than a ResNet-18's, and SGD at lr 0.1 on them
+oscillates); it holds no state, so every rank and every resume computes the same."""
 
 from __future__ import annotations
 
@@ -33,6 +38,11 @@ def wants_probe(args: argparse.Namespace) -> bool:
     return bool(args.online_probe and args.knn_every > 0)
 
 
+def scaled(features: torch.Tensor) -> torch.Tensor:
+    """(B, D) -> float32 rows of norm sqrt(D): entries of mean square 1, whatever the network's feature scale."""
+    return F.normalize(features.float(), dim=1) * features.shape[1] ** 0.5
+
+
 class OnlineProbe:
     def __init__(self, feature_dim: int, num_classes: int, device: torch.device) -> None:
         with torch.random.fork_rng(devices=[]):  # nn.Linear's own initialisation must not move the global RNG
@@ -46,7 +56,7 @@ class OnlineProbe:
         """One SGD step on (B, D) features (detached here) and their (B,) labels, on the device, no host read;
         distributed: the gradients averaged over the ranks."""
         with torch.autocast(features.device.type, enabled=False):
-            loss = F.cross_entropy(self.linear(features.detach().float()), labels)
+            loss = F.cross_entropy(self.linear(scaled(features.detach())), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         info = dist_util.current()
@@ -60,7 +70,7 @@ class OnlineProbe:
     def top1(self, features: torch.Tensor, targets: np.ndarray) -> float:
         """Top-1 (%) on (M, D) held-out features."""
         device = self.linear.weight.device
-        predicted = self.linear(features.to(device).float()).argmax(1).cpu()
+        predicted = self.linear(scaled(features.to(device))).argmax(1).cpu()
         return 100.0 * float((predicted == torch.from_numpy(targets)).float().mean())
 
     def state_dict(self) -> dict:

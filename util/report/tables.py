@@ -1,5 +1,6 @@
-"""The reference page's tables from pretraining runs and their evaluations: VOC07 SVM + low-shot, linear
-Feature1..5 + AvgPool per dataset, kNN, semi-supervised; each with the random-init rows and the published rows.
+"""The tables of mmselfsup's DeepCluster model-zoo page from pretraining runs and their evaluations: VOC07 SVM +
+low-shot, linear Feature1..5 + AvgPool per dataset, kNN, semi-supervised; each with the baselines' rows and the
+published rows.
 
 Cells: a number where an evaluation measured it; MISSING where the run has no evaluation of that kind (never
 filled in); None where an evaluation exists but did not measure that column (e.g. `--protocol knn` has no
@@ -236,7 +237,7 @@ def linear_tables(runs: list[PretrainRun], alone: list[Evaluation]) -> list[Tabl
 def knn_table(runs: list[PretrainRun], alone: list[Evaluation]) -> Table:
     """Weighted kNN (k=20, T=0.07): eval_linear.py's, and each pretraining run's monitor on its final network
     beside the run's floors (its random network and the pixels, measured before training) and the gain over the higher
-    of them. Not on the reference page: none published."""
+    of them. Not on mmselfsup's page: none published."""
     table = Table(
         "knn", "Weighted kNN (top-1 / top-5 %)", ["Model", "Weights", "Data", "Measured by", "Top-1", "Top-5"]
     )
@@ -410,7 +411,7 @@ def holds_numbers(table: Table) -> bool:
 
 
 def all_tables(runs: list[PretrainRun], alone: list[Evaluation]) -> list[Table]:
-    """The reference page's tables that hold a measured number (the kNN table, the evaluations run, the seeds)."""
+    """The page's tables that hold a measured number (the kNN table, the evaluations run, the seeds)."""
     tables = [svm_table(runs, alone), *linear_tables(runs, alone), knn_table(runs, alone), semisup_table(runs, alone)]
     seeds = seed_table(runs)
     return [table for table in [*tables, *([seeds] if seeds is not None else [])] if holds_numbers(table)]
