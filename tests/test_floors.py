@@ -38,14 +38,18 @@ def digits_runs(tmp_path_factory, digits_cache):
     v1, v2, evaluated, report = tmp / "v1", tmp / "v2", tmp / "v1" / "knn", tmp / "report"
     v2_flags = ["--arch", "resnet18", "--hidden-mlp", "64", "--feat-dim", "16", "--epochs", "2"]
     linear = ["--pretrained", str(v1 / "checkpoint.pth"), *digits_flags(digits_cache, evaluated)]
+    v1_flags = digits_flags(digits_cache, v1, "--epochs", "2", "--log-every", "5")
+    v1_flags[v1_flags.index("--wandb-mode") + 1] = "offline"  # the README's command writes an offline W&B run
     cases = [
-        ("main_deepcluster.py", digits_flags(digits_cache, v1, "--epochs", "2", *QUIET)),
+        ("main_deepcluster.py", v1_flags),
         ("main_deepclusterv2.py", digits_flags(digits_cache, v2, *v2_flags, *QUIET)),
         ("eval_linear.py", [*linear, "--protocol", "knn", "--batch-size", "64"]),
         ("report.py", [str(v1), str(v2), "--output-dir", str(report), "--wandb-mode", "disabled"]),
     ]
-    for result in run_in_one_process(cases, tmp, timeout=900):
+    results = run_in_one_process(cases, tmp, timeout=900)
+    for result in results:
         assert result["code"] == 0, result["stderr"][-3000:]
+    (v1 / "stderr.txt").write_text(results[0]["stderr"])
     return v1, v2, evaluated, report
 
 
@@ -144,3 +148,21 @@ def test_report_reads_a_v1_and_a_v2_run_together(digits_runs):
         assert sorted(float(r["Top-1"]) for r in rows) == sorted([first["knn_floor_random"], first["knn_floor_pixels"]])
     for name in ("curves.png", "cluster_sizes.png", "evolution_v1.png", "evolution_v2.png"):
         assert (report / name).is_file()
+
+
+def test_a_run_ends_with_its_answer_and_its_figures(digits_runs):
+    """The console says, after the final measurement, what the run found (the final kNN beside each floor and the
+    gain with its sign, the probe, held-out k-means) and where to look next; the time left is refreshed at every
+    step-log interval; the maps of the random and the final network and the final network's cluster grid exist."""
+    v1, _, _, _ = digits_runs
+    stderr = (v1 / "stderr.txt").read_text()
+    final = read_jsonl(v1 / "log.jsonl")[-1]
+    closing = stderr[stderr.index("done: final network (after 2 epochs) measured") :]
+    assert f"kNN top-1 {final['knn_top1']:.2f} %" in closing and f"gain {final['knn_gain']:+.2f}" in closing
+    assert f"pixels {final['knn_floor_pixels']:.2f}" in closing or "= pixels" in closing
+    assert f"online probe {final['probe_top1']:.2f} %" in closing and "held-out k-means" in closing
+    assert f"next: python report.py {v1}" in closing and "wandb sync " in closing and "offline-run-" in closing
+    assert stderr.count("min left, done around") >= 2  # every step-log interval of both epochs
+    for figure in ("maps/tsne_epoch_0000.png", "maps/tsne_epoch_0002.png", "clusters/epoch_0002.png"):
+        with Image.open(v1 / figure) as image:
+            assert image.size[0] > 300, figure

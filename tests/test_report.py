@@ -233,7 +233,7 @@ def test_report_wandb_run_holds_the_same_tables(reported):
         meta["job_type"] == "report"
         and meta["run_group"] == torch.load(run / "checkpoint.pth", weights_only=False)["wandb_group"]
     )
-    for name in ("svm", "linear_tiny_split0", "knn", "semisup"):
+    for name in ("svm", "linear_tiny_split0", "knn", "cluster_evolution"):
         (table_file,) = (report_run / "files" / "media" / "table" / "report").glob(f"{name}_*.table.json")
         table = json.loads(table_file.read_text())
         rows = read_csv(run / "report" / f"{name}.csv")

@@ -259,9 +259,9 @@ def test_float64_finish_of_small_row_sets_stays_in_their_own_coordinates(monkeyp
     solve, sizes = newton_svm._solve, {}
     coordinates = newton_svm.principal_coordinates
 
-    def float32_off_for_one(X, Y, mask, costs, device, dtype, *args):
-        W, b = solve(X, Y, mask, costs, device, dtype, *args)
-        if dtype == torch.float32:
+    def float32_off_for_one(X, problems, device, newton, *args, **kwargs):
+        W, b = solve(X, problems, device, newton, *args, **kwargs)
+        if newton.dtype == torch.float32:
             W[:, 2] += 1.0  # far from the optimum: this one is finished in float64
         return W, b
 

@@ -43,7 +43,7 @@ class Evaluation:
             and not k.endswith(("_ci95_low", "_ci95_high"))
         )
         weights = {network: w.get("sha256") for network, w in identities_of(self.results).items()}
-        return json.dumps([self.kind, weights, str(self.results.get("data")), numbers])
+        return json.dumps([self.kind, weights, str(self.results.get("data")), numbers], sort_keys=True)
 
 
 @dataclass
