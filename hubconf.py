@@ -70,6 +70,11 @@ def deepcluster_resnet50_cifar(pretrained: str | None = None, sobel: bool | None
     return _build("resnet50_cifar", pretrained, sobel, progress)
 
 
+def deepcluster_resnet9_w32(pretrained: str | None = None, sobel: bool | None = None, progress: bool = True):
+    """The DAWNBench-style ResNet-9 at width 32, the small-data rule's network for images of at most 64 px."""
+    return _build("resnet9_w32", pretrained, sobel, progress)
+
+
 def deepcluster_alexnet(pretrained: str | None = None, sobel: bool | None = None, progress: bool = True):
     """The paper's AlexNet (with BatchNorm; Sobel front end when the checkpoint has it)."""
     return _build("alexnet", pretrained, sobel, progress)

@@ -71,7 +71,9 @@ DEPARTURES = """departures from the paper (Caron et al. 2018), each named so res
                      the paper) and later batches are reduced on the fly; the paper fits on all N.
   --in-memory        small datasets are decoded once to uint8 and augmented in batches on the device: bilinear
                      crops without antialiasing, colour jitter in a fixed order (torchvision: random order).
-  --arch             ResNet-18 by default; the paper is `--arch alexnet --sobel --aug paper` at 224 px.
+  --arch, --lr       the small-data rule's: a DAWNBench-style ResNet-9 (resnet9_w32) for images of at most 64 px,
+                     at --lr 0.1; else ResNet-18 at the paper's 0.05. The paper is `--arch alexnet --sobel --aug
+                     paper` at 224 px.
   the small-data rule  --k, --pca-dim, --batch-size, --reassign, --image-size, --in-memory and --aug default to values
                      chosen from the number and size of the training images (docs/recipes.md): the paper's on
                      ImageNet; on smaller sets fewer clusters (at most N/10), PCA to at most N/40 dims, batch 64 below
@@ -110,7 +112,7 @@ METHOD = Method("deepcluster", RUN_DEFINING_ARGS, DEPARTURES, done_hint="raise -
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("DeepCluster pretraining", add_help=False)
-    add_model_args(parser)
+    add_model_args(parser, None, "the small-data rule: resnet9_w32 for images of at most 64 px, else resnet18")
     add_data_args(parser)
     add_clustering_args(parser)
     add_training_args(parser)
@@ -180,17 +182,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="images per forward at extraction (2x --batch-size)",
     )
-    group.add_argument("--lr", type=float, default=0.05, help="backbone learning rate (paper: 0.05)")
-    group.add_argument(
-        "--lr-schedule",
-        choices=("constant", "cosine"),
-        default="constant",
-        help="the backbone's learning rate: constant (the paper) or a cosine from --lr down to 0 at the last step of "
-        "--epochs (which then defines the run: a resume must keep it)",
-    )
-    group.add_argument("--head-lr", type=float, default=None, help="classifier head learning rate (default: --lr)")
-    group.add_argument("--momentum", type=float, default=0.9, help="backbone SGD momentum; the head has none (paper)")
-    group.add_argument("--wd", type=float, default=1e-5, help="weight decay (paper: 1e-5)")
+    add_sgd_args(group)
     group.add_argument(
         "--neck",
         choices=NECKS,
@@ -218,6 +210,27 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     add_amp_arg(group)
     add_compile_arg(group)
     group.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False, help="SyncBatchNorm (GPUs)")
+
+
+def add_sgd_args(group: argparse._ArgumentGroup) -> None:
+    """The rates, their schedule, momentum and weight decay."""
+    group.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="backbone learning rate (paper: 0.05; default: 0.1 for resnet9_w32, the small-data rule's network for "
+        "images of at most 64 px, else 0.05)",
+    )
+    group.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="the backbone's learning rate: constant (the paper) or a cosine from --lr down to 0 at the last step of "
+        "--epochs (which then defines the run: a resume must keep it)",
+    )
+    group.add_argument("--head-lr", type=float, default=None, help="classifier head learning rate (default: --lr)")
+    group.add_argument("--momentum", type=float, default=0.9, help="backbone SGD momentum; the head has none (paper)")
+    group.add_argument("--wd", type=float, default=1e-5, help="weight decay (paper: 1e-5)")
 
 
 def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
@@ -250,10 +263,10 @@ def add_augmentation_args(parser: argparse.ArgumentParser) -> None:
 def finalize_args(args: argparse.Namespace, world_size: int = 1, device_type: str = "cpu") -> argparse.Namespace:
     """Reject impossible flags; fill the defaults that depend on the data (util/pretrain/recipe.py: the rule); reject
     what the data makes impossible (k, the batch, the PCA dimension against the number of images)."""
-    args.head_lr = args.lr if args.head_lr is None else args.head_lr
     check_amp(args.amp, device_type)
-    if args.lr <= 0 or args.head_lr <= 0:
-        raise UserError(f"--lr {args.lr} / --head-lr {args.head_lr} must be positive")
+    for name in ("lr", "head_lr"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name):g} must be positive")
     if args.reassign is not None and args.reassign <= 0:
         raise UserError(f"--reassign {args.reassign} must be positive (dataset passes between two clusterings)")
     if args.crop_scale is not None and not 0 < args.crop_scale[0] <= args.crop_scale[1] <= 1:
@@ -264,6 +277,7 @@ def finalize_args(args: argparse.Namespace, world_size: int = 1, device_type: st
     resolve_knn_every(args)
     profile = profile_data(args.data, "train", args.subset, Path(args.data_cache))
     args.rule_departures = apply_rule(args, profile, world_size)
+    args.head_lr = args.lr if args.head_lr is None else args.head_lr
     args.extract_batch_size = args.extract_batch_size or 2 * args.batch_size
     num = profile.num_images
     if args.clustering == "kmeans":

@@ -110,7 +110,7 @@ METHOD = Method("deepcluster-v2", RUN_DEFINING_ARGS, DEPARTURES, "its schedule e
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("DeepCluster-v2 pretraining", add_help=False)
-    add_model_args(parser, default_arch=None)
+    add_model_args(parser, None, "resnet18_cifar for images of at most 64 px, else resnet50")
     add_data_args(parser)
     add_multicrop_args(parser)
     add_dcv2_args(parser)

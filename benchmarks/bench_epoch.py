@@ -194,6 +194,9 @@ def main() -> None:
     parser.add_argument("--v2-steps", type=int, default=20, help="training steps of section 2 (batch 256)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast in section 2 (both loops)")
     parser.add_argument("--only", choices=("v1", "v2"), default=None, help="one section only")
+    parser.add_argument(
+        "--v1-arch", default="resnet18", help="section 1's network (docs/benchmarks.md's rows: resnet18)"
+    )
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
         "--compile",
@@ -215,7 +218,7 @@ def main() -> None:
 
 def compare_v1(own, device: torch.device) -> dict:
     argv = f"--data cifar10 --subset {own.subset} --knn-every 0 --reassign {own.reassign} --k 100 --pca-dim 256"
-    argv += " --batch-size 256 --output-dir unused" + own_flags(own)
+    argv += f" --batch-size 256 --arch {own.v1_arch} --output-dir unused" + own_flags(own)
     args = mdc.finalize_args(mdc.get_args_parser().parse_args(argv.split()), device_type=device.type)
     torch.manual_seed(0)
     source = build_source(

@@ -6,8 +6,14 @@
 #      phase by phase) against a supervised epoch;
 #   2. DeepCluster-v2, CIFAR-10 recipe, all 50k images, kNN every 5 epochs, training stopped at 5 minutes;
 #      target kNN >= 80 % within 300 s of training;
-#   3. DeepCluster-v1 with --arch resnet18_cifar and faiss-gpu k-means, kNN every 2 epochs, stopped at 2 minutes;
+#   3. DeepCluster-v1 with the small-data rule's network and rate (resnet9_w32, --lr 0.1: the CPU recipe of
+#      docs/experiments.md) and faiss-gpu k-means, kNN every 2 epochs, stopped at 2 minutes;
 #      target kNN >= 62.3 % (AND, Huang et al. 2019, Table 1) within 120 s of training;
+#   Both runs record their floors (the random network both ways, the pixels both ways). Expected from the CPU runs
+#   (docs/experiments.md, 2-core AMD EPYC): pixels 47.96 (centred view; 45.40 as the network's input; the same
+#   kNN on the same images, so equal up to float summation order), random resnet9_w32 44.10 (initial BatchNorm) /
+#   45.03 (recomputed) in float32 (bf16 may move these by a few tenths), and v1 above the pixels by its second
+#   epoch (48.15 after 2 epochs on the CPU with --amp).
 #   4. k-means on CUDA, faiss-gpu and the torch backend (benchmarks/bench_kmeans.py), once each.
 # The device's Python has torch and torchvision only. Prepare here, once (.whl/ is git-ignored; carry it):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -38,8 +44,8 @@ timeout 60 $PY benchmarks/bench_epoch.py --device cuda --amp --only v1 --subset 
 timeout 320 $PY main_deepclusterv2.py --data cifar10 --epochs 30 --amp --knn-every 5 "${COMMON[@]}" \
   --output-dir "$OUT/v2" 2>&1 | grep -E "^.*epoch [0-9]+/|error|Error" | tail -12
 
-# 3. DeepCluster-v1 (CIFAR stem) against the clock
-timeout 140 $PY main_deepcluster.py --data cifar10 --arch resnet18_cifar --epochs 12 --amp --kmeans-backend faiss \
+# 3. DeepCluster-v1 (the rule's network for 32 px images) against the clock
+timeout 140 $PY main_deepcluster.py --data cifar10 --epochs 30 --amp --kmeans-backend faiss \
   --knn-every 2 "${COMMON[@]}" --output-dir "$OUT/v1" 2>&1 | grep -E "^.*epoch [0-9]+/|error|Error" | tail -12
 
 # 4. k-means on CUDA
@@ -69,13 +75,14 @@ def curve(run, limit_s):
             rows.append({"epoch": r["epoch"], "training_s": round(elapsed, 1), "knn_top1": r["knn_top1"]})
         elapsed += sum(v for k, v in r.items() if k.startswith("time_") and k != "time_monitor")
     within = [r["knn_top1"] for r in rows if r["training_s"] <= limit_s]
-    return {"knn_floor": records[0].get("knn_top1"), "measured": rows, f"best_knn_within_{limit_s}s": max(within, default=None)}
+    floors = {k: v for k, v in records[0].items() if k.startswith("knn_floor")}
+    return floors | {"measured": rows, f"best_knn_within_{limit_s}s": max(within, default=None)}
 
 result = {
     "gpu": torch.cuda.get_device_name(),
     "throughput": {name: read(f"tp_{name}.json") for name in ("v2_cl", "v2_nchw", "v2_compile", "v1")},
     "dcv2_cifar10": curve("v2", 300) | {"target": "knn >= 80 within 300 s"} if curve("v2", 300) else None,
-    "dcv1_cifar10_resnet18_cifar": curve("v1", 120) | {"target": "knn >= 62.3 within 120 s"} if curve("v1", 120) else None,
+    "dcv1_cifar10_rule": curve("v1", 120) | {"target": "knn >= 62.3 within 120 s"} if curve("v1", 120) else None,
     "kmeans_cuda": read("kmeans.json"),
 }
 (out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -25,6 +25,8 @@ sys.path.insert(0, str(REPO))
 from util.errors import UserError  # noqa: E402
 from util.runtime import run_main  # noqa: E402
 
+# The network of every row (docs/experiments.md): ResNet-18 with the ImageNet stem at the paper's rate.
+ARCH = ["--arch", "resnet18"]
 # The recipe every diagnosis row changes one flag of: the CPU flags CIFAR-10 was tuned with, applied to small images.
 TUNED_ON_CIFAR = "--image-size 32 --in-memory --aug cifar --k 100 --reassign 2 --pca-dim 256 --batch-size 256"
 ROWS = {
@@ -141,7 +143,7 @@ def main() -> None:
         for name in names:
             out = args.output_dir / args.data / name
             flags = ROWS[args.data][name].split()
-            cmd = [sys.executable, str(REPO / "main_deepcluster.py"), "--data", args.data, *flags]
+            cmd = [sys.executable, str(REPO / "main_deepcluster.py"), "--data", args.data, *ARCH, *flags]
             cmd += ["--output-dir", str(out), "--wandb-mode", "disabled", "--cluster-images-every", "0"]
             print("$", " ".join(cmd[1:]), flush=True)
             start = time.perf_counter()

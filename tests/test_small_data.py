@@ -21,7 +21,16 @@ from util.datasets import DIGITS_SIZE, DIGITS_TEST, digits_arrays, make_digits
 from util.metrics import cluster_accuracy
 from util.pretrain.clock import RunClock
 from util.pretrain.monitor import held_out_clustering
-from util.pretrain.recipe import MIN_PCA_DIM, MIN_STEPS_PER_CLUSTERING, PAPER, apply_rule, rule
+from util.pretrain.recipe import (
+    MIN_PCA_DIM,
+    MIN_STEPS_PER_CLUSTERING,
+    PAPER,
+    SMALL_ARCH,
+    SMALL_LR,
+    apply_rule,
+    model_defaults,
+    rule,
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +80,7 @@ def test_named_datasets_resolve_like_folders(digits_root):
         (1_400, {"k": 100, "pca_dim": 32, "batch_size": 64, "reassign": 8.0}),  # sklearn-digits
         (50_000, {"k": 100, "pca_dim": 256, "batch_size": 256, "reassign": 2.0}),  # cifar10: its defaults so far
         (10_000, {"k": 100, "pca_dim": 128, "batch_size": 256, "reassign": 8.0}),
-        (1_281_167, PAPER),  # ImageNet: the paper's recipe
+        (1_281_167, {k: v for k, v in PAPER.items() if k != "lr"}),  # ImageNet: the paper's recipe
     ],
 )
 def test_rule_keeps_the_paper_on_imagenet_and_scales_down_below(num, expected):
@@ -93,12 +102,28 @@ def test_rule_guarantees(num):
 
 def test_rule_counts_every_process_and_flags_given_win():
     assert rule(50_000, world_size=4)["reassign"] == 8.0  # 4 x fewer steps per pass
-    unset = dict.fromkeys(("pca_dim", "batch_size", "reassign", "aug", "image_size", "in_memory"))
-    args = argparse.Namespace(data="sklearn-digits", k=50, **unset)
+    unset = dict.fromkeys(("pca_dim", "batch_size", "reassign", "aug", "image_size", "in_memory", "arch", "lr"))
+    args = argparse.Namespace(data="sklearn-digits", k=50, sobel=False, **unset)
     departures = apply_rule(args, DataProfile(1_400, 32, 10), world_size=1)
     assert (args.k, args.pca_dim, args.batch_size, args.reassign, args.aug) == (50, 32, 64, 8.0, "noflip")
+    assert (args.arch, args.lr) == (SMALL_ARCH, SMALL_LR)
     # every value that differs from the paper's, the given k too: a departure whoever chose it
-    assert departures == ["--k 50", "--pca-dim 32", "--batch-size 64", "--reassign 8"]
+    assert departures == ["--arch resnet9_w32", "--k 50", "--pca-dim 32", "--batch-size 64", "--reassign 8", "--lr 0.1"]
+
+
+@pytest.mark.parametrize(
+    ("image_size", "given", "expected"),
+    [
+        (32, None, (SMALL_ARCH, SMALL_LR)),  # CIFAR-10, the digits: the small-image network at its rate
+        (64, None, (SMALL_ARCH, SMALL_LR)),
+        (224, None, ("resnet18", PAPER["lr"])),  # ImageNet sizes: ResNet-18 at the paper's rate
+        (32, "resnet18", ("resnet18", PAPER["lr"])),  # a network given keeps the paper's rate
+        (224, SMALL_ARCH, (SMALL_ARCH, SMALL_LR)),
+    ],
+)
+def test_rule_picks_the_network_and_its_rate_from_the_image_size(image_size, given, expected):
+    chosen = model_defaults(image_size, given)
+    assert (chosen["arch"], chosen["lr"]) == expected
 
 
 def test_image_defaults_follow_the_images(tmp_path):
@@ -176,13 +201,12 @@ def test_digits_run_logs_the_rule_and_the_floor_both_ways(tmp_path):
     """A tiny run on the digits with every default of the rule but the epochs and size: one start-up line with the
     chosen flags, the floor measured both ways (the higher one is the floor), the held-out clustering's spread."""
     out = tmp_path / "run"
-    args = "--data sklearn-digits --subset 256 --epochs 1 --arch resnet18 --workers 0 --wandb-mode disabled"
+    args = "--data sklearn-digits --subset 256 --epochs 1 --workers 0 --wandb-mode disabled"
     args = [*args.split(), "--data-cache", str(tmp_path / "cache"), "--output-dir", str(out)]
     proc = run_script("main_deepcluster.py", args, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "256 training images of 32 px: --image-size 32 --k 25 --pca-dim 8 --batch-size 64 --reassign 8" in (
-        proc.stderr
-    )
+    chosen = "--image-size 32 --arch resnet9_w32 --lr 0.1 --k 25 --pca-dim 8 --batch-size 64 --reassign 8"
+    assert f"256 training images of 32 px: {chosen}" in proc.stderr
     first, final = read_jsonl(out / "log.jsonl")
     assert first["knn_floor_init_bn"] == first["knn_top1"]
     assert first["knn_floor_random"] == max(first["knn_floor_init_bn"], first["knn_floor_recomputed_bn"])
@@ -191,7 +215,8 @@ def test_digits_run_logs_the_rule_and_the_floor_both_ways(tmp_path):
     for record in (first, final):
         assert 0 <= record["test_kmeans_acc"] <= 100 and 0 <= record["test_kmeans_acc_std"] <= 50
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=False)
-    assert checkpoint["args"]["rule_departures"] == ["--k 25", "--pca-dim 8", "--batch-size 64", "--reassign 8"]
+    departures = ["--arch resnet9_w32", "--k 25", "--pca-dim 8", "--batch-size 64", "--reassign 8", "--lr 0.1"]
+    assert checkpoint["args"]["rule_departures"] == departures
 
 
 def test_run_clock_yields_every_batch_and_says_one_estimate(monkeypatch, caplog):
@@ -217,8 +242,8 @@ def test_run_clock_yields_every_batch_and_says_one_estimate(monkeypatch, caplog)
 def test_a_folder_of_small_images_is_told_how_to_keep_mirror_sensitive_classes(caplog):
     """The pixels cannot say whether a mirror image changes a class: `cifar` (with flips) is the default for small
     images, and the run says in one line how to keep such classes."""
-    unset = dict.fromkeys(("k", "pca_dim", "batch_size", "reassign", "aug", "image_size", "in_memory"))
-    args = argparse.Namespace(data="/data/my-symbols", **unset)
+    unset = dict.fromkeys(("k", "pca_dim", "batch_size", "reassign", "aug", "image_size", "in_memory", "arch", "lr"))
+    args = argparse.Namespace(data="/data/my-symbols", sobel=False, **unset)
     with caplog.at_level("INFO", logger="deepcluster"):
         apply_rule(args, DataProfile(3_000, 28, 20), world_size=1)
     assert (args.image_size, args.aug, args.in_memory) == (28, "cifar", True)

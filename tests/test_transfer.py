@@ -149,6 +149,7 @@ def test_torch_hub_entry_points(tmp_path, monkeypatch, as_url):
 
     entries = [name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")]
     expected = {"deepcluster_resnet18", "deepcluster_resnet50", "deepcluster_alexnet", "deepcluster_vgg16"}
+    expected.add("deepcluster_resnet9_w32")  # the small-data rule's network
     assert expected <= set(entries)
     random = torch.hub.load(str(REPO), "deepcluster_resnet50", source="local")
     assert random.feature_dim == 2048

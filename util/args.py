@@ -23,13 +23,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def add_model_args(parser: argparse.ArgumentParser, default_arch: str = "resnet18") -> None:
+def add_model_args(
+    parser: argparse.ArgumentParser, default_arch: str | None = "resnet18", default_text: str | None = None
+) -> None:
+    """--arch (default_text says how a None default is chosen) and --sobel."""
     group = parser.add_argument_group("model")
     group.add_argument(
         "--arch",
         default=default_arch,
         choices=sorted(ARCHS),
-        help="architecture (default: %(default)s)",
+        help=f"architecture (default: {default_text or '%(default)s'})",
     )
     group.add_argument(
         "--sobel",
@@ -186,5 +189,5 @@ def add_evaluated_model_args(parser: argparse.ArgumentParser) -> None:
         help="a main_deepcluster(v2).py checkpoint, a state dict of a layout docs/protocols.md lists (torchvision, "
         "mmselfsup, the original DeepCluster, SwAV; pass --arch), or `random`",
     )
-    add_model_args(parser, default_arch=None)
+    add_model_args(parser, None, "what --pretrained records")
     parser.set_defaults(sobel=None)

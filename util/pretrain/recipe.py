@@ -25,7 +25,13 @@ IMAGES_PER_PCA_DIM = 40  # training images per PCA-whitened dimension, at least
 MIN_PCA_DIM = 8  # and never fewer dimensions (below 320 images the 40 per dimension are not kept)
 
 # The paper's values (Caron et al. 2018, sections 3.2 and 4.1) of the flags the rule sets.
-PAPER = {"k": 10_000, "pca_dim": 256, "batch_size": 256, "reassign": 1.0}
+PAPER = {"k": 10_000, "pca_dim": 256, "batch_size": 256, "reassign": 1.0, "lr": 0.05}
+PAPER_ARCH = "alexnet"  # with --sobel; its ResNet experiments use ResNet-50 (section 6)
+
+# Images of at most SMALL_IMAGE px: the network of fast CIFAR-10 training (docs/experiments.md: learning per
+# CPU-minute), whose last maps are 4 x 4 at 32 px where ResNet-18's ImageNet stem reaches 1 x 1, at twice the rate.
+SMALL_ARCH, SMALL_LR = "resnet9_w32", 0.1
+LARGE_ARCH = "resnet18"
 
 
 def rule(num_images: int, world_size: int = 1, batch_size: int | None = None) -> dict:
@@ -43,6 +49,13 @@ def rule(num_images: int, world_size: int = 1, batch_size: int | None = None) ->
     return {"k": k, "pca_dim": pca_dim, "batch_size": batch, "reassign": float(reassign)}
 
 
+def model_defaults(image_size: int, arch: str | None = None) -> dict:
+    """--arch and --lr for images of this size (after --image-size): SMALL_ARCH up to SMALL_IMAGE px, else
+    ResNet-18, unless `arch` is given; SMALL_LR for SMALL_ARCH (measured there), the paper's rate for the others."""
+    arch = arch or (SMALL_ARCH if image_size <= SMALL_IMAGE else LARGE_ARCH)
+    return {"arch": arch, "lr": SMALL_LR if arch == SMALL_ARCH else PAPER["lr"]}
+
+
 def default_aug(data: str, image_size: int) -> str:
     """`noflip` for the digits, `cifar` for other small images, the paper's crop + flip at ImageNet sizes."""
     if data == "sklearn-digits":
@@ -54,22 +67,26 @@ def apply_rule(args: argparse.Namespace, profile: DataProfile, world_size: int) 
     """Fill every flag the user left unset (None) from the rule, the image defaults and default_aug; log the result
     in one line. Returns the values of the rule's flags that depart from the paper's as `--flag value` strings."""
     resolve_image_defaults(args, profile)
-    for name, value in rule(profile.num_images, world_size, args.batch_size).items():
+    chosen = {**rule(profile.num_images, world_size, args.batch_size), **model_defaults(args.image_size, args.arch)}
+    for name, value in chosen.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     # every value that differs from the paper's, whoever chose it: a run replayed from its config.yaml (every value
     # given) records the same departures as the rule-driven run that wrote it
-    departures = [
+    departures = [] if args.arch == PAPER_ARCH and args.sobel else [f"--arch {args.arch}"]
+    departures += [
         f"--{name.replace('_', '-')} {getattr(args, name):g}" for name in PAPER if getattr(args, name) != PAPER[name]
     ]
     guessed_aug = args.aug is None
     args.aug = args.aug or default_aug(args.data, args.image_size)
     logger.info(
-        "%d training images of %d px: --image-size %d --k %d --pca-dim %d --batch-size %d --reassign %g --aug %s "
-        "(flags not given come from the small-data rule, docs/recipes.md)",
+        "%d training images of %d px: --image-size %d --arch %s --lr %g --k %d --pca-dim %d --batch-size %d "
+        "--reassign %g --aug %s (flags not given come from the small-data rule, docs/recipes.md)",
         profile.num_images,
         profile.image_size,
         args.image_size,
+        args.arch,
+        args.lr,
         args.k,
         args.pca_dim,
         args.batch_size,
