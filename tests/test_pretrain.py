@@ -132,3 +132,19 @@ def test_neck_is_trained_saved_and_resumed_exactly(tmp_path, tiny_folder):
             assert torch.equal(value, two[part][key]), (part, key)
     losses = [[r["loss"] for r in read_jsonl(out / "log.jsonl")] for out in (straight, resumed)]
     assert losses[0] == losses[1]
+
+
+def test_the_small_image_network_resumes_exactly(tmp_path, tiny_folder):
+    """The rule's network for small images (resnet9_w32 at its rate, 0.1): a run stopped after one epoch and resumed
+    ends bit for bit where an uninterrupted run ends."""
+    flags = ["--arch", "resnet9_w32", "--deterministic", "--wandb-mode", "disabled"]  # after TINY's --arch: wins
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert (proc := pretrain(tmp_path, tiny_folder, straight, "--epochs", "2", *flags)).returncode == 0, proc.stderr
+    assert (proc := pretrain(tmp_path, tiny_folder, resumed, "--epochs", "1", *flags)).returncode == 0, proc.stderr
+    assert (proc := pretrain(tmp_path, tiny_folder, resumed, "--epochs", "2", *flags)).returncode == 0, proc.stderr
+    one, two = (torch.load(out / "checkpoint.pth", weights_only=False) for out in (straight, resumed))
+    assert one["args"]["arch"] == "resnet9_w32" and one["args"]["lr"] == 0.1  # the rule's rate for this network
+    assert one["backbone"].keys() == two["backbone"].keys()
+    assert all(torch.equal(value, two["backbone"][key]) for key, value in one["backbone"].items())
+    losses = [[r["loss"] for r in read_jsonl(out / "log.jsonl")] for out in (straight, resumed)]
+    assert losses[0] == losses[1]
