@@ -57,7 +57,7 @@ from util.pretrain.features import Extraction, extract_features
 from util.pretrain.monitor import Votes, add_monitor_args, floors_of, resolve_knn_every
 from util.pretrain.outputs import add_output_args
 from util.pretrain.probe import OnlineProbe, wants_probe
-from util.pretrain.recipe import apply_rule
+from util.pretrain.recipe import LARGE_ARCH, PAPER, SMALL_ARCH, SMALL_LR, apply_rule
 from util.pretrain.run import EpochContext, Method, RunState, SavedGenerator, open_run, resume, unwrap
 from util.pretrain.sampler import UniformClusterSampler
 from util.pretrain.step_log import StepLog
@@ -112,7 +112,7 @@ METHOD = Method("deepcluster", RUN_DEFINING_ARGS, DEPARTURES, done_hint="raise -
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("DeepCluster pretraining", add_help=False)
-    add_model_args(parser, None, "the small-data rule: resnet9_w32 for images of at most 64 px, else resnet18")
+    add_model_args(parser, None, f"the small-data rule: {SMALL_ARCH} for images of at most 64 px, else {LARGE_ARCH}")
     add_data_args(parser)
     add_clustering_args(parser)
     add_training_args(parser)
@@ -218,8 +218,8 @@ def add_sgd_args(group: argparse._ArgumentGroup) -> None:
         "--lr",
         type=float,
         default=None,
-        help="backbone learning rate (paper: 0.05; default: 0.1 for resnet9_w32, the small-data rule's network for "
-        "images of at most 64 px, else 0.05)",
+        help=f"backbone learning rate (paper: {PAPER['lr']:g}; default: {SMALL_LR:g} for {SMALL_ARCH}, the small-data "
+        f"rule's network for images of at most 64 px, else {PAPER['lr']:g})",
     )
     group.add_argument(
         "--lr-schedule",
