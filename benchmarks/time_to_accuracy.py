@@ -12,7 +12,8 @@ Recipes, one process each, in the order given (never two at once: they share the
     NAME=SCRIPT:FLAGS  any script's command, for one-factor rows (e.g. 'lr01=main_deepcluster.py:--lr 0.1')
 
 A recipe with a learning-rate schedule (v2, the peer) runs --epochs that end near the budget; give them with
---v2-epochs. The budget stops a recipe that is still running (its last measurement stands).
+--v2-epochs; --v2-flags passes the same flags to both (peer_swav.py takes --amp and --arch). The budget stops a
+recipe that is still running (its last measurement stands).
 
     .venv/bin/python benchmarks/time_to_accuracy.py --data cifar10 --budget-min 30 --recipes v1 v2 lightly-swav \\
         --output docs/figures/time_to_accuracy_cifar10
@@ -35,19 +36,19 @@ REPO = Path(__file__).resolve().parents[1]
 MINUTES = (1, 2, 5, 10, 15, 20, 25, 30, 45, 60)  # the table's columns, up to the budget
 
 
-def recipe_command(name: str, data: str, out: Path, seed: int, v2_epochs: int | None) -> list[str]:
-    """The command line of a recipe (see the module docstring)."""
+def recipe_command(name: str, data: str, out: Path, seed: int, v2_epochs: int | None, v2_flags: str = "") -> list[str]:
+    """The command line of a recipe (see the module docstring); `v2_flags` go to v2 and the peer both."""
     common = ["--data", data, "--seed", str(seed), "--wandb-mode", "disabled", "--output-dir", str(out)]
     quiet = ["--cluster-images-every", "0", "--tsne-every", "0"]
     if name == "v1":
         return [sys.executable, str(REPO / "main_deepcluster.py"), *common, *quiet, "--epochs", "1000"]
     if name == "v2":
         epochs = ["--epochs", str(v2_epochs)] if v2_epochs else []
-        return [sys.executable, str(REPO / "main_deepclusterv2.py"), *common, *quiet, *epochs]
+        return [sys.executable, str(REPO / "main_deepclusterv2.py"), *common, *quiet, *epochs, *v2_flags.split()]
     if name == "lightly-swav":
         epochs = ["--epochs", str(v2_epochs)] if v2_epochs else []
         peer = [sys.executable, str(REPO / "benchmarks" / "peer_swav.py"), "--only", "lightly", "--data", data]
-        return [*peer, "--seed", str(seed), *epochs, "--jsonl", str(out / "log.jsonl")]
+        return [*peer, "--seed", str(seed), *epochs, *v2_flags.split(), "--jsonl", str(out / "log.jsonl")]
     label, _, spec = name.partition("=")
     script, _, flags = spec.partition(":")
     if not label or not script.endswith(".py"):
@@ -163,6 +164,9 @@ def main() -> None:
     parser.add_argument("--budget-min", type=float, default=30.0, help="wall-clock minutes per recipe")
     parser.add_argument("--recipes", nargs="+", default=["v1"], help="v1, v2, lightly-swav, NAME=SCRIPT:FLAGS")
     parser.add_argument("--v2-epochs", type=int, default=None, help="--epochs of v2 and the peer (their schedule)")
+    parser.add_argument(
+        "--v2-flags", default="", help="flags for v2 and the peer both, from peer_swav.py's: '--amp', '--arch A'"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="write OUTPUT.json, OUTPUT.md and OUTPUT.png")
     parser.add_argument("--keep", default=None, help="keep the runs' folders here (default: a temporary folder)")
@@ -173,7 +177,7 @@ def main() -> None:
         for index, name in enumerate(args.recipes):
             label = name.partition("=")[0]
             out = root / f"{index}-{label}"
-            command = recipe_command(name, args.data, out, args.seed, args.v2_epochs)
+            command = recipe_command(name, args.data, out, args.seed, args.v2_epochs, args.v2_flags)
             print(f"== {label}: {' '.join(command)}", flush=True)
             records, seconds = run_recipe(command, out, 60 * args.budget_min)
             results[label] = measured(records)
