@@ -46,7 +46,7 @@ from util.pretrain.monitor import (
 )
 from util.pretrain.outputs import add_output_args
 from util.pretrain.probe import OnlineProbe, wants_probe
-from util.pretrain.recipe import apply_rule_v2
+from util.pretrain.recipe import SMALL_ARCH, apply_rule_v2
 from util.pretrain.run import EpochContext, Method, RunState, open_run, resume, unwrap
 from util.pretrain.schedule import warmup_cosine
 from util.pretrain.spherical import IGNORE, SphericalResult, spherical_kmeans
@@ -56,7 +56,7 @@ from util.seeds import derive_seed
 
 logger = logging.getLogger("deepcluster")
 
-DEPARTURES = """departures from SwAV's main_deepclusterv2.py (Caron et al. 2020), named so results read right:
+DEPARTURES = f"""departures from SwAV's main_deepclusterv2.py (Caron et al. 2020), named so results read right:
   memory bank   kept in dataset-index order and the same on every process (each step's embeddings are gathered),
                 not one bank per process: a checkpoint resumes on any number of processes. As SwAV's, the next
                 clustering sees only the images written during the previous epoch.
@@ -65,13 +65,15 @@ DEPARTURES = """departures from SwAV's main_deepclusterv2.py (Caron et al. 2020)
                 initial centroids are bank rows drawn from --seed (SwAV: drawn on rank 0 and broadcast).
   --in-memory   small images are decoded once to uint8 and augmented in batches on the device: bilinear crops without
                 antialiasing, colour jitter in a fixed order (torchvision: random order), blur with 13 taps.
-  small images  (at most 64 px: cifar10, sklearn-digits, folders of small images) ResNet-18 with the CIFAR stem, two
-                crops at the images' size (scale 0.08-1), no blur, batch 256, 3 x 3000 prototypes, LARS lr 0.6 x
-                batch/256 with solo-learn's options (trust 0.02, clipped, biases and BatchNorm excluded), final lr
-                base/1000: solo-learn's CIFAR recipe, not SwAV's (ImageNet only), except no blur (solo-learn: p=0.5;
-                --blur), 200 epochs with 10 of warmup (solo-learn: 1000 and 11) and ImageNet's mean/std to normalise
-                (solo-learn: CIFAR-10's). Below 10,000 images: batch 64 and at most one prototype per 10 images; on
-                sklearn-digits no flips and crops of 0.4-1 of the area (a mirrored or cut-off digit is another digit).
+  small images  (at most 64 px: cifar10, sklearn-digits, folders of small images) two crops at the images' size
+                (scale 0.08-1), no blur, batch 256, 3 x 3000 prototypes, LARS lr 0.6 x batch/256, final lr base/1000:
+                solo-learn's CIFAR recipe, not SwAV's (ImageNet only), except: the network, {SMALL_ARCH} (v1's for
+                these images; solo-learn: ResNet-18 with the CIFAR stem, --arch resnet18_cifar); SwAV's LARS options,
+                trust 0.001, every tensor adapted, no clipping (solo-learn: trust 0.02, clipped, biases and BatchNorm
+                excluded, which fell below the random network on a CPU budget); no blur (solo-learn: p=0.5; --blur);
+                200 epochs with 10 of warmup (solo-learn: 1000 and 11); ImageNet's mean/std to normalise (solo-learn:
+                CIFAR-10's). Below 10,000 images: batch 64 and at most one prototype per 10 images; on sklearn-digits
+                no flips and crops of 0.4-1 of the area (a mirrored or cut-off digit is another digit).
   --base-lr     default 0.3 x effective batch / 256 on ImageNet (SwAV's 4.8 at 4096, scaled linearly; warmup from
                 1/16 of it, SwAV's 0.3 for 4.8).
   --amp         bf16 autocast for the backbone and the projection's hidden layer; the last projection layer, the
@@ -110,7 +112,7 @@ METHOD = Method("deepcluster-v2", RUN_DEFINING_ARGS, DEPARTURES, "its schedule e
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("DeepCluster-v2 pretraining", add_help=False)
-    add_model_args(parser, None, "resnet18_cifar for images of at most 64 px, else resnet50")
+    add_model_args(parser, None, f"{SMALL_ARCH} for images of at most 64 px, else resnet50")
     add_data_args(parser)
     add_multicrop_args(parser)
     add_dcv2_args(parser)
@@ -236,19 +238,22 @@ def add_optimisation_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--wd", type=float, default=1e-6, help="weight decay (SwAV: 1e-6)")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (SwAV: 0.9)")
     group.add_argument(
-        "--trust", type=float, default=None, help="LARS trust coefficient (ImageNet: SwAV's 0.001; small images: 0.02)"
+        "--trust",
+        type=float,
+        default=None,
+        help="LARS trust coefficient (default: SwAV's 0.001; solo-learn's CIFAR 0.02)",
     )
     group.add_argument(
         "--lars-clip",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="cap each tensor's LARS rate at the learning rate (ImageNet: off, SwAV; small images: on)",
+        help="cap each tensor's LARS rate at the learning rate (default off, SwAV; solo-learn's CIFAR: on)",
     )
     group.add_argument(
         "--lars-exclude-1d",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="plain SGD without weight decay for biases and BatchNorm (ImageNet: off, SwAV; small images: on)",
+        help="plain SGD without weight decay for biases and BatchNorm (default off, SwAV; solo-learn's CIFAR: on)",
     )
     add_amp_arg(group)
     add_compile_arg(group)

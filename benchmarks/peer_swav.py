@@ -7,9 +7,9 @@ measurements excluded).
 Ours: main_deepclusterv2.py's CIFAR-10 recipe run in this process (its log.jsonl read back). lightly's SwaV: the
 `lightly` package's SwaVLoss (Sinkhorn-Knopp, temperature and epsilon as ours), SwaVProjectionHead and SwaVPrototypes
 (one head of the size of our first), its SwaVTransform per image in DataLoader workers (our crop sizes, counts and
-scales, flips, colour jitter and grayscale; no blur, as our small-image recipe), on our ResNet (CIFAR stem) and our
-LARS with the same schedule. Each method draws its own crops with its own pipeline: ours batched on the device,
-lightly's per image with PIL, as each is used.
+scales, flips, colour jitter and grayscale; no blur, as our small-image recipe), on our backbone (--arch, default:
+v2's for the data) and our LARS with the same schedule. Each method draws its own crops with its own pipeline: ours
+batched on the device, lightly's per image with PIL, as each is used.
 
     .venv/bin/pip install -r requirements-bench.txt
     .venv/bin/python benchmarks/peer_swav.py --subset 10000 --epochs 5 --arch resnet18   # the CPU table

@@ -12,8 +12,9 @@ Recipes, one process each, in the order given (never two at once: they share the
     NAME=SCRIPT:FLAGS  any script's command, for one-factor rows (e.g. 'lr01=main_deepcluster.py:--lr 0.1')
 
 A recipe with a learning-rate schedule (v2, the peer) runs --epochs that end near the budget; give them with
---v2-epochs; --v2-flags passes the same flags to both (peer_swav.py takes --amp and --arch). The budget stops a
-recipe that is still running (its last measurement stands).
+--v2-epochs; --v2-flags passes the same flags to both (peer_swav.py takes --amp and --arch; write it with '=', as
+--v2-flags=--amp, since its value starts with dashes). The budget stops a recipe that is still running (its last
+measurement stands).
 
     .venv/bin/python benchmarks/time_to_accuracy.py --data cifar10 --budget-min 30 --recipes v1 v2 lightly-swav \\
         --output docs/figures/time_to_accuracy_cifar10
@@ -165,7 +166,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=["v1"], help="v1, v2, lightly-swav, NAME=SCRIPT:FLAGS")
     parser.add_argument("--v2-epochs", type=int, default=None, help="--epochs of v2 and the peer (their schedule)")
     parser.add_argument(
-        "--v2-flags", default="", help="flags for v2 and the peer both, from peer_swav.py's: '--amp', '--arch A'"
+        "--v2-flags", default="", help="flags for v2 and the peer both, from peer_swav.py's (--v2-flags=--amp)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="write OUTPUT.json, OUTPUT.md and OUTPUT.png")

@@ -13,6 +13,7 @@ from PIL import Image
 from sklearn.cluster import KMeans
 from torch import nn
 
+import main_deepclusterv2
 from tests.helpers import make_image_folder, read_jsonl, run_script
 from util.augment import BatchAugment, augment_preset
 from util.batchnorm import BN_RECOMPUTE_BATCH, recompute_batchnorm
@@ -28,6 +29,7 @@ from util.pretrain.recipe import (
     SMALL_ARCH,
     SMALL_LR,
     apply_rule,
+    apply_rule_v2,
     model_defaults,
     rule,
 )
@@ -124,6 +126,19 @@ def test_rule_counts_every_process_and_flags_given_win():
 def test_rule_picks_the_network_and_its_rate_from_the_image_size(image_size, given, expected):
     chosen = model_defaults(image_size, given)
     assert (chosen["arch"], chosen["lr"]) == expected
+
+
+@pytest.mark.parametrize(("image_size", "arch"), [(32, SMALL_ARCH), (224, "resnet50")])
+def test_v2_recipe_picks_v1s_small_image_network_and_swavs_lars(image_size, arch):
+    """DeepCluster-v2's recipe: the small-image network of v1's rule up to 64 px (ResNet-50 above), SwAV's LARS
+    (trust 0.001, every tensor adapted, no clipping) at every size; flags given win."""
+    parse = main_deepclusterv2.get_args_parser().parse_args
+    args = parse(["--data", "cifar10", "--output-dir", "unused"])
+    apply_rule_v2(args, DataProfile(50_000, image_size, 10), world_size=1)
+    assert (args.arch, args.trust, args.lars_clip, args.lars_exclude_1d) == (arch, 0.001, False, False)
+    given = parse(["--data", "cifar10", "--output-dir", "unused", "--arch", "resnet18_cifar", "--trust", "0.02"])
+    apply_rule_v2(given, DataProfile(50_000, image_size, 10), world_size=1)
+    assert (given.arch, given.trust) == ("resnet18_cifar", 0.02)
 
 
 def test_image_defaults_follow_the_images(tmp_path):

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # DeepCluster-v2 on the bundled CIFAR-10, one GPU: ResNet-18 with the CIFAR stem, two 32 px crops (scale 0.08-1, no blur),
 # 3 x 3000 prototypes, batch 256, LARS (solo-learn's options: trust 0.02, clipped, no adaptation of biases/BN)
-# lr 0.6 warmup + cosine, 200 epochs; the kNN monitor every 10 epochs. These are main_deepclusterv2.py's cifar10
-# defaults; the flags are written out so the recipe reads on its own.
+# lr 0.6 warmup + cosine, 200 epochs; the kNN monitor every 10 epochs: solo-learn's CIFAR-10 recipe, the one measured
+# on a GPU (docs/experiments.md). main_deepclusterv2.py's own defaults for small images differ in the network
+# (resnet9_w32) and the LARS options (SwAV's): the flags are written out so the recipe reads on its own.
 # Usage: PARTITION=gpu bash slurm/recipes/pretrain_dcv2_cifar10.sh [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
