@@ -4,7 +4,8 @@
 #   1. throughput (benchmarks/bench_epoch.py, CIFAR-10 in GPU memory, bf16): the v2 step against a supervised step
 #      on v2's two crops, channels_last on and off, torch.compile on (with channels_last); the v1 epoch (50k images,
 #      phase by phase) against a supervised epoch;
-#   2. DeepCluster-v2, CIFAR-10 recipe, all 50k images, kNN every 5 epochs, training stopped at 5 minutes;
+#   2. DeepCluster-v2, solo-learn's CIFAR-10 recipe (ResNet-18 CIFAR stem, its LARS options), all 50k images, kNN
+#      every 5 epochs, training stopped at 5 minutes;
 #      target kNN >= 80 % within 300 s of training;
 #   3. DeepCluster-v1 with the small-data rule's network and rate (resnet9_w32, --lr 0.1: the CPU recipe of
 #      docs/experiments.md) and faiss-gpu k-means, kNN every 2 epochs, stopped at 2 minutes;
@@ -42,6 +43,7 @@ timeout 60 $PY benchmarks/bench_epoch.py --device cuda --amp --only v1 --subset 
 
 # 2. DeepCluster-v2 against the clock
 timeout 320 $PY main_deepclusterv2.py --data cifar10 --epochs 30 --amp --knn-every 5 "${COMMON[@]}" \
+  --arch resnet18_cifar --trust 0.02 --lars-clip --lars-exclude-1d \
   --output-dir "$OUT/v2" 2>&1 | grep -E "^.*epoch [0-9]+/|error|Error" | tail -12
 
 # 3. DeepCluster-v1 (the rule's network for 32 px images) against the clock
