@@ -238,22 +238,19 @@ def add_optimisation_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--wd", type=float, default=1e-6, help="weight decay (SwAV: 1e-6)")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (SwAV: 0.9)")
     group.add_argument(
-        "--trust",
-        type=float,
-        default=None,
-        help="LARS trust coefficient (default: SwAV's 0.001; solo-learn's CIFAR 0.02)",
+        "--trust", type=float, default=0.001, help="LARS trust coefficient (SwAV's; solo-learn's CIFAR recipe: 0.02)"
     )
     group.add_argument(
         "--lars-clip",
         action=argparse.BooleanOptionalAction,
-        default=None,
-        help="cap each tensor's LARS rate at the learning rate (default off, SwAV; solo-learn's CIFAR: on)",
+        default=False,
+        help="cap each tensor's LARS rate at the learning rate (SwAV: off; solo-learn's CIFAR recipe: on)",
     )
     group.add_argument(
         "--lars-exclude-1d",
         action=argparse.BooleanOptionalAction,
-        default=None,
-        help="plain SGD without weight decay for biases and BatchNorm (default off, SwAV; solo-learn's CIFAR: on)",
+        default=False,
+        help="plain SGD without weight decay for biases and BatchNorm (SwAV: off; solo-learn's CIFAR recipe: on)",
     )
     add_amp_arg(group)
     add_compile_arg(group)

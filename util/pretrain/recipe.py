@@ -104,9 +104,10 @@ def apply_rule_v2(args: argparse.Namespace, profile: DataProfile, world_size: in
     """DeepCluster-v2's flags not given, from the data (docs/deepcluster-v2.md). Images of at most 64 px (cifar10,
     sklearn-digits, a folder of small images) get solo-learn's CIFAR-10 recipe (two crops at the images' size, no
     blur, 3 x 3000 prototypes, LARS 0.6 x batch / 256) on SMALL_ARCH, v1's network for them, with SwAV's LARS
-    options (docs/experiments.md: learning per CPU-minute), batch 64 below 10,000 images and at most one prototype
-    per 10 images; digits get no flips and crops of at least 40 %% of the area. Larger images get SwAV's ImageNet
-    recipe (ResNet-50, 2 x 224 + 6 x 96 crops, LARS 0.3 x batch / 256, warmup from 1/16 of it)."""
+    options at every size (the parser's defaults; docs/experiments.md: learning per CPU-minute), batch 64 below
+    10,000 images and at most one prototype per 10 images; digits get no flips and crops of at least 40 %% of the
+    area. Larger images get SwAV's ImageNet recipe (ResNet-50, 2 x 224 + 6 x 96 crops, LARS 0.3 x batch / 256,
+    warmup from 1/16 of it)."""
     resolve_image_defaults(args, profile)
     small = args.image_size <= SMALL_IMAGE
     keep_mirror = default_aug(args.data, args.image_size) == "noflip"  # digits: a mirror image is another class
@@ -128,8 +129,3 @@ def apply_rule_v2(args: argparse.Namespace, profile: DataProfile, world_size: in
     args.warmup_epochs = args.warmup_epochs if args.warmup_epochs is not None else min(10.0, args.epochs / 10)
     # SwAV warms up from 0.3 to 4.8 (1/16 of the peak); solo-learn's CIFAR recipe from 0
     args.start_warmup = args.start_warmup if args.start_warmup is not None else (0.0 if small else args.base_lr / 16)
-    # SwAV's LARS everywhere: trust 0.001, every tensor adapted, no clipping (solo-learn's CIFAR options, trust 0.02,
-    # clipped, biases and BatchNorm excluded, fell below the random network on a CPU budget)
-    args.trust = args.trust if args.trust is not None else 0.001
-    args.lars_clip = False if args.lars_clip is None else args.lars_clip
-    args.lars_exclude_1d = False if args.lars_exclude_1d is None else args.lars_exclude_1d
