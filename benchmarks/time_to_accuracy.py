@@ -19,6 +19,11 @@ measurement stands).
     .venv/bin/python benchmarks/time_to_accuracy.py --data cifar10 --budget-min 30 --recipes v1 v2 lightly-swav \\
         --output docs/figures/time_to_accuracy_cifar10
     .venv/bin/python benchmarks/time_to_accuracy.py --data sklearn-digits --budget-min 5 --recipes v1 v2
+
+--combine trains nothing: it tabulates and draws the OUTPUT.json files of earlier runs together (one row and curve
+per recipe and seed, each against the floors of its own run), e.g. the seeds of one recipe:
+    .venv/bin/python benchmarks/time_to_accuracy.py --combine runs/tta-s0.json runs/tta-s1.json runs/tta-s2.json \\
+        --output docs/figures/time_to_accuracy_cifar10
 """
 
 from __future__ import annotations
@@ -112,6 +117,8 @@ def at_minute(points: list[dict], minute: float) -> float | None:
 
 
 def table(results: dict, floors: dict, budget_min: float) -> str:
+    """The markdown table of every recipe's kNN by minute and its crossings; `floors` maps each recipe to its floors
+    (knn_floor_random, knn_floor_pixels), and the lines under the table list them."""
     columns = [m for m in MINUTES if m <= budget_min]
     head = ["recipe", *(f"{m} min" for m in columns), "last (epochs, min)", "crosses random at", "crosses pixels at"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -121,16 +128,22 @@ def table(results: dict, floors: dict, budget_min: float) -> str:
         last = points[-1] if points else None
         cells.append(f"{last['knn_top1']:.2f} ({last['epoch']}, {last['minutes']:.1f})" if last else "-")
         for key in ("knn_floor_random", "knn_floor_pixels"):
-            minute = crossing(points, floors.get(key))
+            minute = crossing(points, floors[name].get(key))
             cells.append("never" if minute is None else f"{minute:.1f} min")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    random, pixels = floors.get("knn_floor_random"), floors.get("knn_floor_pixels")
-    lines.append(f"Floors (kNN top-1 %): random network {random}, pixels {pixels}")
+    for name, values in floors.items():
+        random, pixels = (_two(values.get(key)) for key in ("knn_floor_random", "knn_floor_pixels"))
+        lines.append(f"Floors of {name} (kNN top-1 %): random network {random}, pixels {pixels}  ")
     return "\n".join(lines) + "\n"
 
 
+def _two(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.2f}"
+
+
 def figure(results: dict, floors: dict, path: Path, title: str) -> None:
+    """kNN and online probe against minutes, one curve per recipe (and seed), each floor drawn once per value."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,8 +158,9 @@ def figure(results: dict, floors: dict, path: Path, title: str) -> None:
         if probe:
             axes[1].plot(*zip(*probe, strict=True), marker="s", color=color, label=name)
     for key, style, label in (("knn_floor_random", "--", "random network"), ("knn_floor_pixels", ":", "pixels")):
-        if floors.get(key) is not None:
-            axes[0].axhline(floors[key], color="gray", linestyle=style, label=f"{label} ({floors[key]:.2f})")
+        drawn = sorted({round(values[key], 2) for values in floors.values() if values.get(key) is not None})
+        for value in drawn:
+            axes[0].axhline(value, color="gray", linestyle=style, label=f"{label} ({value:.2f})")
     axes[0].set(xlabel="wall-clock minutes (whole command)", ylabel="kNN top-1 (%)", title="kNN monitor")
     axes[1].set(xlabel="wall-clock minutes (whole command)", ylabel="top-1 (%)", title="online linear probe")
     for ax in axes:
@@ -157,6 +171,41 @@ def figure(results: dict, floors: dict, path: Path, title: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def combine(paths: list[str], output: str | None) -> None:
+    """Tabulate and draw the OUTPUT.json files of earlier runs together, one row and curve per recipe and seed
+    (their floors each from its own run); nothing is trained."""
+    results, floors, budgets, data = {}, {}, [], set()
+    for path in paths:
+        if not Path(path).is_file():
+            raise SystemExit(f"--combine {path}: no such file; give the .json that a run with --output wrote")
+        run = json.loads(Path(path).read_text())
+        if "combined" in run:
+            raise SystemExit(f"--combine {path}: a combined table; give the runs' own .json files")
+        data.add(run["data"])
+        budgets.append(run["budget_min"])
+        for name, points in run["results"].items():
+            label = f"{name}, seed {run['seed']}"
+            if label in results:
+                raise SystemExit(f"--combine: {label} is in two of the files; give each run once")
+            results[label], floors[label] = points, run.get("recipe_floors", {}).get(name, run["floors"])
+    if len(data) > 1:
+        raise SystemExit(f"--combine: the files measure different data ({', '.join(sorted(data))}); give one kind")
+    text = table(results, floors, max(budgets))
+    print(text)
+    if output:
+        write_outputs(Path(output), {"data": data.pop(), "combined": paths}, results, floors, text, "")
+
+
+def write_outputs(output: Path, meta: dict, results: dict, floors: dict, text: str, seed_words: str) -> None:
+    """OUTPUT.json (meta, results, each recipe's floors), OUTPUT.md (the table) and OUTPUT.png (the figure)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    record = {**meta, "results": results, "recipe_floors": floors}
+    output.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    output.with_suffix(".md").write_text(text)
+    title = f"{meta['data']}: kNN against wall-clock minutes on this machine{seed_words}"
+    figure(results, floors, output.with_suffix(".png"), title)
 
 
 def main() -> None:
@@ -171,8 +220,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="write OUTPUT.json, OUTPUT.md and OUTPUT.png")
     parser.add_argument("--keep", default=None, help="keep the runs' folders here (default: a temporary folder)")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="JSON",
+        default=None,
+        help="train nothing: tabulate and draw the OUTPUT.json of earlier runs (seeds, recipes) together",
+    )
     args = parser.parse_args()
-    results, floors, runs = {}, {}, {}
+    if args.combine:
+        combine(args.combine, args.output)
+        return
+    results, runs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
         for index, name in enumerate(args.recipes):
@@ -183,24 +242,26 @@ def main() -> None:
             records, seconds = run_recipe(command, out, 60 * args.budget_min)
             results[label] = measured(records)
             runs[label] = {"command": command, "seconds": seconds, "records": records}
-            first = next((r for r in records if r.get("knn_floor") is not None), None)
-            for key in ("knn_floor_random", "knn_floor_pixels"):
-                if first is not None and floors.get(key) is None:
-                    floors[key] = first.get(key)
             for point in results[label]:
                 print(
                     f"  {point['minutes']:6.1f} min  epoch {point['epoch']:3d}  kNN {point['knn_top1']:.2f}", flush=True
                 )
+    # the floors are measured by the runs that log them (v1, v2) and are the same for every recipe of one seed
+    # and data; a recipe that logs none (the peer) is compared with the first run's
+    logged = [record_floors(runs[label]["records"]) for label in results]
+    first = next((values for values in logged if values), {})
+    floors = {label: values or first for label, values in zip(results, logged, strict=True)}
     text = table(results, floors, args.budget_min)
     print(text)
     if args.output:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"data": args.data, "budget_min": args.budget_min, "seed": args.seed, "floors": floors}
-        output.with_suffix(".json").write_text(json.dumps({**meta, "results": results, "runs": runs}, indent=2) + "\n")
-        output.with_suffix(".md").write_text(text)
-        title = f"{args.data}: kNN against wall-clock minutes on this machine (seed {args.seed})"
-        figure(results, floors, output.with_suffix(".png"), title)
+        meta = {"data": args.data, "budget_min": args.budget_min, "seed": args.seed, "floors": first, "runs": runs}
+        write_outputs(Path(args.output), meta, results, floors, text, f" (seed {args.seed})")
+
+
+def record_floors(records: list[dict]) -> dict:
+    """The floors a run logged with its first measurement ({} if it logs none)."""
+    first = next((r for r in records if r.get("knn_floor") is not None), None)
+    return {} if first is None else {key: first.get(key) for key in ("knn_floor_random", "knn_floor_pixels")}
 
 
 if __name__ == "__main__":
