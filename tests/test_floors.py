@@ -115,6 +115,8 @@ def test_eval_linear_scores_each_network_as_the_monitor_did(digits_runs):
     records = read_jsonl(v1 / "log.jsonl")
     results = json.loads((evaluated / "results.json").read_text())
     assert results["knn_top1"] == records[-1]["knn_top1"]  # the final network: the checkpoint's
+    # the same hits from the same --seed: the monitor's interval is eval_linear's, drawn there from its own kNN
+    assert results["knn_top1_ci95"] == [records[-1]["knn_top1_ci95_low"], records[-1]["knn_top1_ci95_high"]]
     assert results["random_init_knn_top1"] == records[0]["knn_floor_init_bn"]
     assert results["random_init_recomputed_bn_knn_top1"] == records[0]["knn_floor_recomputed_bn"]
     assert results["pixels_knn_top1"] == records[0]["knn_floor_pixels"]
@@ -160,7 +162,9 @@ def test_a_run_ends_with_its_answer_and_its_figures(digits_runs):
     stderr = (v1 / "stderr.txt").read_text()
     final = read_jsonl(v1 / "log.jsonl")[-1]
     closing = stderr[stderr.index("done: final network (after 2 epochs) measured") :]
-    assert f"kNN top-1 {final['knn_top1']:.2f} %" in closing and f"gain {final['knn_gain']:+.2f}" in closing
+    interval = f"(95 % bootstrap interval {final['knn_top1_ci95_low']:.2f} to {final['knn_top1_ci95_high']:.2f})"
+    assert f"kNN top-1 {final['knn_top1']:.2f} % {interval}" in closing and f"gain {final['knn_gain']:+.2f}" in closing
+    assert final["knn_top1_ci95_low"] < final["knn_top1"] < final["knn_top1_ci95_high"]  # 397 images: never 0 wide
     assert f"pixels {final['knn_floor_pixels']:.2f}" in closing or "= pixels" in closing
     assert f"online probe {final['probe_top1']:.2f} %" in closing and "held-out k-means" in closing
     assert f"next: python report.py {v1}" in closing and "wandb sync " in closing and "offline-run-" in closing

@@ -81,7 +81,12 @@ def closing_lines(records: list[dict], output_dir: Path, data: str, offline_run:
     final, first = records[-1], records[0]
     lines = [f"done: {network_words(final)} measured"]
     if final.get("knn_top1") is not None:
-        lines.append(f"  kNN top-1 {final['knn_top1']:.2f} % on the held-out split; {floor_words(final)}")
+        interval = ""
+        if final.get("knn_top1_ci95_low") is not None:
+            interval = (
+                f" (95 % bootstrap interval {final['knn_top1_ci95_low']:.2f} to {final['knn_top1_ci95_high']:.2f})"
+            )
+        lines.append(f"  kNN top-1 {final['knn_top1']:.2f} %{interval} on the held-out split; {floor_words(final)}")
         gain = final.get("knn_gain")
         if gain is not None:
             verdict = "above every trivial baseline" if gain > 0 else "NOT above every trivial baseline"
@@ -102,7 +107,10 @@ def closing_lines(records: list[dict], output_dir: Path, data: str, offline_run:
     ]
     lines.append(f"  outputs in {output_dir}: {', '.join(found)}")
     lines.append(f"  next: python report.py {output_dir}   (tables, curves, maps, cluster evolution)")
-    lines.append(f"        python eval_linear.py --pretrained {output_dir / 'checkpoint.pth'} --data {data}   (probes)")
+    lines.append(
+        f"        python eval_linear.py --pretrained {output_dir / 'checkpoint.pth'} --data {data}   (probes; every "
+        "number with its interval, and the gains' paired on the same test images)"
+    )
     if offline_run:
         lines.append(f"        wandb sync {offline_run}   (the offline W&B run, to your W&B project)")
     return lines

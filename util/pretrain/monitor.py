@@ -19,8 +19,9 @@ from util.batchnorm import recompute_batchnorm
 from util.data import ImageSource, build_source, resolve_split
 from util.datasets import is_named
 from util.errors import UserError
+from util.eval.bootstrap import accuracy_statistic, percentile_interval, resampled
 from util.knn import KNN_K, KNN_TEMPERATURE, StreamingKnn
-from util.metrics import cluster_accuracy, nmi, topk_accuracy
+from util.metrics import cluster_accuracy, hit_rate, nmi, topk_accuracy, topk_hits
 from util.pixels import PIXEL_VIEWS, pixel_knn_scores, pixel_skip_reason
 from util.pretrain.alarms import add_alarm_args
 from util.pretrain.clustering import torch_kmeans
@@ -165,15 +166,19 @@ class KnnMonitor:
         probe: OnlineProbe | None = None,
         keep_points: bool = False,
     ) -> dict:
-        """The record of a network whose votes are all cast: kNN top-1 / top-5, the held-out k-means in `view` (what
-        the method clusters: view(held-out features (M, D)) -> (M, d)), the online probe, and the held-out features
-        for the epoch's map (keep_points; under FEATURES_KEY, taken out of the record at the epoch's end)."""
+        """The record of a network whose votes are all cast: kNN top-1 / top-5, top-1's 95 % bootstrap interval over
+        the held-out images (util/eval/bootstrap.py, as eval_linear.py draws it from the same --seed), the held-out
+        k-means in `view` (what the method clusters: view(held-out features (M, D)) -> (M, d)), the online probe, and
+        the held-out features for the epoch's map (keep_points; under FEATURES_KEY, taken out of the record at the
+        epoch's end)."""
         scores = votes.knn.all_reduce().scores().cpu()  # (M, C) weighted votes of the held-out images
-        top1, top5 = topk_accuracy(scores, torch.from_numpy(self.held_out.targets), (1, 5))
+        hits1, hits5 = topk_hits(scores, torch.from_numpy(self.held_out.targets), (1, 5))
+        top1, top5 = hit_rate(hits1), hit_rate(hits5)
+        low, high = percentile_interval(resampled(accuracy_statistic(hits1.numpy()), len(hits1), self.spec.seed))
         seeds = [derive_seed(self.spec.seed, "monitor-kmeans", epoch * KMEANS_RUNS + run) for run in range(KMEANS_RUNS)]
         with torch.inference_mode():
             held_out_view = view(votes.held_out)  # (M, d)
-        record = {"knn_top1": top1, "knn_top5": top5}
+        record = {"knn_top1": top1, "knn_top5": top5, "knn_top1_ci95_low": low, "knn_top1_ci95_high": high}
         if probe is not None:
             record["probe_top1"] = probe.top1(votes.held_out, self.held_out.targets)
         if keep_points:
