@@ -189,7 +189,11 @@ def combine(paths: list[str], output: str | None) -> None:
             label = f"{name}, seed {run['seed']}"
             if label in results:
                 raise SystemExit(f"--combine: {label} is in two of the files; give each run once")
-            results[label], floors[label] = points, run.get("recipe_floors", {}).get(name, run["floors"])
+            # each recipe's own floors; an older file holds one set of floors for all its recipes
+            results[label], floors[label] = (
+                points,
+                run["recipe_floors"][name] if "recipe_floors" in run else run["floors"],
+            )
     if len(data) > 1:
         raise SystemExit(f"--combine: the files measure different data ({', '.join(sorted(data))}); give one kind")
     text = table(results, floors, max(budgets))
@@ -254,7 +258,7 @@ def main() -> None:
     text = table(results, floors, args.budget_min)
     print(text)
     if args.output:
-        meta = {"data": args.data, "budget_min": args.budget_min, "seed": args.seed, "floors": first, "runs": runs}
+        meta = {"data": args.data, "budget_min": args.budget_min, "seed": args.seed, "runs": runs}
         write_outputs(Path(args.output), meta, results, floors, text, f" (seed {args.seed})")
 
 
