@@ -189,11 +189,7 @@ def combine(paths: list[str], output: str | None) -> None:
             label = f"{name}, seed {run['seed']}"
             if label in results:
                 raise SystemExit(f"--combine: {label} is in two of the files; give each run once")
-            # each recipe's own floors; an older file holds one set of floors for all its recipes
-            results[label], floors[label] = (
-                points,
-                run["recipe_floors"][name] if "recipe_floors" in run else run["floors"],
-            )
+            results[label], floors[label] = points, run["recipe_floors"][name]
     if len(data) > 1:
         raise SystemExit(f"--combine: the files measure different data ({', '.join(sorted(data))}); give one kind")
     text = table(results, floors, max(budgets))

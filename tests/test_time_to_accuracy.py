@@ -10,7 +10,7 @@ from tests.helpers import run_script
 
 
 def fake_run(path: Path, seed: int, knn: list[float], random_floor: float, data: str = "sklearn-digits") -> dict:
-    """The OUTPUT.json of a run of one recipe: kNN after epochs 0, 1, ... at minutes 1, 2, ..."""
+    """The OUTPUT.json of a run of one recipe, as main() writes it: kNN after epochs 0, 1, ... at minutes 1, 2, ..."""
     points = [
         {"minutes": float(i + 1), "epoch": i, "knn_top1": value, "probe_top1": None} for i, value in enumerate(knn)
     ]
@@ -18,8 +18,9 @@ def fake_run(path: Path, seed: int, knn: list[float], random_floor: float, data:
         "data": data,
         "budget_min": 5.0,
         "seed": seed,
-        "floors": {"knn_floor_random": random_floor, "knn_floor_pixels": 97.0},
+        "runs": {},
         "results": {"v1": points},
+        "recipe_floors": {"v1": {"knn_floor_random": random_floor, "knn_floor_pixels": 97.0}},
     }
     path.write_text(json.dumps(run))
     return run
@@ -49,7 +50,7 @@ def test_combine_tabulates_each_seed_against_its_own_floors(tmp_path):
     rows = {line.split(" | ")[0].lstrip("| "): line for line in result.stdout.splitlines() if line.startswith("| v1")}
     assert set(rows) == {"v1, seed 0", "v1, seed 1"}
     for seed, run in runs.items():
-        points, floors = run["results"]["v1"], run["floors"]
+        points, floors = run["results"]["v1"], run["recipe_floors"]["v1"]
         cells = [cell.strip() for cell in rows[f"v1, seed {seed}"].strip("|").split("|")]
         assert cells[-2:] == [
             first_above(points, floors["knn_floor_random"]),
